@@ -1,0 +1,42 @@
+# make demo  - create .venv (pinned), then run the main job on the built-in digits data
+# make test  - create .venv (pinned), lint, then run the test suite
+# GPU machines: make MXNET=mxnet-cu112==1.9.1 demo   (CUDA 11.2; Horovod then wants HOROVOD_GPU_OPERATIONS=NCCL)
+
+PYTHON ?= python3
+VENV   ?= .venv
+MXNET  ?= mxnet==1.9.1
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip -q --disable-pip-version-check
+CONSTRAINTS = requirements/constraints.txt
+HOROVOD_ENV = HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 \
+              HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1
+
+.PHONY: env demo test lint bench clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py requirements/*.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -c $(CONSTRAINTS) -U "pip<25" wheel "setuptools<70" "cmake<4"
+	$(PIP) install -c $(CONSTRAINTS) "$(MXNET)" -r requirements/base.txt -r requirements/dev.txt
+	$(PIP) install -c $(CONSTRAINTS) --no-deps gluoncv==0.10.5.post0
+	$(HOROVOD_ENV) $(PIP) install -c $(CONSTRAINTS) --no-build-isolation horovod==0.28.1
+	$(PIP) install -c $(CONSTRAINTS) --no-deps -e .
+	$(PY) -c "import mxnet, horovod.mxnet, cv2, resnest_gluon; print('environment ready: mxnet', mxnet.__version__)"
+	touch $@
+
+demo: env
+	$(PY) scripts/demo.py
+
+test: env lint
+	$(PY) -m pytest -q tests
+
+lint: env
+	$(VENV)/bin/ruff check resnest_gluon tools scripts tests
+	$(VENV)/bin/ruff format --check resnest_gluon tools scripts tests
+
+bench: env
+	$(PY) scripts/benchmark.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
