@@ -19,7 +19,7 @@ class Identity(HybridBlock):
 
 
 def make_norm(norm_layer, channels: int, norm_kwargs: Optional[dict] = None, **extra) -> HybridBlock:
-    """``norm_layer(in_channels=channels, **norm_kwargs, **extra)``, or an identity when ``norm_layer`` is None."""
+    """``norm_layer(in_channels=channels, **norm_kwargs, **extra)``; an identity if ``norm_layer`` is None."""
     if norm_layer is None:
         return Identity()
     return norm_layer(in_channels=channels, **{**(norm_kwargs or {}), **extra})

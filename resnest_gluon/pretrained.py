@@ -102,9 +102,14 @@ def load_params_checked(net: Block, path: str, ctx: Optional[mx.Context] = None)
             raise ValueError(f"{path} does not fit {model}: the file has {key!r}, which the model does not")
         shape = tuple(loaded[key].shape)
         if 0 not in expected[key] and shape != expected[key]:
+            hint = (
+                "; to fine-tune on other classes, load with the file's classes and replace net.fc"
+                if key.startswith("fc.")
+                else ""
+            )
             raise ValueError(
                 f"{path} does not fit {model}: {key!r} has shape {shape} in the file, "
-                f"{expected[key]} in the model"
+                f"{expected[key]} in the model{hint}"
             )
     params = net._collect_params_with_prefix()
     for key, value in loaded.items():

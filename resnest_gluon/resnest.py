@@ -147,7 +147,7 @@ class ResNeSt(HybridBlock):
     output_stride : int
         8, 16 or 32: later stages are dilated instead of strided (segmentation, detection backbones).
     norm_layer, norm_kwargs
-        Normalisation layer class (e.g. ``nn.BatchNorm`` or ``gluon.contrib.nn.SyncBatchNorm``) and its kwargs.
+        Normalisation layer class (``nn.BatchNorm``, ``gluon.contrib.nn.SyncBatchNorm``, ...) and its kwargs.
     reduction_factor, split_drop_ratio
         Attention width reduction and attention dropout of :class:`SplitAttentionConv`.
     features_only : bool
