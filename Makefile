@@ -1,6 +1,6 @@
 # make demo  - create .venv (pinned), then run the main job on the built-in digits data
 # make test  - create .venv (pinned), lint, then run the test suite
-# GPU machines: make MXNET=mxnet-cu112==1.9.1 demo   (CUDA 11.2; Horovod then wants HOROVOD_GPU_OPERATIONS=NCCL)
+# GPU machines: make MXNET=mxnet-cu112==1.9.1 HOROVOD_GPU_OPERATIONS=NCCL demo   (CUDA 11.2, cuDNN 8, NCCL)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,8 +8,10 @@ MXNET  ?= mxnet==1.9.1
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip -q --disable-pip-version-check
 CONSTRAINTS = requirements/constraints.txt
+HOROVOD_GPU_OPERATIONS ?=
 HOROVOD_ENV = HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 \
-              HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1
+              HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+              $(if $(HOROVOD_GPU_OPERATIONS),HOROVOD_GPU_OPERATIONS=$(HOROVOD_GPU_OPERATIONS))
 
 .PHONY: env demo test lint bench clean
 
