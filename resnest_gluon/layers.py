@@ -157,7 +157,9 @@ class DropBlock(HybridBlock):
         hw = F.slice_axis(shape, axis=0, begin=2, end=4)
         valid = F.maximum(hw - (bs - 1), 1.0)
         gamma = self.drop_prob / (bs * bs) * F.prod(hw) / F.prod(valid)
-        seed = F.broadcast_lesser(F.random.uniform_like(x), gamma.reshape((1, 1, 1, 1)))
+        # The mask is computed in float32 whatever x's dtype (float16 training casts it at the end).
+        noise = F.cast(F.random.uniform_like(x), "float32")
+        seed = F.broadcast_lesser(noise, gamma.reshape((1, 1, 1, 1)))
         seed = F.broadcast_mul(seed, training)
         pad = bs // 2
         mask = 1 - F.Pooling(seed, kernel=(bs, bs), stride=(1, 1), pad=(pad, pad), pool_type="max")
@@ -166,6 +168,7 @@ class DropBlock(HybridBlock):
         kept = F.maximum(F.sum(mask, axis=(1, 2, 3), keepdims=True), 1.0)
         scale = F.broadcast_div(count.reshape((1, 1, 1, 1)), kept)
         factor = 1 + F.broadcast_mul(training, F.broadcast_mul(mask, scale) - 1)
+        factor, x = F.amp_multicast(factor, x, num_outputs=2, cast_narrow=True)
         return x * factor
 
 

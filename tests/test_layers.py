@@ -203,3 +203,26 @@ def test_set_drop_prob_takes_effect_after_hybridize():
     assert (net(x) == x).asnumpy().all()
     with pytest.raises(ValueError):
         DropBlock(0.1, block_size=4)
+
+
+def test_dropblock_in_float16(tmp_path):
+    """float16 training (GPUs) must not mix dtypes; MKLDNN has no float16, so run it without MKLDNN."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import mxnet as mx\n"
+        "from resnest_gluon import DropBlock\n"
+        "b = DropBlock(0.3); b.hybridize()\n"
+        "x = mx.nd.ones((2, 4, 9, 9), dtype='float16')\n"
+        "with mx.autograd.record(train_mode=True):\n"
+        "    y = b(x)\n"
+        "assert y.dtype.__name__ == 'float16', y.dtype\n"
+        "assert (y == 0).asnumpy().any()\n"
+        "assert (b(x) == x).asnumpy().all()\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, MXNET_MKLDNN_ENABLED="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
