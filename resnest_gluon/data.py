@@ -1,0 +1,693 @@
+"""ImageNet input pipelines over RecordIO files (``.rec`` + ``.idx``), sharded across workers.
+
+The training recipe is that of ResNeSt (Zhang et al., arXiv:2004.08955, section 5.1): random resized crop
+(area 8-100 %, aspect ratio 3/4-4/3), horizontal flip, colour jitter 0.4 (brightness, contrast,
+saturation), AlexNet-style PCA lighting noise 0.1, mean/std normalisation; optionally AutoAugment
+(Cubuk et al. 2019), label smoothing and mixup. Validation resizes the shorter side to ``crop / 0.875``
+and takes the centre crop (bicubic for the 320/416 px models).
+
+Two back ends give the same :class:`mxnet.io.DataIter` interface:
+
+* ``mx.io.ImageRecordIter`` (C++ decoding threads), used whenever it can do the job;
+* a Python path (a record dataset and ``gluon.data.DataLoader`` worker processes, OpenCV transforms),
+  for what the C++ iterator cannot do: AutoAugment.
+
+Both shard a file the way MXNet's indexed RecordIO splitter does: records sorted by file offset, part
+``k`` of ``n`` gets the ``k``-th run of ``ceil(N / n)`` records, so the parts are disjoint and together
+cover the file exactly once. Every batch has ``.pad`` set: the last ``pad`` samples of the last batch of
+an epoch are repeats of real ones, to be ignored by metrics (the training loop may keep them).
+"""
+
+import logging
+import math
+import os
+from typing import Callable, List, Optional, Tuple
+
+import cv2
+import mxnet as mx
+import numpy as np
+
+from .autoaugment import ImageNetPolicy
+
+__all__ = [
+    "MEAN",
+    "STD",
+    "num_records",
+    "read_index",
+    "shard_bounds",
+    "train_iter",
+    "val_iter",
+    "smooth_one_hot",
+    "mixup",
+]
+
+logger = logging.getLogger(__name__)
+
+MEAN = (123.68, 116.779, 103.939)  # RGB, 0-255 scale
+STD = (58.393, 57.12, 57.375)
+
+# AlexNet's PCA of ImageNet RGB pixels (0-255 scale), used for lighting noise.
+_EIGVAL = np.array([55.46, 4.794, 1.148], np.float32)
+_EIGVEC = np.array(
+    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]], np.float32
+)
+
+_INTERP = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
+# ImageRecordIter's inter_method codes.
+_CPP_INTERP = {"bilinear": 1, "bicubic": 2}
+
+
+# ----------------------------------------------------------------------------------------------- files
+def _idx_path(rec_path: str) -> str:
+    return os.path.splitext(rec_path)[0] + ".idx"
+
+
+def _missing(what: str, path: str, why: str = "not found") -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{what} {path!r} {why}; pack it with tools/im2rec.py (which writes the .rec and its .idx "
+        "side by side)"
+    )
+
+
+def read_index(rec_path: str) -> List[Tuple[int, int]]:
+    """Read the ``.idx`` next to ``rec_path`` and return ``(key, offset)`` pairs sorted by offset.
+
+    Parameters
+    ----------
+    rec_path : str
+        Path of the ``.rec`` file; the index is the file with the same stem and suffix ``.idx``.
+
+    Returns
+    -------
+    list of (int, int)
+        One pair per record, in file order (the order the sharding uses).
+
+    Raises
+    ------
+    FileNotFoundError
+        The ``.rec`` or ``.idx`` is missing, unreadable, empty, or the index does not fit the file.
+    """
+    idx_path = _idx_path(rec_path)
+    if not os.path.isfile(rec_path):
+        raise _missing("record file", rec_path)
+    if not os.path.isfile(idx_path):
+        raise _missing("index file", idx_path, f"(for {rec_path!r}) not found")
+    try:
+        with open(rec_path, "rb"):
+            pass
+        with open(idx_path) as f:
+            lines = f.read().split("\n")
+    except OSError as err:
+        raise _missing("record/index pair", rec_path, f"is unreadable ({err})") from err
+    pairs = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        try:
+            pairs.append((int(fields[0]), int(fields[1])))
+        except (IndexError, ValueError):
+            raise _missing(
+                "index file", idx_path, f"is unreadable (line {lineno}: {line[:60]!r} is not 'key offset')"
+            ) from None
+    if not pairs:
+        raise _missing("index file", idx_path, "is empty")
+    pairs.sort(key=lambda p: p[1])
+    size = os.path.getsize(rec_path)
+    if pairs[-1][1] >= size:
+        raise _missing(
+            "index file",
+            idx_path,
+            f"does not match {rec_path!r} (offset {pairs[-1][1]} beyond its {size} bytes)",
+        )
+    return pairs
+
+
+def num_records(rec_path: str) -> int:
+    """Number of records in ``rec_path``, counted from its ``.idx``.
+
+    Raises
+    ------
+    FileNotFoundError
+        The ``.rec`` or ``.idx`` is missing or unreadable.
+    """
+    return len(read_index(rec_path))
+
+
+def shard_bounds(total: int, num_parts: int = 1, part_index: int = 0) -> Tuple[int, int]:
+    """Record range ``[begin, end)`` (in file order) of part ``part_index`` of ``num_parts``.
+
+    The same split as MXNet's indexed RecordIO splitter: runs of ``ceil(total / num_parts)`` records.
+    """
+    if num_parts < 1 or not 0 <= part_index < num_parts:
+        raise ValueError(f"need num_parts >= 1 and 0 <= part_index < num_parts, got {part_index}/{num_parts}")
+    step = -(-total // num_parts)
+    begin = min(part_index * step, total)
+    return begin, min(begin + step, total)
+
+
+def _check_shard(rec_path: str, batch_size: int, num_parts: int, part_index: int) -> Tuple[int, int]:
+    total = num_records(rec_path)
+    begin, end = shard_bounds(total, num_parts, part_index)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if end - begin == 0:
+        raise ValueError(
+            f"{rec_path!r} has {total} records, too few for {num_parts} workers: part {part_index} gets none "
+            f"(records are split in runs of {-(-total // num_parts)}); use fewer workers"
+        )
+    if batch_size > end - begin:
+        raise ValueError(
+            f"batch_size {batch_size} is larger than the {end - begin} records of shard {part_index} of "
+            f"{num_parts} of {rec_path!r} ({total} records); use a batch size <= {end - begin} "
+            "(or fewer workers)"
+        )
+    return begin, end
+
+
+# ------------------------------------------------------------------------------------------ iterators
+class _ShardIter(mx.io.DataIter):
+    """Common part: a fixed number of samples per epoch, ``.pad`` on the last batch, padding repeats."""
+
+    def __init__(self, batch_size: int, num_samples: int, data_shape, dtype: str):
+        super().__init__(batch_size)
+        self.num_samples = num_samples
+        self.num_batches = -(-num_samples // batch_size)
+        self._provide_data = [mx.io.DataDesc("data", (batch_size,) + tuple(data_shape), np.dtype(dtype).type)]
+        self._provide_label = [mx.io.DataDesc("softmax_label", (batch_size,), np.float32)]
+        self._batch = 0
+
+    @property
+    def provide_data(self):
+        return self._provide_data
+
+    @property
+    def provide_label(self):
+        return self._provide_label
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def reset(self):
+        self._batch = 0
+        self._reset()
+
+    def _pad(self) -> int:
+        if self._batch == self.num_batches - 1:
+            return self.num_batches * self.batch_size - self.num_samples
+        return 0
+
+    def next(self) -> mx.io.DataBatch:
+        if self._batch >= self.num_batches:
+            raise StopIteration
+        pad = self._pad()
+        data, label = self._next()
+        if pad:
+            # Padded slots may hold garbage (ImageRecordIter leaves stale or uninitialised memory there):
+            # overwrite them with copies of the real samples so that nothing downstream sees NaN or
+            # out-of-range labels, e.g. BatchNorm statistics when a loop does not slice.
+            real = self.batch_size - pad
+            take = mx.nd.array(np.r_[np.arange(real), np.arange(pad) % real], dtype="int32")
+            data, label = mx.nd.take(data, take), mx.nd.take(label, take)
+        self._batch += 1
+        return mx.io.DataBatch(
+            data=[data],
+            label=[label],
+            pad=pad,
+            provide_data=self._provide_data,
+            provide_label=self._provide_label,
+        )
+
+    def _reset(self):
+        raise NotImplementedError
+
+    def _next(self):
+        raise NotImplementedError
+
+
+class _RecordIter(_ShardIter):
+    """``mx.io.ImageRecordIter`` with the epoch length and ``.pad`` computed from the index.
+
+    ``round_batch=False`` keeps every epoch to exactly the shard, but in MXNet 1.9.1 the C++ iterator then
+    reports ``pad=0`` and leaves the tail of the last batch undefined; this wrapper fixes both.
+    """
+
+    def __init__(self, num_samples: int, dtype: str, **kwargs):
+        # ImageRecordIter2 only makes float32, int32 and (u)int8 data; other types are cast here.
+        self._dtype = dtype
+        self._it = mx.io.ImageRecordIter(round_batch=False, verbose=False, dtype="float32", **kwargs)
+        super().__init__(kwargs["batch_size"], num_samples, kwargs["data_shape"], dtype)
+
+    def _reset(self):
+        self._it.reset()
+
+    def _next(self):
+        try:
+            batch = self._it.next()
+        except StopIteration:
+            raise RuntimeError(
+                f"ImageRecordIter ended after {self._batch} of {self.num_batches} batches; "
+                "is the .idx out of date with the .rec?"
+            ) from None
+        data, label = batch.data[0], batch.label[0]
+        if data.dtype != np.dtype(self._dtype):
+            data = data.astype(self._dtype)
+        if label.dtype != np.float32:
+            label = label.astype("float32")
+        return data, label
+
+
+class _RecordDataset(mx.gluon.data.Dataset):
+    """Raw records by key, decoded with OpenCV; items are ``(position, epoch)`` pairs.
+
+    The record file is opened lazily in each process, so the dataset can be sent to DataLoader workers.
+    Each sample gets its own random generator seeded by ``(seed, epoch, position)``: augmentations are
+    reproducible and do not repeat across forked workers (which would share numpy's global state).
+    """
+
+    def __init__(self, rec_path: str, keys: List[int], transform: Callable, seed: int):
+        self._rec_path = rec_path
+        self._keys = keys
+        self._transform = transform
+        self._seed = seed
+        self._record = None
+        self._pid = None
+        self._owner = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_record"] = None
+        return state
+
+    def __getitem__(self, item):
+        position, epoch = item
+        if self._record is None or self._pid != os.getpid():
+            self._record = mx.recordio.MXIndexedRecordIO(_idx_path(self._rec_path), self._rec_path, "r")
+            self._pid = os.getpid()
+            if self._pid != self._owner:
+                # One worker process per core: OpenCV's own threads would only oversubscribe them.
+                cv2.setNumThreads(1)
+        header, payload = mx.recordio.unpack(self._record.read_idx(self._keys[position]))
+        img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ValueError(f"record {self._keys[position]} of {self._rec_path!r} is not a decodable image")
+        rng = np.random.default_rng([self._seed, epoch, position])
+        label = header.label if np.isscalar(header.label) else header.label[0]
+        return self._transform(img, rng), np.float32(label)
+
+
+class _BatchSampler:
+    """Batches of ``(position, epoch)``; the last batch is completed with repeats of its first items."""
+
+    def __init__(self, num_samples: int, batch_size: int, shuffle: bool, seed: int):
+        self.num_samples, self.batch_size, self.shuffle, self.seed = num_samples, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    def __iter__(self):
+        order = np.arange(self.num_samples)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
+        for start in range(0, self.num_samples, self.batch_size):
+            chunk = list(order[start : start + self.batch_size])
+            chunk += [chunk[i % len(chunk)] for i in range(self.batch_size - len(chunk))]
+            yield [(int(p), self.epoch) for p in chunk]
+
+
+class _LoaderIter(_ShardIter):
+    """The Python path: a :class:`_RecordDataset` shard behind a multi-process ``DataLoader``."""
+
+    def __init__(self, rec_path, keys, transform, batch_size, data_shape, *, shuffle, seed, threads, dtype):
+        super().__init__(batch_size, len(keys), data_shape, dtype)
+        self._dtype = dtype
+        self._sampler = _BatchSampler(len(keys), batch_size, shuffle, seed)
+        dataset = _RecordDataset(rec_path, keys, transform, seed)
+        self._loader = mx.gluon.data.DataLoader(dataset, batch_sampler=self._sampler, num_workers=threads)
+        self._epoch_iter = None
+
+    def _reset(self):
+        self._sampler.epoch += 1
+        self._epoch_iter = None
+
+    def _next(self):
+        if self._epoch_iter is None:
+            self._epoch_iter = iter(self._loader)
+        data, label = next(self._epoch_iter)
+        if data.dtype != np.dtype(self._dtype):
+            data = data.astype(self._dtype)
+        return data, label.astype("float32")
+
+
+# ------------------------------------------------------------------------------- Python transforms
+def _resize_short(img: np.ndarray, size: int, interp: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    # Same integer arithmetic as ImageRecordIter's ``resize``, so both paths crop the same pixels.
+    nh, nw = (size * h // w, size) if h > w else (size, size * w // h)
+    return cv2.resize(img, (nw, nh), interpolation=interp)
+
+
+# x_rgb = _BGR_TO_RGB @ x_bgr: OpenCV decodes to BGR, and folding the swap into the colour matrix is free.
+_BGR_TO_RGB = np.eye(3)[::-1]
+
+
+def _to_chw(img: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Apply a ``(3, 4)`` per-pixel affine map to a uint8 HWC image; float32 CHW out."""
+    out = cv2.transform(img.astype(np.float32), affine.astype(np.float32))
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def _random_resized_crop(img, size, rng, interp, area=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)):
+    h, w = img.shape[:2]
+    for _ in range(10):
+        target = rng.uniform(*area) * h * w
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            return cv2.resize(img[y : y + ch, x : x + cw], (size, size), interpolation=interp)
+    # Fall back to the largest centre crop within the ratio range.
+    s = min(h, w)
+    y, x = (h - s) // 2, (w - s) // 2
+    return cv2.resize(img[y : y + s, x : x + s], (size, size), interpolation=interp)
+
+
+_GRAY = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _colour_affine(
+    mean_pixel: np.ndarray, jitter: float, lighting: float, rng: np.random.Generator
+) -> np.ndarray:
+    """One ``(3, 4)`` per-pixel affine map: colour jitter, lighting noise and normalisation together.
+
+    Brightness (``a x``), contrast (``a x + (1 - a) mean(gray)``), saturation (``a x + (1 - a) gray(x)``,
+    all with ``a ~ U(1 - jitter, 1 + jitter)``, in random order, unclipped as in MXNet's iterators), the
+    AlexNet PCA lighting shift and ``(x - MEAN) / STD`` are each affine in the pixel, and contrast's image
+    mean follows the same map; so the whole chain is one matrix applied in a single pass.
+    """
+    m, t = np.eye(3, dtype=np.float64), np.zeros(3)
+    mean = np.asarray(mean_pixel, np.float64)[:3]
+    if jitter > 0:
+        for op in rng.permutation(3):
+            a = 1.0 + rng.uniform(-jitter, jitter)
+            if op == 0:  # brightness
+                m, t = a * m, a * t
+            elif op == 1:  # contrast: blend with the mean grey of the current image
+                grey = _GRAY @ (m @ mean + t)
+                m, t = a * m, a * t + (1.0 - a) * grey
+            else:  # saturation: blend with each pixel's grey
+                s = a * np.eye(3) + (1.0 - a) * np.outer(np.ones(3), _GRAY)
+                m, t = s @ m, s @ t
+    if lighting > 0:
+        t = t + _EIGVEC @ (rng.normal(0.0, lighting, 3) * _EIGVAL)
+    std = np.array(STD)
+    m, t = m / std[:, None], (t - np.array(MEAN)) / std
+    return np.hstack([m, t[:, None]]).astype(np.float32)
+
+
+class _TrainTransform:
+    """BGR uint8 image (as decoded) -> normalised RGB CHW float32, with the training augmentations."""
+
+    def __init__(self, size: int, jitter: float, lighting: float, auto_aug: bool, interpolation: str):
+        self.size, self.jitter, self.lighting = size, jitter, lighting
+        self.policy = ImageNetPolicy() if auto_aug else None
+        self.interp = _INTERP[interpolation]
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        img = _random_resized_crop(img, self.size, rng, self.interp)
+        if rng.random() < 0.5:
+            img = cv2.flip(img, 1)
+        swap = _BGR_TO_RGB
+        if self.policy is not None:
+            # AutoAugment's colour operations are defined on RGB.
+            img, swap = self.policy(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), rng), np.eye(3)
+        mean_rgb = swap @ np.asarray(cv2.mean(img)[:3])
+        affine = _colour_affine(mean_rgb, self.jitter, self.lighting, rng)
+        affine[:, :3] = affine[:, :3] @ swap
+        return _to_chw(img, affine)
+
+
+class _ValTransform:
+    """BGR uint8 image -> shorter side resized, centre crop, normalised RGB CHW float32."""
+
+    def __init__(self, crop: int, resize: int, interpolation: str):
+        self.crop, self.resize, self.interp = crop, resize, _INTERP[interpolation]
+        self.affine = _colour_affine(np.zeros(3), 0.0, 0.0, None)
+        self.affine[:, :3] = self.affine[:, :3] @ _BGR_TO_RGB
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        img = _resize_short(img, self.resize, self.interp)
+        h, w = img.shape[:2]
+        y, x = (h - self.crop) // 2, (w - self.crop) // 2
+        return _to_chw(img[y : y + self.crop, x : x + self.crop], self.affine)
+
+
+# ----------------------------------------------------------------------------------------- public API
+def _interp_name(interpolation: str, size: int) -> str:
+    if interpolation == "auto":
+        # The paper's 320 and 416 px models are evaluated with bicubic resizing.
+        return "bicubic" if size >= 320 else "bilinear"
+    if interpolation not in _INTERP:
+        raise ValueError(f"interpolation must be 'auto', 'bilinear' or 'bicubic', got {interpolation!r}")
+    return interpolation
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in ("auto", "cpp", "python"):
+        raise ValueError(f"backend must be 'auto', 'cpp' or 'python', got {backend!r}")
+
+
+def _norm_kwargs() -> dict:
+    return dict(mean_r=MEAN[0], mean_g=MEAN[1], mean_b=MEAN[2], std_r=STD[0], std_g=STD[1], std_b=STD[2])
+
+
+def train_iter(
+    rec_path: str,
+    batch_size: int,
+    input_size: int = 224,
+    *,
+    num_parts: int = 1,
+    part_index: int = 0,
+    threads: int = 4,
+    seed: int = 0,
+    auto_aug: bool = False,
+    jitter: float = 0.4,
+    lighting: float = 0.1,
+    dtype: str = "float32",
+    backend: str = "auto",
+) -> mx.io.DataIter:
+    """Shuffled, augmented training batches of this worker's shard of ``rec_path``.
+
+    Parameters
+    ----------
+    rec_path : str
+        ``.rec`` file with its ``.idx`` beside it.
+    batch_size : int
+        Samples per batch on this worker.
+    input_size : int
+        Side of the square crops.
+    num_parts, part_index : int
+        Number of workers and this worker's rank; the shards are disjoint and cover the file.
+    threads : int
+        Decoding threads (C++ iterator) or worker processes (Python path; 0 = in the main process).
+    seed : int
+        Seed of the shuffling and augmentations (offset by ``part_index`` for augmentations).
+    auto_aug : bool
+        Add AutoAugment's ImageNet policy (uses the Python path).
+    jitter : float
+        Brightness, contrast and saturation jitter (0 for none).
+    lighting : float
+        Standard deviation of the PCA lighting noise (0 for none).
+    dtype : str
+        Data type of the images (``float32`` or ``float16``); labels are always ``float32``.
+    backend : {'auto', 'cpp', 'python'}
+        ``auto`` takes the C++ ``ImageRecordIter`` unless AutoAugment asks for the Python path.
+
+    Returns
+    -------
+    mxnet.io.DataIter
+        Yields ``DataBatch`` with ``data[0]`` ``(B, 3, S, S)``, ``label[0]`` ``(B,)`` and ``pad``;
+        ``reset()`` starts a new, reshuffled epoch; ``len()`` is the number of batches per epoch and
+        ``num_samples`` the shard size.
+    """
+    _check_backend(backend)
+    begin, end = _check_shard(rec_path, batch_size, num_parts, part_index)
+    if backend == "python" or (backend == "auto" and auto_aug):
+        keys = [k for k, _ in read_index(rec_path)[begin:end]]
+        transform = _TrainTransform(input_size, jitter, lighting, auto_aug, _interp_name("auto", input_size))
+        return _LoaderIter(
+            rec_path,
+            keys,
+            transform,
+            batch_size,
+            (3, input_size, input_size),
+            shuffle=True,
+            seed=seed * 1000003 + part_index,
+            threads=threads,
+            dtype=dtype,
+        )
+    if auto_aug:
+        raise ValueError("AutoAugment needs the Python path: use backend='auto' or 'python'")
+    return _RecordIter(
+        end - begin,
+        dtype,
+        path_imgrec=rec_path,
+        path_imgidx=_idx_path(rec_path),
+        data_shape=(3, input_size, input_size),
+        batch_size=batch_size,
+        num_parts=num_parts,
+        part_index=part_index,
+        preprocess_threads=max(1, threads),
+        shuffle=True,
+        seed=seed,
+        seed_aug=seed * 1000003 + part_index,
+        rand_mirror=True,
+        random_resized_crop=True,
+        min_random_area=0.08,
+        max_random_area=1.0,
+        min_aspect_ratio=3.0 / 4.0,
+        max_aspect_ratio=4.0 / 3.0,
+        brightness=jitter,
+        contrast=jitter,
+        saturation=jitter,
+        pca_noise=lighting,
+        inter_method=_CPP_INTERP[_interp_name("auto", input_size)],
+        **_norm_kwargs(),
+    )
+
+
+def val_iter(
+    rec_path: str,
+    batch_size: int,
+    crop_size: int = 224,
+    *,
+    num_parts: int = 1,
+    part_index: int = 0,
+    threads: int = 4,
+    resize: Optional[int] = None,
+    interpolation: str = "auto",
+    dtype: str = "float32",
+    backend: str = "auto",
+) -> mx.io.DataIter:
+    """Centre-crop validation batches of this worker's shard of ``rec_path``, in file order.
+
+    Every record of the file appears in exactly one worker's shard, once; the last batch of a shard is
+    completed with repeats whose number is ``batch.pad``, so
+    ``batch.label[0][: batch_size - batch.pad]`` are the samples to count.
+
+    Parameters
+    ----------
+    rec_path : str
+        ``.rec`` file with its ``.idx`` beside it.
+    batch_size : int
+        Samples per batch on this worker.
+    crop_size : int
+        Side of the centre crop.
+    num_parts, part_index : int
+        Number of workers and this worker's rank.
+    threads : int
+        Decoding threads (C++) or worker processes (Python path).
+    resize : int, optional
+        Shorter side before cropping; ``ceil(crop_size / 0.875)`` by default.
+    interpolation : {'auto', 'bilinear', 'bicubic'}
+        ``auto`` is bicubic for crops of 320 px and more (the paper's large models), else bilinear.
+    dtype : str
+        Data type of the images.
+    backend : {'auto', 'cpp', 'python'}
+        ``auto`` is the C++ ``ImageRecordIter`` (which resizes bicubically too).
+
+    Returns
+    -------
+    mxnet.io.DataIter
+        As :func:`train_iter`, unshuffled.
+    """
+    _check_backend(backend)
+    begin, end = _check_shard(rec_path, batch_size, num_parts, part_index)
+    resize = int(math.ceil(crop_size / 0.875)) if resize is None else int(resize)
+    if resize < crop_size:
+        raise ValueError(f"resize ({resize}) must be >= crop_size ({crop_size})")
+    interp = _interp_name(interpolation, crop_size)
+    if backend == "python":
+        keys = [k for k, _ in read_index(rec_path)[begin:end]]
+        return _LoaderIter(
+            rec_path,
+            keys,
+            _ValTransform(crop_size, resize, interp),
+            batch_size,
+            (3, crop_size, crop_size),
+            shuffle=False,
+            seed=0,
+            threads=threads,
+            dtype=dtype,
+        )
+    return _RecordIter(
+        end - begin,
+        dtype,
+        path_imgrec=rec_path,
+        path_imgidx=_idx_path(rec_path),
+        data_shape=(3, crop_size, crop_size),
+        batch_size=batch_size,
+        num_parts=num_parts,
+        part_index=part_index,
+        preprocess_threads=max(1, threads),
+        shuffle=False,
+        resize=resize,
+        inter_method=_CPP_INTERP[interp],
+        **_norm_kwargs(),
+    )
+
+
+# ------------------------------------------------------------------------------- label mixing
+def smooth_one_hot(label: mx.nd.NDArray, classes: int, eps: float = 0.1) -> mx.nd.NDArray:
+    """Label-smoothed one-hot targets: ``1 - eps + eps / classes`` on the label, ``eps / classes`` elsewhere.
+
+    Parameters
+    ----------
+    label : mxnet.nd.NDArray
+        ``(B,)`` class indices (float or int).
+    classes : int
+        Number of classes.
+    eps : float
+        Smoothing (0 gives plain one-hot).
+
+    Returns
+    -------
+    mxnet.nd.NDArray
+        ``(B, classes)``; each row sums to 1.
+    """
+    if not 0.0 <= eps < 1.0:
+        raise ValueError(f"label smoothing eps must be in [0, 1), got {eps}")
+    off = eps / classes
+    return mx.nd.one_hot(label, classes, on_value=1.0 - eps + off, off_value=off)
+
+
+def mixup(
+    data: mx.nd.NDArray, soft_label: mx.nd.NDArray, alpha: float, rng: np.random.Generator
+) -> Tuple[mx.nd.NDArray, mx.nd.NDArray]:
+    """Mixup (Zhang et al. 2018) of a batch with itself reversed, one ``lambda ~ Beta(alpha, alpha)``.
+
+    Parameters
+    ----------
+    data : mxnet.nd.NDArray
+        ``(B, ...)`` images.
+    soft_label : mxnet.nd.NDArray
+        ``(B, classes)`` targets, e.g. from :func:`smooth_one_hot`.
+    alpha : float
+        Beta parameter; ``alpha <= 0`` returns the inputs unchanged.
+    rng : numpy.random.Generator
+        Source of lambda.
+
+    Returns
+    -------
+    (mxnet.nd.NDArray, mxnet.nd.NDArray)
+        ``lam * x + (1 - lam) * x[::-1]`` for both.
+    """
+    if alpha <= 0:
+        return data, soft_label
+    lam = float(rng.beta(alpha, alpha))
+    mixed = lam * data + (1.0 - lam) * mx.nd.flip(data, axis=0)
+    return mixed, lam * soft_label + (1.0 - lam) * mx.nd.flip(soft_label, axis=0)

@@ -1,0 +1,128 @@
+"""Data-parallel helpers: Horovod when the process runs under ``horovodrun``, one worker otherwise.
+
+Everything here is a function; nothing happens at import time. Call :func:`init` once, early, then
+use :func:`rank`, :func:`size`, :func:`broadcast_parameters`, :func:`allreduce_sum` and
+:func:`make_trainer` the same way with or without Horovod (no mpi4py is needed).
+"""
+
+import logging
+import os
+from typing import Optional
+
+import mxnet as mx
+from mxnet import gluon
+
+__all__ = [
+    "init",
+    "launched_by_horovod",
+    "is_distributed",
+    "rank",
+    "size",
+    "local_rank",
+    "is_primary",
+    "broadcast_parameters",
+    "allreduce_sum",
+    "make_trainer",
+]
+
+logger = logging.getLogger(__name__)
+
+# horovodrun (Gloo) sets HOROVOD_RANK; mpirun-launched jobs set OMPI_COMM_WORLD_RANK / PMI_RANK.
+_LAUNCH_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+_hvd = None  # the horovod.mxnet module once init() found a distributed launch
+
+
+def launched_by_horovod() -> bool:
+    """True when the environment says this process is one worker of a ``horovodrun``/``mpirun`` job."""
+    return any(var in os.environ for var in _LAUNCH_VARS)
+
+
+def init() -> bool:
+    """Initialises Horovod when launched by ``horovodrun``; otherwise sets up a single worker.
+
+    Returns
+    -------
+    bool
+        True when Horovod is active (possibly with only one worker).
+
+    Raises
+    ------
+    RuntimeError
+        When the process was launched by ``horovodrun`` but ``horovod.mxnet`` cannot be imported.
+    """
+    global _hvd
+    if _hvd is not None or not launched_by_horovod():
+        return _hvd is not None
+    try:
+        import horovod.mxnet as hvd
+    except ImportError as err:
+        raise RuntimeError(
+            "this process was started by horovodrun/mpirun but horovod.mxnet cannot be imported "
+            f"({err}); install Horovod with HOROVOD_WITH_MXNET=1 (see the Makefile) or run without horovodrun"
+        ) from err
+    hvd.init()
+    _hvd = hvd
+    logger.debug("horovod initialised: rank %d of %d", hvd.rank(), hvd.size())
+    return True
+
+
+def is_distributed() -> bool:
+    """True when Horovod is active and there is more than one worker."""
+    return _hvd is not None and _hvd.size() > 1
+
+
+def rank() -> int:
+    """This worker's global rank (0 without Horovod)."""
+    return _hvd.rank() if _hvd is not None else 0
+
+
+def size() -> int:
+    """Number of workers (1 without Horovod)."""
+    return _hvd.size() if _hvd is not None else 1
+
+
+def local_rank() -> int:
+    """This worker's rank on its machine, the GPU index to use (0 without Horovod)."""
+    return _hvd.local_rank() if _hvd is not None else 0
+
+
+def is_primary() -> bool:
+    """True on rank 0, the only worker that writes logs, checkpoints and plots."""
+    return rank() == 0
+
+
+def broadcast_parameters(params, root_rank: int = 0) -> None:
+    """Copies every parameter of ``params`` (a Gluon ``ParameterDict`` or dict) from ``root_rank``.
+
+    The parameters must be initialised. Nothing happens with one worker.
+    """
+    if not is_distributed():
+        return
+    _hvd.broadcast_parameters(params, root_rank=root_rank)
+
+
+def allreduce_sum(array: mx.nd.NDArray, name: Optional[str] = None) -> mx.nd.NDArray:
+    """The element-wise sum of ``array`` over all workers (``array`` itself with one worker).
+
+    Every worker must call this the same number of times in the same order with the same ``name``.
+    """
+    if not is_distributed():
+        return array
+    return _hvd.allreduce(array, average=False, name=name)
+
+
+def make_trainer(params, optimizer: str, optimizer_params: dict) -> gluon.Trainer:
+    """A ``hvd.DistributedTrainer`` (gradients averaged over workers) or a local ``gluon.Trainer``.
+
+    Parameters
+    ----------
+    params : ParameterDict or dict
+        The parameters to update.
+    optimizer : str
+        An MXNet optimizer name, e.g. ``"nag"`` (SGD with Nesterov momentum).
+    optimizer_params : dict
+        Its arguments, e.g. ``learning_rate``, ``momentum``, ``wd``, ``multi_precision``.
+    """
+    if _hvd is not None:
+        return _hvd.DistributedTrainer(params, optimizer, optimizer_params)
+    return gluon.Trainer(params, optimizer, optimizer_params, kvstore=None)

@@ -1,0 +1,340 @@
+#!/usr/bin/env python3
+"""Throughput of the ImageNet input pipelines of ``resnest_gluon.data``, against OpenCV's decode limit.
+
+On one ``.rec`` file, in one run, measures images per second of
+
+* ``decode_resize`` / ``decode_rrc``: the limit, ``cv2.imdecode`` of each record's JPEG plus a resize of
+  the shorter side to ``ceil(size / 0.875)`` (validation-like) or a random resized crop to ``size``
+  (training-like), on one core, records already in memory;
+* ``train``: :func:`resnest_gluon.data.train_iter`, C++ ``ImageRecordIter`` with all of the paper's
+  augmentations (random resized crop, flip, colour jitter 0.4, PCA lighting 0.1, normalisation);
+* ``val``: :func:`resnest_gluon.data.val_iter` (resize, centre crop, normalisation);
+* ``train_autoaug``: the Python path (DataLoader worker processes) with AutoAugment;
+
+each with 1, 2, ... decoding threads (worker processes for the Python path). Besides wall-clock images/s
+(and that divided by the threads), it reports images per CPU-second of this process and its worker
+processes, which is what sizes a machine and is less disturbed by other load on a shared one.
+
+ResNeSt: Zhang et al., arXiv:2004.08955. Example::
+
+    python scripts/bench_pipeline.py --make-data 1000 --data /tmp/bench/imagenet_like --threads 1 2 \\
+        --batches 40 --json bench_pipeline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence
+
+import cv2
+import mxnet as mx
+import numpy as np
+from tqdm import tqdm
+
+from resnest_gluon import data
+
+logger = logging.getLogger("bench_pipeline")
+
+# Assumed GPU throughput for the cores-per-GPU estimate: a V100 trains ResNeSt-50 at 224 px in float16
+# at roughly 1,000 images/s (batch 128); the paper's training used V100s.
+GPU_IMAGES_PER_S = 1000.0
+
+
+# -------------------------------------------------------------------------------------------- data
+def make_data(prefix: str, count: int, seed: int = 0, classes: int = 10) -> str:
+    """Write ``prefix.rec`` / ``prefix.idx``: ``count`` ImageNet-like JPEGs (300-500 px, quality 90).
+
+    Random crops of random rescales (1-1.4x) of scikit-learn's two sample photographs, random flips,
+    labels ``i % classes``. Written under temporary names and renamed when complete.
+
+    Returns
+    -------
+    str
+        Path of the ``.rec`` file.
+    """
+    from sklearn.datasets import load_sample_images
+
+    if count < 1:
+        raise ValueError(f"--make-data needs a positive number of images, got {count}")
+    photos = [img for img in load_sample_images().images]  # RGB uint8, 427 x 640
+    rng = np.random.default_rng(seed)
+    folder = os.path.dirname(os.path.abspath(prefix))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".bench_pipeline-", dir=folder)
+    os.close(fd)
+    os.remove(tmp)
+    record = mx.recordio.MXIndexedRecordIO(tmp + ".idx", tmp + ".rec", "w")
+    try:
+        for i in tqdm(range(count), desc="making images", unit="img", leave=False):
+            photo = photos[int(rng.integers(len(photos)))]
+            scale = rng.uniform(1.0, 1.4)
+            big = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            h = min(int(rng.integers(300, 501)), big.shape[0])
+            w = min(int(rng.integers(300, 501)), big.shape[1])
+            y, x = int(rng.integers(0, big.shape[0] - h + 1)), int(rng.integers(0, big.shape[1] - w + 1))
+            crop = big[y : y + h, x : x + w]
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            header = mx.recordio.IRHeader(0, float(i % classes), i, 0)
+            bgr = np.ascontiguousarray(crop[:, :, ::-1])
+            record.write_idx(i, mx.recordio.pack_img(header, bgr, quality=90, img_fmt=".jpg"))
+        record.close()
+        os.replace(tmp + ".rec", prefix + ".rec")
+        os.replace(tmp + ".idx", prefix + ".idx")
+    finally:
+        for leftover in (tmp + ".rec", tmp + ".idx"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    return prefix + ".rec"
+
+
+# ------------------------------------------------------------------------------------------- timing
+def _children_cpu_seconds() -> float:
+    """CPU seconds of this process's live child processes (DataLoader workers), from /proc; 0 elsewhere."""
+    total, me, tick = 0.0, os.getpid(), os.sysconf("SC_CLK_TCK")
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command name: state, ppid, ..., utime (14th field overall), stime (15th).
+        if int(fields[1]) == me:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime + _children_cpu_seconds()
+
+
+def _row(name: str, threads: int, images: int, wall: float, cpu: float, **extra) -> Dict:
+    return {
+        "name": name,
+        "threads": threads,
+        "images": images,
+        "seconds": round(wall, 4),
+        "cpu_seconds": round(cpu, 4),
+        "images_per_s": round(images / wall, 1),
+        "images_per_s_per_thread": round(images / wall / threads, 1),
+        "images_per_cpu_s": round(images / cpu, 1) if cpu > 0 else None,
+        **extra,
+    }
+
+
+def bench_decode(rec_path: str, size: int, limit: Optional[int] = None, seed: int = 0) -> List[Dict]:
+    """OpenCV decode + resize (shorter side to ``ceil(size/0.875)``) and decode + random resized crop.
+
+    One core (``cv2.setNumThreads(1)``), records read into memory first, so only decoding and resizing
+    are timed.
+    """
+    record = mx.recordio.MXIndexedRecordIO(data._idx_path(rec_path), rec_path, "r")
+    keys = [k for k, _ in data.read_index(rec_path)][:limit]
+    payloads = [mx.recordio.unpack(record.read_idx(k))[1] for k in keys]
+    record.close()
+    resize = int(math.ceil(size / 0.875))
+    rng = np.random.default_rng(seed)
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    rows = []
+    try:
+        for name in ("decode_resize", "decode_rrc"):
+            wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+            for payload in payloads:
+                img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+                if name == "decode_resize":
+                    data._resize_short(img, resize, cv2.INTER_LINEAR)
+                else:
+                    data._random_resized_crop(img, size, rng, cv2.INTER_LINEAR)
+            wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
+            rows.append(_row(name, 1, len(payloads), wall, cpu, image_size=size))
+    finally:
+        cv2.setNumThreads(previous)
+    return rows
+
+
+def bench_iter(name: str, it, threads: int, batches: int, warmup: int = 2, **extra) -> Dict:
+    """Images/s of a DataIter over ``batches`` batches after ``warmup`` (epochs restart as needed)."""
+
+    def batches_forever():
+        while True:
+            for batch in it:
+                yield batch
+            it.reset()
+
+    stream = batches_forever()
+    for _ in range(warmup):
+        next(stream).data[0].wait_to_read()
+    images = 0
+    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+    for _ in range(batches):
+        batch = next(stream)
+        batch.data[0].wait_to_read()
+        images += batch.data[0].shape[0]
+    wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
+    return _row(name, threads, images, wall, cpu, batch_size=it.batch_size, **extra)
+
+
+def run(
+    prefix: str,
+    threads: Sequence[int] = (1, 2),
+    batches: int = 40,
+    batch_size: int = 64,
+    input_size: int = 224,
+    autoaug_batches: Optional[int] = None,
+    progress: bool = True,
+) -> List[Dict]:
+    """Measure all pipelines on ``prefix.rec``; one dict per (pipeline, threads).
+
+    Parameters
+    ----------
+    prefix : str
+        Record file prefix (``prefix.rec`` + ``prefix.idx``); a path ending in ``.rec`` works too.
+    threads : sequence of int
+        Decoding threads (worker processes for the Python path) to try.
+    batches : int
+        Timed batches per iterator measurement.
+    batch_size : int
+        Batch size of the iterators (clipped to the number of records).
+    input_size : int
+        Training crop and validation crop size.
+    autoaug_batches : int, optional
+        Timed batches of the (slower) AutoAugment path; ``batches // 2`` by default.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    list of dict
+        Keys ``name``, ``threads``, ``images``, ``seconds``, ``cpu_seconds``, ``images_per_s``,
+        ``images_per_s_per_thread``, ``images_per_cpu_s`` and the settings used.
+    """
+    rec_path = prefix if prefix.endswith(".rec") else prefix + ".rec"
+    total = data.num_records(rec_path)
+    batch_size = min(batch_size, total)
+    autoaug_batches = max(1, batches // 2) if autoaug_batches is None else autoaug_batches
+    plan = [("decode", 1)] + [(kind, t) for t in threads for kind in ("train", "val", "train_autoaug")]
+    rows: List[Dict] = []
+    for kind, t in tqdm(plan, desc="bench_pipeline", disable=not progress):
+        if kind == "decode":
+            rows += bench_decode(rec_path, input_size)
+            continue
+        if kind == "train":
+            it = data.train_iter(rec_path, batch_size, input_size, threads=t)
+        elif kind == "val":
+            it = data.val_iter(rec_path, batch_size, input_size, threads=t)
+        else:
+            it = data.train_iter(rec_path, batch_size, input_size, threads=t, auto_aug=True)
+        n = autoaug_batches if kind == "train_autoaug" else batches
+        rows.append(bench_iter(kind, it, t, n, image_size=input_size))
+        del it
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ report
+def summarise(rows: List[Dict], gpu_images_per_s: float = GPU_IMAGES_PER_S) -> str:
+    """Text: table, train-iterator/decode-limit ratios, and CPU cores per GPU for ResNeSt-50 training."""
+    lines = [
+        f"{'pipeline':<15}{'threads':>8}{'img/s':>10}{'img/s/thread':>14}{'img/cpu-s':>11}{'images':>8}",
+    ]
+    for r in rows:
+        per_cpu = "-" if r["images_per_cpu_s"] is None else f"{r['images_per_cpu_s']:.0f}"
+        lines.append(
+            f"{r['name']:<15}{r['threads']:>8}{r['images_per_s']:>10.0f}{r['images_per_s_per_thread']:>14.0f}"
+            f"{per_cpu:>11}{r['images']:>8}"
+        )
+    by = {(r["name"], r["threads"]): r for r in rows}
+    limit = by.get(("decode_rrc", 1))
+    if limit is None:
+        return "\n".join(lines)
+    lines.append("")
+    lines.append(
+        f"decode limit (cv2.imdecode + random resized crop, 1 core): {limit['images_per_s']:.0f} img/s"
+    )
+    for (name, t), r in sorted(by.items()):
+        if name == "train":
+            lines.append(
+                f"train iterator / decode limit, {t} thread(s): "
+                f"{r['images_per_s_per_thread'] / limit['images_per_s']:.2f} per thread (wall clock), "
+                f"{(r['images_per_cpu_s'] or 0) / limit['images_per_cpu_s']:.2f} per CPU-second"
+            )
+    lines.append("")
+    lines.append(
+        f"Cores per GPU, assuming a V100 trains ResNeSt-50 (224 px, float16, batch 128) at "
+        f"~{gpu_images_per_s:.0f} img/s and ImageNet JPEGs cost about what these do to decode:"
+    )
+    for name, label in (
+        ("train", "C++ iterator, paper's augmentations"),
+        ("train_autoaug", "with AutoAugment"),
+    ):
+        best = max((r["images_per_cpu_s"] or 0 for r in rows if r["name"] == name), default=0)
+        if best:
+            lines.append(
+                f"  {label}: {best:.0f} img per CPU-second -> ~{math.ceil(gpu_images_per_s / best)} "
+                f"cores per GPU (plus ~1-2 for the training process itself)"
+            )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="record file prefix (PREFIX.rec + PREFIX.idx)")
+    p.add_argument(
+        "--make-data", type=int, metavar="N", default=0, help="first write N ImageNet-like JPEGs there"
+    )
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="decoding threads to try")
+    p.add_argument("--batches", type=int, default=40, help="timed batches per iterator")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--gpu-images-per-s", type=float, default=GPU_IMAGES_PER_S, help="assumed GPU speed")
+    p.add_argument("--json", help="write the measurements here")
+    args = p.parse_args(argv)
+    if args.batches < 1 or args.batch_size < 1 or any(t < 1 for t in args.threads):
+        p.error("--batches, --batch-size and --threads must be positive")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    prefix = args.data[:-4] if args.data.endswith(".rec") else args.data
+    if args.make_data:
+        make_data(prefix, args.make_data)
+        logger.info("wrote %d images to %s.rec", args.make_data, prefix)
+    rows = run(prefix, args.threads, args.batches, args.batch_size, args.input_size)
+    print(summarise(rows, args.gpu_images_per_s))
+    if args.json:
+        meta = {
+            "command": " ".join(
+                ["scripts/bench_pipeline.py"] + list(argv if argv is not None else sys.argv[1:])
+            ),
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "mxnet": mx.__version__,
+            "opencv": cv2.__version__,
+            "records": data.num_records(prefix + ".rec"),
+            "gpu_images_per_s_assumed": args.gpu_images_per_s,
+        }
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"meta": meta, "results": rows}, f, indent=1)
+        os.replace(tmp, args.json)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

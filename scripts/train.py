@@ -1,0 +1,462 @@
+"""Trains a ResNeSt on ImageNet-style RecordIO files, on one worker or many with Horovod.
+
+    horovodrun -np 8 -H server1:4,server2:4 python scripts/train.py --ctx gpu --model resnest50 \\
+        --rec-train train.rec --rec-val val.rec --batch-size 64 --epochs 270 --lr 0.1 \\
+        --no-wd --last-gamma --mixup --auto-aug --save-dir runs/resnest50
+    python scripts/train.py --ctx cpu --model resnest14 --classes 10 --input-size 32 ...   # one worker
+
+The recipe follows Zhang et al., "ResNeSt: Split-Attention Networks" (arXiv:2004.08955), section 5.1:
+SGD with Nesterov momentum 0.9, learning rate 0.1 per 256 images scaled to the total batch, linear
+warm-up then cosine decay, weight decay 1e-4 (none on BN and biases with --no-wd), label smoothing 0.1,
+mixup (alpha 0.2), AutoAugment, DropBlock ramped linearly to its final probability, zero-initialised last
+BN gamma of each block. Rank 0 alone writes the run directory: args.json, train.log, metrics.jsonl,
+curves.png and checkpoints. Trainer ``.states`` files are MXNet pickles: resume only from a run directory
+you trust.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+from tqdm import tqdm
+
+import resnest_gluon
+from resnest_gluon import dist
+from resnest_gluon.data import mixup, num_records, shard_bounds, smooth_one_hot, train_iter, val_iter
+from resnest_gluon.training import (
+    TrainingError,
+    append_metrics,
+    atomic_json,
+    average_aux_states,
+    check_labels,
+    checkpoint_paths,
+    copy_atomic,
+    drop_prob_at,
+    evaluate,
+    latest_checkpoint,
+    lr_at,
+    no_weight_decay,
+    plot_curves,
+    prune_checkpoints,
+    read_metrics,
+    save_checkpoint,
+    truncate_metrics,
+)
+
+logger = logging.getLogger("resnest_gluon.train")
+
+BASE_BATCH = 256  # --lr is the rate for this many images; it scales linearly with the total batch
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Train a ResNeSt (Horovod data-parallel under horovodrun, one worker otherwise).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default="resnest50", help="one of resnest_gluon.list_models()")
+    p.add_argument("--rec-train", required=True, help="training .rec (its .idx beside it)")
+    p.add_argument(
+        "--rec-val", default=None, help="validation .rec (its .idx beside it); none: no evaluation"
+    )
+    p.add_argument("--classes", type=int, default=1000, help="number of classes; labels must be 0..classes-1")
+    p.add_argument("--epochs", type=int, default=270, help="training epochs (the paper: 270 for ResNeSt-50)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per worker and step")
+    p.add_argument("--val-batch-size", type=int, default=None, help="default: --batch-size")
+    p.add_argument("--lr", type=float, default=0.1, help=f"learning rate per {BASE_BATCH} images")
+    p.add_argument("--warmup-epochs", type=float, default=5, help="linear warm-up before the cosine decay")
+    p.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
+    p.add_argument("--wd", type=float, default=1e-4, help="weight decay")
+    p.add_argument("--no-wd", action="store_true", help="no weight decay on BN gamma/beta and biases")
+    p.add_argument(
+        "--last-gamma", action="store_true", help="zero-initialise the last BN gamma of each block"
+    )
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing epsilon (0: off)")
+    p.add_argument("--mixup", action="store_true", help="mixup training")
+    p.add_argument("--mixup-alpha", type=float, default=0.2, help="mixup Beta(alpha, alpha)")
+    p.add_argument("--mixup-off-epoch", type=int, default=0, help="train the last N epochs without mixup")
+    p.add_argument("--auto-aug", action="store_true", help="AutoAugment (ImageNet policy)")
+    p.add_argument("--jitter", type=float, default=0.4, help="colour jitter strength")
+    p.add_argument("--lighting", type=float, default=0.1, help="PCA lighting noise strength")
+    p.add_argument(
+        "--dropblock-prob",
+        type=float,
+        default=None,
+        help="final DropBlock probability, ramped up from 0 (default: the model's; 0.1 from ResNeSt-50)",
+    )
+    p.add_argument(
+        "--final-drop", type=float, default=None, help="dropout before the classifier (default: model's)"
+    )
+    p.add_argument("--input-size", type=int, default=224, help="training crop size")
+    p.add_argument(
+        "--crop-size", type=int, default=None, help="validation crop (default: the model's paper crop)"
+    )
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="float16: GPU only")
+    p.add_argument("--ctx", choices=("cpu", "gpu"), default="gpu", help="device; gpu uses mx.gpu(local_rank)")
+    p.add_argument("--no-cuda", action="store_true", help="same as --ctx cpu")
+    p.add_argument("--eval-frequency", type=int, default=1, help="validate every N epochs (and at the end)")
+    p.add_argument("--save-dir", default=None, help="run directory (default: runs/<model>)")
+    p.add_argument("--keep", type=int, default=3, help="epoch checkpoints to keep (plus <model>-best.params)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--data-threads", type=int, default=4, help="decoding threads per worker")
+    p.add_argument("--no-hybridize", action="store_true", help="run imperatively (debugging)")
+    args = p.parse_args(argv)
+    if args.no_cuda:
+        args.ctx = "cpu"
+    if args.save_dir is None:
+        args.save_dir = os.path.join("runs", args.model)
+    if args.val_batch_size is None:
+        args.val_batch_size = args.batch_size
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Errors that need no data and no workers: raised before anything starts."""
+    if args.model not in resnest_gluon.list_models():
+        raise TrainingError(
+            f"unknown model {args.model!r}; choose one of: {', '.join(resnest_gluon.list_models())}"
+        )
+    if args.dtype == "float16" and args.ctx != "gpu":
+        raise TrainingError("--dtype float16 needs --ctx gpu (MXNet's CPU kernels are float32)")
+    if args.ctx == "gpu" and mx.context.num_gpus() == 0:
+        raise TrainingError("--ctx gpu but MXNet sees no GPU: install mxnet-cu112, or pass --ctx cpu")
+    for name in ("epochs", "batch_size", "val_batch_size", "classes", "eval_frequency", "keep", "input_size"):
+        if getattr(args, name) < 1:
+            raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.mixup_off_epoch < 0 or args.warmup_epochs < 0:
+        raise TrainingError("--mixup-off-epoch and --warmup-epochs must not be negative")
+
+
+def record_count(path: str, what: str) -> int:
+    """Records of ``path`` from its index, with an error that says what to do."""
+    if not os.path.isfile(path):
+        raise TrainingError(f"{what} {path} does not exist; pack images with tools/im2rec.py first")
+    if not os.access(path, os.R_OK):
+        raise TrainingError(f"{what} {path} is not readable (permissions)")
+    try:
+        count = num_records(path)
+    except (FileNotFoundError, OSError, ValueError) as err:
+        raise TrainingError(f"{what} {path}: {err}") from err
+    if count < 1:
+        raise TrainingError(f"{what} {path} holds no records")
+    return count
+
+
+def build_net(args: argparse.Namespace, ctx: mx.Context):
+    """The model with the recipe's options, initialised (Xavier magnitude 2, i.e. Kaiming) on ``ctx``."""
+    overrides = dict(classes=args.classes, last_gamma=args.last_gamma)
+    if args.dropblock_prob is not None:
+        overrides["dropblock_prob"] = args.dropblock_prob
+    if args.final_drop is not None:
+        overrides["final_drop"] = args.final_drop
+    net = resnest_gluon.get_model(args.model, **overrides)
+    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=ctx)
+    if args.dtype == "float16":
+        net.cast("float16")  # BatchNorm keeps float32 parameters; the optimizer keeps float32 masters
+    return net
+
+
+def make_train_iter(args: argparse.Namespace, epoch: int):
+    """This worker's shard of the training set, reshuffled with a seed per epoch (so a resume repeats it)."""
+    return train_iter(
+        args.rec_train,
+        args.batch_size,
+        args.input_size,
+        num_parts=dist.size(),
+        part_index=dist.rank(),
+        threads=args.data_threads,
+        seed=args.seed + epoch,
+        auto_aug=args.auto_aug,
+        jitter=args.jitter,
+        lighting=args.lighting,
+        dtype=args.dtype,
+    )
+
+
+def make_val_iter(args: argparse.Namespace, crop_size: int):
+    return val_iter(
+        args.rec_val,
+        args.val_batch_size,
+        crop_size,
+        num_parts=dist.size(),
+        part_index=dist.rank(),
+        threads=args.data_threads,
+        dtype=args.dtype,
+    )
+
+
+def _setup_logging(save_dir: str, primary: bool) -> list:
+    """Console and train.log on rank 0, warnings only elsewhere; returns the handlers to remove later."""
+    handlers = []
+    if primary:
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+        for handler in (
+            logging.StreamHandler(sys.stderr),
+            logging.FileHandler(os.path.join(save_dir, "train.log")),
+        ):
+            handler.setFormatter(fmt)
+            handlers.append(handler)
+    root = logging.getLogger("resnest_gluon")
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if primary else logging.WARNING)
+    return handlers
+
+
+def train_epoch(net, trainer, loss_fn, args, epoch: int, steps: int, ctx, peak_lr: float, warmup_steps: int):
+    """One epoch of ``steps`` updates; returns (mean training loss over all workers, seconds, last lr)."""
+    total_steps = args.epochs * steps
+    use_mixup = args.mixup and epoch < args.epochs - args.mixup_off_epoch
+    rng = np.random.RandomState(args.seed + 7919 * epoch + dist.rank())
+    workers, primary = dist.size(), dist.is_primary()
+    data_iter = make_train_iter(args, epoch)
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not primary, leave=False)
+    loss_sum, lr, start = 0.0, 0.0, time.time()
+    for i, batch in enumerate(data_iter):
+        if i >= steps:  # equal step counts on every worker, whatever the shard sizes
+            break
+        step = epoch * steps + i
+        lr = lr_at(step, peak_lr, warmup_steps, total_steps)
+        trainer.set_learning_rate(lr)
+        label = batch.label[0]
+        label_np = label.asnumpy()
+        if ((label_np < 0) | (label_np >= args.classes)).any():
+            raise TrainingError(
+                f"a training label ({label_np[(label_np < 0) | (label_np >= args.classes)][0]:g}) is outside "
+                f"0..{args.classes - 1}: pass the right --classes"
+            )
+        data = batch.data[0].as_in_context(ctx)
+        target = smooth_one_hot(label.as_in_context(ctx), args.classes, args.label_smoothing)
+        if use_mixup:
+            data, target = mixup(data, target, args.mixup_alpha, rng)
+        with autograd.record():
+            output = net(data.astype(args.dtype, copy=False))
+            loss = loss_fn(output.astype("float32", copy=False), target)
+        loss.backward()
+        # One small allreduce per step: every worker sees the same loss and stops together on a bad one.
+        mean_loss = dist.allreduce_sum(loss.mean().reshape((1,)), name="loss").asscalar() / workers
+        if not np.isfinite(mean_loss):
+            bar.close()
+            raise TrainingError(
+                f"non-finite loss ({mean_loss}) at epoch {epoch + 1}, step {i + 1} of {steps} "
+                f"(update {step + 1}); the parameters were not updated with it. Lower --lr (now {lr:.4g}) or "
+                f"check the data; --resume continues from the last good checkpoint in {args.save_dir}"
+            )
+        trainer.step(args.batch_size)
+        loss_sum += mean_loss
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{mean_loss:.3f}",
+            img_s=f"{(i + 1) * args.batch_size * workers / (time.time() - start):.0f}",
+        )
+    mx.nd.waitall()
+    seconds = time.time() - start
+    bar.close()
+    return loss_sum / steps, seconds, lr
+
+
+def main(argv=None) -> dict:
+    """Runs the training; returns the last epoch's metrics plus ``best_top1`` and ``save_dir``."""
+    args = parse_args(argv)
+    check_args(args)
+    dist.init()
+    workers, primary = dist.size(), dist.is_primary()
+    if primary:
+        os.makedirs(args.save_dir, exist_ok=True)
+    handlers = _setup_logging(args.save_dir, primary)
+    try:
+        return _run(args, workers, primary)
+    finally:
+        root = logging.getLogger("resnest_gluon")
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+
+
+def _run(args, workers: int, primary: bool) -> dict:
+    ctx = mx.gpu(dist.local_rank()) if args.ctx == "gpu" else mx.cpu()
+    crop_size = args.crop_size or resnest_gluon.model_info(args.model)["crop_size"]
+
+    # Data: sizes from the indexes, labels checked before any compute.
+    n_train = record_count(args.rec_train, "training file")
+    check_labels(args.rec_train, args.classes)
+    n_val = 0
+    if args.rec_val:
+        n_val = record_count(args.rec_val, "validation file")
+        check_labels(args.rec_val, args.classes)
+        val_shard = min(
+            end - begin for begin, end in (shard_bounds(n_val, workers, r) for r in range(workers))
+        )
+        if val_shard < 1:
+            raise TrainingError(f"{args.rec_val} has {n_val} images, too few for {workers} workers")
+        args.val_batch_size = min(args.val_batch_size, val_shard)
+    # the smallest shard sets the steps per epoch, the same on every worker (unequal counts would hang)
+    shard = min(end - begin for begin, end in (shard_bounds(n_train, workers, r) for r in range(workers)))
+    if shard < args.batch_size:
+        raise TrainingError(
+            f"--batch-size {args.batch_size} is larger than a worker's shard ({shard} of {n_train} training "
+            f"images over {workers} workers): lower --batch-size or use fewer workers"
+        )
+    steps = shard // args.batch_size
+    total_batch = args.batch_size * workers
+    peak_lr = args.lr * total_batch / BASE_BATCH
+    warmup_steps = int(round(args.warmup_epochs * steps))
+
+    metrics_path = os.path.join(args.save_dir, "metrics.jsonl")
+    start_epoch = 0
+    if primary:
+        found = latest_checkpoint(args.save_dir, args.model)
+        if args.resume:
+            start_epoch = found[0] if found else 0
+            if not found:
+                logger.info("--resume: no complete checkpoint in %s, starting from scratch", args.save_dir)
+        elif found or read_metrics(metrics_path):
+            raise TrainingError(
+                f"{args.save_dir} already holds a run: pass --resume to continue it, or choose another "
+                "--save-dir"
+            )
+        if start_epoch >= args.epochs:
+            raise TrainingError(
+                f"{args.save_dir} is already at epoch {start_epoch} of --epochs {args.epochs}"
+            )
+        atomic_json(
+            os.path.join(args.save_dir, "args.json"),
+            dict(
+                vars(args),
+                workers=workers,
+                total_batch=total_batch,
+                peak_lr=peak_lr,
+                steps_per_epoch=steps,
+                num_training_samples=n_train,
+                num_val_samples=n_val,
+                val_crop_size=crop_size,
+            ),
+        )
+    # rank 0 decides where to start; the others learn it from a sum in which they add zero
+    start_epoch = int(
+        dist.allreduce_sum(mx.nd.array([start_epoch if primary else 0]), name="start").asscalar()
+    )
+
+    net = build_net(args, ctx)
+    optimizer_params = dict(
+        learning_rate=peak_lr, momentum=args.momentum, wd=args.wd, multi_precision=args.dtype == "float16"
+    )
+    if args.no_wd:
+        no_weight_decay(net.collect_params())
+    trainer = dist.make_trainer(net.collect_params(), "nag", optimizer_params)
+
+    rows, best_top1 = [], -1.0
+    if start_epoch > 0:
+        params_path, states_path = checkpoint_paths(args.save_dir, args.model, start_epoch)
+        if not (os.path.exists(params_path) and os.path.exists(states_path)):
+            raise TrainingError(
+                f"rank {dist.rank()} cannot read {params_path}: with --resume, --save-dir must be on a "
+                f"filesystem every worker sees"
+            )
+        net.load_parameters(params_path, ctx=ctx, cast_dtype=True)
+        trainer.load_states(states_path)  # a pickle: trusted run directories only
+        if primary:
+            rows = truncate_metrics(metrics_path, start_epoch)
+            best_top1 = max((r["val_top1"] for r in rows if r.get("val_top1") is not None), default=-1.0)
+            logger.info("resumed from %s (epoch %d)", params_path, start_epoch)
+    # every worker starts from rank 0's parameters (fresh initialisation or resumed checkpoint)
+    dist.broadcast_parameters(net.collect_params())
+
+    max_drop = resnest_gluon.model_info(args.model).get("dropblock_prob", 0.0)
+    if args.dropblock_prob is not None:
+        max_drop = args.dropblock_prob
+    if not args.no_hybridize:
+        net.hybridize(static_alloc=True, static_shape=True)
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)
+    val_data = make_val_iter(args, crop_size) if args.rec_val else None
+    if primary:
+        logger.info(
+            "%s: %d workers x batch %d = %d, lr %.4g, %d steps/epoch, %d training / %d validation images, "
+            "input %d, val crop %d, %s %s",
+            args.model,
+            workers,
+            args.batch_size,
+            total_batch,
+            peak_lr,
+            steps,
+            n_train,
+            n_val,
+            args.input_size,
+            crop_size,
+            args.ctx,
+            args.dtype,
+        )
+
+    row = {}
+    for epoch in range(start_epoch, args.epochs):
+        tic = time.time()
+        drop = drop_prob_at(epoch, args.epochs, max_drop) if max_drop > 0 else 0.0
+        if max_drop > 0:
+            resnest_gluon.set_drop_prob(net, drop)  # clears the cached graph; the next call rebuilds it
+        train_loss, train_seconds, lr = train_epoch(
+            net, trainer, loss_fn, args, epoch, steps, ctx, peak_lr, warmup_steps
+        )
+        # BN statistics differ per worker: average them so every worker holds the same model
+        average_aux_states(net, dist.allreduce_sum, workers)
+        top1 = top5 = None
+        last = epoch + 1 == args.epochs
+        if val_data is not None and ((epoch + 1) % args.eval_frequency == 0 or last):
+            counts = evaluate(net, val_data, ctx, args.dtype)
+            counts = dist.allreduce_sum(mx.nd.array(counts, dtype="float64"), name="val").asnumpy()
+            if int(counts[2]) != n_val:
+                logger.warning("validated %d images, the index lists %d", int(counts[2]), n_val)
+            top1, top5 = 100.0 * counts[0] / counts[2], 100.0 * counts[1] / counts[2]
+        row = dict(
+            epoch=epoch + 1,
+            lr=lr,
+            train_loss=train_loss,
+            val_top1=top1,
+            val_top5=top5,
+            samples_per_sec=steps * total_batch / train_seconds,
+            time=time.time() - tic,
+            dropblock_prob=drop,
+            mixup=bool(args.mixup and epoch < args.epochs - args.mixup_off_epoch),
+            workers=workers,
+        )
+        if primary:
+            params_path = save_checkpoint(net, trainer, args.save_dir, args.model, epoch + 1)
+            if top1 is not None and top1 > best_top1:
+                best_top1 = top1
+                copy_atomic(params_path, os.path.join(args.save_dir, f"{args.model}-best.params"))
+            prune_checkpoints(args.save_dir, args.model, args.keep)
+            append_metrics(metrics_path, row)
+            rows.append(row)
+            plot_curves(rows, os.path.join(args.save_dir, "curves.png"), f"{args.model}, {workers} worker(s)")
+            logger.info(
+                "epoch %d/%d  loss %.4f  lr %.4g  val top-1 %s top-5 %s  %.1f img/s  %.1fs",
+                epoch + 1,
+                args.epochs,
+                train_loss,
+                lr,
+                "-" if top1 is None else f"{top1:.2f}%",
+                "-" if top5 is None else f"{top5:.2f}%",
+                row["samples_per_sec"],
+                row["time"],
+            )
+        elif top1 is not None:
+            best_top1 = max(best_top1, top1)
+    if primary:
+        logger.info(
+            "done: best val top-1 %s; run directory %s",
+            f"{best_top1:.2f}%" if best_top1 >= 0 else "-",
+            args.save_dir,
+        )
+    return dict(row, best_top1=best_top1 if best_top1 >= 0 else None, save_dir=args.save_dir)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except TrainingError as err:
+        print(f"error (rank {dist.rank()}): {err}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,134 @@
+"""Evaluates a ResNeSt on a validation ``.rec``: top-1 / top-5 and images per second.
+
+    python scripts/verify.py --model resnest50 --rec-val val.rec --params resnest50-best.params
+    python scripts/verify.py --model resnest269 --rec-val val.rec --pretrained      # 416 px, bicubic
+    horovodrun -np 4 -H localhost:4 python scripts/verify.py --ctx gpu --model resnest101 ...
+
+The crop is the model's paper crop (224/256/320/416) unless ``--crop-size`` says otherwise; the shorter
+side is resized to ``crop / 0.875`` first (bicubic from 320 px). Under horovodrun every worker takes its
+shard and the counts are summed, so every image is counted exactly once.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import mxnet as mx
+
+import resnest_gluon
+from resnest_gluon import dist
+from resnest_gluon.data import num_records, val_iter
+from resnest_gluon.pretrained import load_params_checked
+from resnest_gluon.training import TrainingError, atomic_json, check_labels, evaluate
+
+logger = logging.getLogger("resnest_gluon.verify")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Top-1/top-5 accuracy and speed of a ResNeSt on a validation .rec.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="one of resnest_gluon.list_models()")
+    p.add_argument("--rec-val", required=True, help="validation .rec (its .idx beside it)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--params", help="a .params file (e.g. from scripts/train.py)")
+    src.add_argument(
+        "--pretrained", action="store_true", help="the published weights (see resnest_gluon.pretrained)"
+    )
+    p.add_argument("--classes", type=int, default=1000, help="classes of the model")
+    p.add_argument(
+        "--crop-size", type=int, default=None, help="centre crop (default: the model's paper crop)"
+    )
+    p.add_argument(
+        "--resize", type=int, default=None, help="shorter side before cropping (default crop/0.875)"
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="images per worker and batch")
+    p.add_argument("--ctx", choices=("cpu", "gpu"), default="cpu", help="device; gpu uses mx.gpu(local_rank)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="float16: GPU only")
+    p.add_argument("--threads", type=int, default=4, help="decoding threads per worker")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    """Runs the evaluation; returns ``{top1, top5, images, images_per_sec, ...}`` (on every worker)."""
+    args = parse_args(argv)
+    if args.model not in resnest_gluon.list_models():
+        raise TrainingError(
+            f"unknown model {args.model!r}; choose one of: {', '.join(resnest_gluon.list_models())}"
+        )
+    if args.dtype == "float16" and args.ctx != "gpu":
+        raise TrainingError("--dtype float16 needs --ctx gpu")
+    if args.params and not os.path.isfile(args.params):
+        raise TrainingError(f"parameter file {args.params} does not exist")
+    dist.init()
+    primary = dist.is_primary()
+    ctx = mx.gpu(dist.local_rank()) if args.ctx == "gpu" else mx.cpu()
+    crop = args.crop_size or resnest_gluon.model_info(args.model)["crop_size"]
+    try:
+        total = num_records(args.rec_val)
+    except (FileNotFoundError, OSError, ValueError) as err:
+        raise TrainingError(f"validation file {args.rec_val}: {err}") from err
+    check_labels(args.rec_val, args.classes)
+
+    net = resnest_gluon.get_model(args.model, classes=args.classes)
+    if args.pretrained:
+        net = resnest_gluon.get_model(args.model, pretrained=True, classes=args.classes, ctx=ctx)
+    else:
+        try:
+            load_params_checked(net, args.params, ctx)
+        except ValueError as err:
+            raise TrainingError(f"{err} (is --model / --classes right?)") from err
+    if args.dtype == "float16":
+        net.cast("float16")
+    net.hybridize(static_alloc=True, static_shape=True)
+
+    batch = min(args.batch_size, max(1, -(-total // dist.size()) if dist.size() > 1 else total))
+    data = val_iter(
+        args.rec_val,
+        batch,
+        crop,
+        num_parts=dist.size(),
+        part_index=dist.rank(),
+        threads=args.threads,
+        resize=args.resize,
+        dtype=args.dtype,
+    )
+    tic = time.time()
+    counts = evaluate(net, data, ctx, args.dtype)
+    mx.nd.waitall()
+    counts = dist.allreduce_sum(mx.nd.array(counts, dtype="float64"), name="verify").asnumpy()
+    seconds = time.time() - tic  # after the sum: the slowest worker's time
+    result = dict(
+        model=args.model,
+        params=args.params or "pretrained",
+        rec_val=args.rec_val,
+        crop_size=crop,
+        top1=100.0 * counts[0] / counts[2],
+        top5=100.0 * counts[1] / counts[2],
+        images=int(counts[2]),
+        images_in_index=total,
+        workers=dist.size(),
+        seconds=seconds,
+        images_per_sec=counts[2] / seconds,
+    )
+    if primary:
+        print(
+            f"{args.model} on {result['images']} images (crop {crop}, {dist.size()} worker(s)): "
+            f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+            f"{result['images_per_sec']:.1f} images/s"
+        )
+        if args.json:
+            atomic_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except TrainingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

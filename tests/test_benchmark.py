@@ -1,0 +1,148 @@
+"""scripts/benchmark.py end to end on a tiny model, and its table/ratio/chart helpers on made-up records."""
+
+import importlib.util
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import resnest_gluon
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED = {
+    "model",
+    "impl",
+    "batch_size",
+    "input_size",
+    "dtype",
+    "img_per_sec",
+    "ms_per_batch",
+    "params",
+    "macs",
+}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(ROOT, "scripts", "benchmark.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_rec(path, count=8, size=40):
+    rng = np.random.RandomState(0)
+    writer = mx.recordio.MXIndexedRecordIO(path[:-4] + ".idx", path, "w")
+    for i in range(count):
+        img = rng.randint(0, 256, (size, size, 3)).astype(np.uint8)
+        writer.write_idx(i, mx.recordio.pack_img(mx.recordio.IRHeader(0, float(i % 10), i, 0), img))
+    writer.close()
+    return path
+
+
+def test_main_end_to_end_tiny(bench, tmp_path):
+    out = tmp_path / "bench.json"
+    rec = make_rec(str(tmp_path / "calib.rec"))
+    argv = ["--model", "resnest14", "--batch-size", "1", "2", "--input-size", "32", "--iters", "2"]
+    argv += ["--compare", "gluoncv", "--onnx", "--imperative", "--quantize", rec, "--calib-batches", "1"]
+    records = bench.main(argv + ["--json", str(out), "--no-progress"])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(records))
+    impls = {(r["impl"], r["mode"]) for r in saved}
+    assert impls == {
+        ("resnest_gluon", "hybridized"),
+        ("resnest_gluon", "imperative"),
+        ("gluoncv", "hybridized"),
+        ("onnxruntime", "graph"),
+        ("resnest_gluon-int8", "hybridized"),
+    }
+    assert len(saved) == 2 * len(impls)
+    for r in saved:
+        assert REQUIRED <= set(r), REQUIRED - set(r)
+        assert r["input_size"] == 32 and r["batch_size"] in (1, 2)
+        assert r["img_per_sec"] > 0 and r["img_per_sec_p25"] <= r["img_per_sec"] <= r["img_per_sec_p75"]
+        assert r["ms_per_batch"] == pytest.approx(1e3 * r["batch_size"] / r["img_per_sec"])
+    ours = [r for r in saved if r["impl"] == "resnest_gluon"][0]
+    # the complexity of resnest14 at 32 px, counted independently here: params from the model itself
+    net = resnest_gluon.get_model("resnest14")
+    net.initialize()
+    assert ours["params"] == sum(
+        int(np.prod(p.shape)) for p in net.collect_params().values() if p.grad_req != "null"
+    )
+    assert 0 < ours["macs"] < 1e9
+
+
+def test_bad_input_is_rejected(bench, tmp_path):
+    with pytest.raises(SystemExit, match="unknown model"):
+        bench.main(["--model", "resnest5000"])
+    with pytest.raises(SystemExit, match="no such .rec"):
+        bench.main(["--model", "resnest14", "--quantize", str(tmp_path / "nope.rec")])
+
+
+def test_default_plan_is_the_papers_table(bench):
+    plan = {e["model"]: e for e in bench.default_plan()}
+    for name in ("resnest50", "resnest101", "resnest200", "resnest269", "resnetd50"):
+        assert name in plan
+        assert plan[name]["input_size"] == resnest_gluon.model_info(name)["crop_size"]
+    assert plan["resnest269"]["input_size"] == 416 and plan["resnest269"]["batch_sizes"] == [1]
+    assert all(plan[m]["input_size"] == 224 for m in plan if m.startswith("resnest50_fast"))
+    # every published speed figure has a row in the plan at the same size
+    for model, size in bench.PAPER_GPU_IMG_PER_SEC:
+        assert plan[model]["input_size"] == size
+    assert all(e["batch_sizes"] == [1] for e in bench.default_plan(quick=True))
+
+
+def fake(model, impl, bs, ips, peer_of=None, top1=None, size=224):
+    return dict(
+        model=model,
+        impl=impl,
+        mode="hybridized",
+        batch_size=bs,
+        input_size=size,
+        dtype="float32",
+        ctx="cpu(0)",
+        img_per_sec=ips,
+        img_per_sec_p25=ips * 0.9,
+        img_per_sec_p75=ips * 1.1,
+        ms_per_batch=1e3 * bs / ips,
+        params=27.5e6,
+        macs=5.4e9,
+        peer_of=peer_of or model,
+        top1=top1,
+        paper_gpu_img_per_sec=None,
+    )
+
+
+def test_ratios_table_and_chart(bench, tmp_path):
+    records = [
+        fake("resnest50", "resnest_gluon", 1, 10.0, top1=81.04),
+        fake("resnest50", "gluoncv", 1, 4.0),
+        fake("resnet50_v1d", "gluoncv", 1, 12.5, peer_of="resnest50"),
+        fake("resnest50", "resnest_gluon", 8, 8.0, top1=81.04),
+        fake("resnest50", "gluoncv", 8, 2.0),
+        fake("resnest101", "resnest_gluon", 1, 3.0, top1=82.81, size=256),
+    ]
+    rows = {(r["versus"], r["batch_size"]): r["ratio"] for r in bench.ratios(records)}
+    assert rows == {
+        ("resnest50 (gluoncv, hybridized)", 1): pytest.approx(2.5),
+        ("resnet50_v1d (gluoncv, hybridized)", 1): pytest.approx(0.8),
+        ("resnest50 (gluoncv, hybridized)", 8): pytest.approx(4.0),
+    }
+    table = bench.format_table(records)
+    assert table.count("\n") == len(records) + 1 and "| resnest101 | resnest_gluon |" in table
+    path = bench.plot(records, str(tmp_path / "chart.png"))
+    assert path and os.path.getsize(path) > 1000
+    assert os.listdir(tmp_path) == ["chart.png"]
+    assert bench.plot([fake("resnest14", "resnest_gluon", 1, 5.0)], str(tmp_path / "none.png")) is None
+
+
+def test_flops_match_the_paper():
+    from resnest_gluon.flops import count_macs, count_params
+
+    net = resnest_gluon.get_model("resnest50")
+    net.initialize()
+    # the paper: 27.5M parameters, 5.4 GFLOPs (multiply-adds) at 224
+    assert count_params(net) == pytest.approx(27.5e6, rel=0.005)
+    assert count_macs(net, (1, 3, 224, 224)) == pytest.approx(5.4e9, rel=0.01)

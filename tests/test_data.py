@@ -1,0 +1,286 @@
+"""Input pipelines: shapes, normalisation, labels, sharding, the Python path, AutoAugment, label mixing."""
+
+import math
+import os
+
+import cv2
+import mxnet as mx
+import numpy as np
+import pytest
+
+from resnest_gluon import autoaugment as aa
+from resnest_gluon import data
+
+N = 40
+CLASSES = 4
+MEAN = np.array(data.MEAN, np.float32)
+STD = np.array(data.STD, np.float32)
+
+
+def colour(i):
+    """RGB colour of record ``i``; distinct per record so an output pixel tells which record it came from."""
+    return np.array([(i * 6) % 256, (250 - i * 5) % 256, (i * 37) % 256], np.uint8)
+
+
+def write_rec(prefix, images, labels, fmt=".jpg"):
+    rec = mx.recordio.MXIndexedRecordIO(str(prefix) + ".idx", str(prefix) + ".rec", "w")
+    for i, (img, label) in enumerate(zip(images, labels)):
+        header = mx.recordio.IRHeader(0, float(label), i, 0)
+        # pack_img takes OpenCV's BGR order.
+        rec.write_idx(i, mx.recordio.pack_img(header, img[:, :, ::-1], quality=95, img_fmt=fmt))
+    rec.close()
+    return str(prefix) + ".rec"
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory):
+    """40 constant-colour JPEGs of 40-64 px; the label is the record number (class = label % 4)."""
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(N):
+        h, w = rng.integers(40, 65, size=2)
+        images.append(np.broadcast_to(colour(i), (h, w, 3)).copy())
+    return write_rec(tmp_path_factory.mktemp("rec") / "tiny", images, range(N))
+
+
+def collect(it, epochs=1):
+    """Per epoch, the labels of the real (not padded) samples, as ints."""
+    out = []
+    for _ in range(epochs):
+        it.reset()
+        labels = []
+        for batch in it:
+            n = batch.data[0].shape[0] - batch.pad
+            labels += batch.label[0].asnumpy()[:n].astype(int).tolist()
+        out.append(labels)
+    return out
+
+
+def expected(labels):
+    """(B, 3) normalised value of each record's constant colour."""
+    return (np.stack([colour(int(i)) for i in labels]).astype(np.float32) - MEAN) / STD
+
+
+# ---------------------------------------------------------------------------------------- files
+def test_num_records_and_missing_files(rec, tmp_path):
+    assert data.num_records(rec) == N
+    with pytest.raises(FileNotFoundError, match="im2rec"):
+        data.num_records(str(tmp_path / "absent.rec"))
+    lonely = tmp_path / "lonely.rec"
+    lonely.write_bytes(open(rec, "rb").read())
+    with pytest.raises(FileNotFoundError, match=r"lonely\.idx.*not found"):
+        data.train_iter(str(lonely), 4, 32)
+    (tmp_path / "lonely.idx").write_text("0\tnot-a-number\n")
+    with pytest.raises(FileNotFoundError, match="unreadable"):
+        data.val_iter(str(lonely), 4, 32)
+    (tmp_path / "lonely.idx").write_text(f"0\t{10**9}\n")
+    with pytest.raises(FileNotFoundError, match="does not match"):
+        data.num_records(str(lonely))
+
+
+def test_batch_larger_than_shard(rec):
+    with pytest.raises(ValueError, match=r"batch_size 16 is larger than the 12 records.*<= 12"):
+        data.val_iter(rec, 16, 32, num_parts=3, part_index=2)
+    with pytest.raises(ValueError, match="larger than"):
+        data.train_iter(rec, N + 1, 32)
+    with pytest.raises(ValueError, match="fewer workers"):
+        data.train_iter(rec, 1, 32, num_parts=N + 1, part_index=N)
+
+
+def test_shard_bounds_match_mxnet_splitter():
+    # MXNet's indexed RecordIO splitter cuts runs of ceil(N / parts).
+    assert [data.shard_bounds(40, 3, k) for k in range(3)] == [(0, 14), (14, 28), (28, 40)]
+    assert [data.shard_bounds(10, 4, k) for k in range(4)] == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    with pytest.raises(ValueError):
+        data.shard_bounds(10, 2, 2)
+
+
+# ---------------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("backend", ["cpp", "python"])
+def test_val_shapes_labels_normalisation(rec, backend):
+    it = data.val_iter(rec, 8, 32, threads=1, backend=backend)
+    assert it.provide_data[0].shape == (8, 3, 32, 32)
+    assert it.provide_label[0].shape == (8,)
+    assert len(it) == 5 and it.num_samples == N
+    labels, pixels = [], []
+    for batch in it:
+        x, y = batch.data[0], batch.label[0]
+        assert x.shape == (8, 3, 32, 32) and x.dtype == np.float32
+        assert y.shape == (8,) and y.dtype == np.float32
+        labels += y.asnumpy().tolist()
+        pixels.append(x.asnumpy().mean(axis=(2, 3)))
+    assert labels == list(range(N))  # file order, unshuffled
+    # Constant colours survive JPEG, resizing and cropping to within a grey level or two.
+    np.testing.assert_allclose(np.concatenate(pixels), expected(labels), atol=2.5 / 57)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "python"])
+@pytest.mark.parametrize("parts", [2, 3])
+def test_val_sharding_disjoint_and_complete(rec, parts, backend):
+    seen = []
+    for k in range(parts):
+        it = data.val_iter(rec, 5, 32, num_parts=parts, part_index=k, threads=1, backend=backend)
+        pads = 0
+        for batch in it:
+            n = 5 - batch.pad
+            y = batch.label[0].asnumpy()
+            # Padded slots repeat real samples (never garbage), so a loop that forgets to slice stays finite.
+            assert set(y[n:].astype(int)) <= set(y[:n].astype(int))
+            np.testing.assert_allclose(
+                batch.data[0].asnumpy().mean(axis=(2, 3))[:n], expected(y[:n]), atol=0.05
+            )
+            seen += y[:n].astype(int).tolist()
+            pads += batch.pad
+        begin, end = data.shard_bounds(N, parts, k)
+        assert pads == len(it) * 5 - (end - begin)
+    assert sorted(seen) == list(range(N))  # each record exactly once across workers
+
+
+def test_val_bicubic_python_matches_cpp(tmp_path):
+    rng = np.random.default_rng(3)
+    images = [
+        cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (5, 5), 2)
+        for h, w in [(50, 70), (80, 60), (45, 90)]
+    ]
+    # PNG, so that both paths decode identical pixels.
+    path = write_rec(tmp_path / "noise", images, range(3), fmt=".png")
+    out = {}
+    for backend in ("cpp", "python"):
+        it = data.val_iter(path, 3, 32, interpolation="bicubic", threads=1, backend=backend)
+        out[backend] = next(it).data[0].asnumpy()
+    # OpenCV builds round bicubic weights slightly differently: allow one grey level.
+    np.testing.assert_allclose(out["cpp"], out["python"], atol=1.01 / 57.0)
+    # And the resize really is bicubic: a bilinear resize differs by several grey levels.
+    lin = next(data.val_iter(path, 3, 32, interpolation="bilinear", threads=1, backend="cpp")).data[0]
+    assert np.abs(lin.asnumpy() - out["cpp"]).max() > 2.5 / 57.0
+
+
+def test_val_default_resize_and_interpolation():
+    assert data._interp_name("auto", 224) == "bilinear"
+    assert data._interp_name("auto", 320) == "bicubic"
+    assert math.ceil(224 / 0.875) == 256
+    with pytest.raises(ValueError, match="interpolation"):
+        data._interp_name("nearest", 224)
+
+
+# ------------------------------------------------------------------------------------ training
+@pytest.mark.parametrize("backend", ["cpp", "python"])
+def test_train_shapes_normalisation_and_reshuffle(rec, backend):
+    # Without colour jitter and lighting, crops and flips of a constant image stay that constant.
+    it = data.train_iter(rec, 6, 32, threads=1, jitter=0.0, lighting=0.0, backend=backend, seed=1)
+    assert it.provide_data[0].shape == (6, 3, 32, 32)
+    epochs = []
+    for _ in range(2):
+        it.reset()
+        labels = []
+        for batch in it:
+            x, y = batch.data[0].asnumpy(), batch.label[0].asnumpy()
+            assert x.shape == (6, 3, 32, 32) and y.dtype == np.float32
+            n = 6 - batch.pad
+            np.testing.assert_allclose(x.mean(axis=(2, 3)), expected(y), atol=2.5 / 57)
+            assert x.std(axis=(2, 3)).max() < 0.05
+            labels += y[:n].astype(int).tolist()
+        epochs.append(labels)
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(N))
+    assert epochs[0] != epochs[1] and epochs[0] != list(range(N))  # shuffled, and anew each epoch
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_train_sharding_covers_epoch(rec, parts):
+    sizes, seen = [], []
+    for k in range(parts):
+        it = data.train_iter(rec, 4, 32, num_parts=parts, part_index=k, threads=1)
+        begin, end = data.shard_bounds(N, parts, k)
+        for labels in collect(it, epochs=2):
+            assert sorted(labels) == list(range(begin, end))
+        sizes.append(it.num_samples)
+        seen += labels
+    assert sum(sizes) == N and sorted(seen) == list(range(N))
+
+
+def test_train_augmentations_change_pixels(rec):
+    it = data.train_iter(rec, 8, 32, threads=1, jitter=0.4, lighting=0.1)
+    batch = next(it)
+    dev = batch.data[0].asnumpy().mean(axis=(2, 3)) - expected(batch.label[0].asnumpy())
+    assert np.isfinite(dev).all() and np.abs(dev).max() > 0.05  # colour jitter did something
+
+
+def test_python_path_autoaugment_workers(rec):
+    it = data.train_iter(rec, 6, 32, num_parts=2, part_index=1, threads=2, auto_aug=True, dtype="float16")
+    assert it.provide_data[0].shape == (6, 3, 32, 32)
+    labels = collect(it, epochs=2)
+    assert [sorted(e) for e in labels] == [list(range(20, 40))] * 2
+    it.reset()
+    batch = next(it)
+    assert batch.data[0].dtype == np.float16 and batch.label[0].dtype == np.float32
+    assert np.isfinite(batch.data[0].asnumpy()).all()
+    with pytest.raises(ValueError, match="Python path"):
+        data.train_iter(rec, 6, 32, auto_aug=True, backend="cpp")
+
+
+# --------------------------------------------------------------------------------- AutoAugment
+@pytest.mark.parametrize("name", sorted(aa.OPS))
+def test_autoaugment_ops_keep_shape_and_dtype(name):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    for magnitude in (0, 5, 9):
+        out = aa.apply_op(img, name, magnitude, rng)
+        assert out.shape == img.shape and out.dtype == np.uint8
+
+
+def test_autoaugment_ops_values():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(aa.apply_op(img, "Invert", 0, rng), 255 - img)
+    np.testing.assert_array_equal(aa.apply_op(img, "Solarize", 0, rng), img)  # threshold 256: nothing
+    np.testing.assert_array_equal(aa.apply_op(img, "Solarize", 9, rng), 255 - img)  # threshold 0: all
+    half = np.array([[[10, 127, 128], [200, 255, 0]]], np.uint8)
+    # magnitude 4.5 would be 128; magnitude 4 gives threshold 256 - 4 * 256 / 9 = 142.2.
+    np.testing.assert_array_equal(aa.apply_op(half, "Solarize", 4, rng), [[[10, 127, 128], [55, 0, 0]]])
+    np.testing.assert_array_equal(aa.apply_op(img, "Posterize", 0, rng), img)  # keeps 8 bits
+    np.testing.assert_array_equal(aa.apply_op(img, "Posterize", 9, rng), img & 0xF0)  # keeps 4 bits
+    assert aa.apply_op(half, "Posterize", 9, rng).tolist() == [[[0, 112, 128], [192, 240, 0]]]
+    grad = np.tile(np.arange(50, 150, dtype=np.uint8)[None, :, None], (4, 1, 3))
+    stretched = aa.apply_op(grad, "AutoContrast", 0, rng)
+    assert stretched.min() == 0 and stretched.max() == 255
+    np.testing.assert_array_equal(aa.apply_op(img, "Rotate", 0, rng), img)  # 0 degrees
+    with pytest.raises(ValueError, match="unknown"):
+        aa.apply_op(img, "Cutout", 3, rng)
+
+
+def test_imagenet_policy():
+    assert len(aa.IMAGENET_POLICY) == 25 and all(len(sub) == 2 for sub in aa.IMAGENET_POLICY)
+    policy = aa.ImageNetPolicy()
+    img = np.random.default_rng(1).integers(0, 256, (24, 30, 3), dtype=np.uint8)
+    a = [policy(img, np.random.default_rng(s)) for s in range(20)]
+    b = [policy(img, np.random.default_rng(s)) for s in range(20)]
+    assert all(x.shape == img.shape and x.dtype == np.uint8 for x in a)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # reproducible from the generator
+    assert sum(not np.array_equal(x, img) for x in a) >= 10  # and it does change most images
+
+
+# ------------------------------------------------------------------------------------- labels
+def test_smooth_one_hot():
+    out = data.smooth_one_hot(mx.nd.array([0, 2, 1]), 4, eps=0.1).asnumpy()
+    assert out.shape == (3, 4)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(out[1], [0.025, 0.025, 0.925, 0.025], rtol=1e-6)
+    np.testing.assert_array_equal(data.smooth_one_hot(mx.nd.array([3]), 4, eps=0.0).asnumpy(), [[0, 0, 0, 1]])
+
+
+def test_mixup():
+    x = mx.nd.array(np.arange(3 * 2).reshape(3, 2))
+    y = data.smooth_one_hot(mx.nd.array([0, 1, 2]), 3, eps=0.0)
+    lam = np.random.default_rng(7).beta(0.2, 0.2)
+    mx_, my = data.mixup(x, y, 0.2, np.random.default_rng(7))
+    np.testing.assert_allclose(mx_.asnumpy(), lam * x.asnumpy() + (1 - lam) * x.asnumpy()[::-1], rtol=1e-5)
+    np.testing.assert_allclose(
+        my.asnumpy()[0], [lam, 0, 1 - lam], rtol=1e-5, atol=1e-7
+    )  # first sample mixed with the last
+    np.testing.assert_allclose(my.asnumpy().sum(axis=1), 1.0, rtol=1e-6)
+    same_x, same_y = data.mixup(x, y, 0.0, np.random.default_rng(7))
+    assert same_x is x and same_y is y
+
+
+def test_no_stray_files(rec):
+    assert sorted(os.listdir(os.path.dirname(rec))) == ["tiny.idx", "tiny.rec"]

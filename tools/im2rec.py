@@ -1,0 +1,839 @@
+#!/usr/bin/env python3
+"""Pack image folders into MXNet RecordIO files (``.lst`` -> ``.rec`` + ``.idx``).
+
+A drop-in replacement for the ``im2rec.py`` shipped with MXNet: same command line, same ``.lst`` format
+(``index<TAB>label(s)<TAB>relative/path``) and byte-compatible records (``mx.recordio`` ``IRHeader`` +
+encoded image, written with the dmlc RecordIO framing), so ``mx.recordio.MXIndexedRecordIO``,
+``mx.io.ImageRecordIter`` and ``gluon.data.vision.ImageRecordDataset`` read its output exactly as they read
+the reference's. Differences that matter in practice:
+
+* one process per core with a bounded, ordered pipeline: records are always written in list order;
+* JPEGs much larger than the target are decoded at 1/2, 1/4 or 1/8 size by libjpeg-turbo (only when the
+  reduced image is still at least the target size), which saves most of the decode time;
+* ``--no-upscale``: images whose shorter side is already <= ``--resize`` are kept as they are, and plain
+  8-bit 3-channel JPEGs among them are copied byte for byte (no second JPEG loss);
+* files that cannot be packed are skipped with their reason in ``PREFIX.skipped.tsv`` and a non-zero exit
+  status (2); the ``.rec``/``.idx`` are written under temporary names and renamed at the end, so an
+  interrupted run never leaves an index that points past its record file;
+* MXNet itself is not imported (the RecordIO framing is written here), so the tool starts in a fraction of
+  a second; ``--check PREFIX`` validates a finished pair (see ``tools/rec_check.py``).
+
+Used to build the ImageNet records for ResNeSt (Zhang et al., "ResNeSt: Split-Attention Networks",
+arXiv:2004.08955), whose training resizes the shorter side to 480 px before random-resized crops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import logging
+import math
+import multiprocessing
+import os
+import random
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: dmlc RecordIO magic number, little endian on disk.
+RECORDIO_MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", RECORDIO_MAGIC)
+#: ``mx.recordio.IRHeader`` layout: flag (uint32), label (float32), id (uint64), id2 (uint64).
+IR_FORMAT = "<IfQQ"
+IR_SIZE = struct.calcsize(IR_FORMAT)
+#: A RecordIO part length has 29 bits.
+MAX_RECORD_BYTES = (1 << 29) - 1
+#: OpenCV refuses to decode images with more pixels than this (``OPENCV_IO_MAX_IMAGE_PIXELS``).
+OPENCV_MAX_PIXELS = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+DEFAULT_EXTS = (".jpeg", ".jpg", ".png")
+SKIP_EXIT_STATUS = 2
+
+_REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+_REDUCED_GRAY = {
+    2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
+}
+# SOF0 baseline, SOF1 extended sequential, SOF2 progressive (Huffman); every JPEG reader handles these.
+_PLAIN_SOF = (0xC0, 0xC1, 0xC2)
+
+
+class ListItem(NamedTuple):
+    """One line of a ``.lst`` file."""
+
+    index: int
+    path: str
+    labels: Tuple[float, ...]
+
+
+class SkipImage(Exception):
+    """Raised when one image cannot be packed; the message is the reason written to the report."""
+
+
+# ----------------------------------------------------------------------------------------------- lists
+def list_images(root: str, recursive: bool = False, exts: Sequence[str] = DEFAULT_EXTS) -> List[ListItem]:
+    """List the images under ``root`` the way MXNet's ``im2rec.py --list`` does.
+
+    With ``recursive``, folders are walked in sorted order and every folder that holds an image gets the
+    next label (0, 1, ...) the first time it is met, so for the usual ``root/<class>/<image>`` layout the
+    labels are the sorted class names numbered from 0. Without it, only the files directly in ``root`` are
+    listed, all with label 0.
+
+    Parameters
+    ----------
+    root : str
+        Folder to list.
+    recursive : bool
+        Walk sub-folders and label by folder.
+    exts : sequence of str
+        Accepted extensions (compared case-insensitively, with the dot).
+
+    Returns
+    -------
+    list of ListItem
+        In walk order, indices 0..N-1.
+    """
+    exts = {e.lower() for e in exts}
+    items: List[ListItem] = []
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder {root!r} does not exist")
+    if recursive:
+        labels: Dict[str, int] = {}
+        for path, dirs, files in os.walk(root, followlinks=True):
+            dirs.sort()
+            files.sort()
+            for fname in files:
+                fpath = os.path.join(path, fname)
+                if os.path.splitext(fname)[1].lower() in exts and os.path.isfile(fpath):
+                    label = labels.setdefault(path, len(labels))
+                    items.append(ListItem(len(items), os.path.relpath(fpath, root), (float(label),)))
+        for path, label in labels.items():
+            logger.info("%s %d", os.path.relpath(path, root), label)
+    else:
+        for fname in sorted(os.listdir(root)):
+            fpath = os.path.join(root, fname)
+            if os.path.splitext(fname)[1].lower() in exts and os.path.isfile(fpath):
+                items.append(ListItem(len(items), os.path.relpath(fpath, root), (0.0,)))
+    return items
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def format_list(items: Iterable[ListItem]) -> str:
+    """Format items as ``.lst`` text: ``index\\tlabel(s) as %f\\tpath``, one per line."""
+    lines = []
+    for item in items:
+        labels = "".join(f"{label:f}\t" for label in item.labels)
+        lines.append(f"{item.index:d}\t{labels}{item.path}\n")
+    return "".join(lines)
+
+
+def write_list(path: str, items: Iterable[ListItem]) -> None:
+    """Write a ``.lst`` file atomically (temporary name, then rename)."""
+    _atomic_write_text(path, format_list(items))
+
+
+def split_lists(
+    items: List[ListItem],
+    prefix: str,
+    shuffle: bool = True,
+    chunks: int = 1,
+    train_ratio: float = 1.0,
+    test_ratio: float = 0.0,
+) -> List[str]:
+    """Shuffle, chunk and split a listing into ``.lst`` files exactly as MXNet's ``im2rec.py`` does.
+
+    The shuffle uses ``random.Random(100)`` (the reference seeds the global generator with 100), so both
+    tools write identical lists from the same folder.
+
+    Returns
+    -------
+    list of str
+        The paths written.
+    """
+    if chunks < 1:
+        raise ValueError(f"--chunks must be >= 1, got {chunks}")
+    if not 0.0 <= train_ratio <= 1.0 or not 0.0 <= test_ratio <= 1.0:
+        raise ValueError("--train-ratio and --test-ratio must be between 0 and 1")
+    items = list(items)
+    if shuffle:
+        random.Random(100).shuffle(items)
+    chunk_size = (len(items) + chunks - 1) // chunks
+    written = []
+    for i in range(chunks):
+        chunk = items[i * chunk_size : (i + 1) * chunk_size]
+        name = prefix + (f"_{i}" if chunks > 1 else "")
+        sep = int(chunk_size * train_ratio)
+        sep_test = int(chunk_size * test_ratio)
+        outputs = []
+        if train_ratio == 1.0:
+            outputs.append((name + ".lst", chunk))
+        else:
+            if test_ratio:
+                outputs.append((name + "_test.lst", chunk[:sep_test]))
+            if train_ratio + test_ratio < 1.0:
+                outputs.append((name + "_val.lst", chunk[sep_test + sep :]))
+            outputs.append((name + "_train.lst", chunk[sep_test : sep_test + sep]))
+        for path, part in outputs:
+            write_list(path, part)
+            written.append(path)
+    return written
+
+
+def read_list(path: str) -> Tuple[List[ListItem], List[Tuple[int, str, str]]]:
+    """Read a ``.lst`` file.
+
+    Returns
+    -------
+    items : list of ListItem
+        The well-formed lines, in file order.
+    bad : list of (line_number, line, reason)
+        Lines that could not be parsed (they are reported as skipped, as the reference skips them).
+    """
+    items, bad = [], []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = [p.strip() for p in line.strip().split("\t")]
+            if len(parts) < 3:
+                bad.append((number, line.rstrip("\n"), "needs index, label(s) and path separated by tabs"))
+                continue
+            try:
+                index = int(parts[0])
+                labels = tuple(float(p) for p in parts[1:-1])
+            except ValueError as e:
+                bad.append((number, line.rstrip("\n"), f"cannot parse numbers: {e}"))
+                continue
+            if index < 0:
+                bad.append((number, line.rstrip("\n"), "index must be >= 0"))
+                continue
+            items.append(ListItem(index, parts[-1], labels))
+    return items, bad
+
+
+def find_lists(prefix: str) -> List[str]:
+    """The ``.lst`` files the reference would pack for ``prefix``.
+
+    Every ``.lst`` in the folder when ``prefix`` is a folder, otherwise every ``.lst`` whose path starts
+    with ``prefix`` (so ``data/train`` packs ``data/train.lst`` and ``data/train_0.lst``...), sorted.
+    """
+    prefix = os.path.abspath(prefix)
+    folder = prefix if os.path.isdir(prefix) else os.path.dirname(prefix)
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if path.startswith(prefix) and name.endswith(".lst") and os.path.isfile(path):
+            found.append(path)
+    return found
+
+
+# ------------------------------------------------------------------------------------- record framing
+def pack_header(labels: Sequence[float], index: int, pack_label: bool = False) -> bytes:
+    """Serialise an ``mx.recordio.IRHeader`` (plus the label vector when ``pack_label``)."""
+    if pack_label and len(labels) > 1:
+        vec = np.asarray(labels, dtype="<f4")
+        return struct.pack(IR_FORMAT, vec.size, 0.0, index, 0) + vec.tobytes()
+    return struct.pack(IR_FORMAT, 0, labels[0], index, 0)
+
+
+def frame_record(payload: bytes) -> List[bytes]:
+    """Frame one record the way dmlc-core's ``RecordIOWriter`` does.
+
+    A payload that contains the magic number at a 4-byte aligned offset is split there into parts
+    (continuation flags 1, 2, 3) with the magic dropped, so a reader that seeks to an arbitrary offset
+    (``ImageRecordIter`` splitting a file between workers) can never mistake image bytes for a record
+    start. The reader puts the magic back.
+    """
+    parts = []
+    start = 0
+    pos = payload.find(_MAGIC_BYTES)
+    while pos != -1:
+        if pos % 4 == 0:
+            cflag = 1 if start == 0 else 2
+            parts.append(_MAGIC_BYTES + struct.pack("<I", (cflag << 29) | (pos - start)))
+            parts.append(payload[start:pos])
+            start = pos + 4
+            pos = payload.find(_MAGIC_BYTES, start)
+        else:
+            pos = payload.find(_MAGIC_BYTES, pos + 1)
+    length = len(payload) - start
+    cflag = 3 if start else 0
+    parts.append(_MAGIC_BYTES + struct.pack("<I", (cflag << 29) | length))
+    parts.append(payload[start:] if start else payload)
+    if length % 4:
+        parts.append(b"\0" * (4 - length % 4))
+    return parts
+
+
+class RecordWriter:
+    """Write ``.rec`` and ``.idx`` under temporary names; :meth:`commit` renames both.
+
+    Until :meth:`commit`, an existing ``.rec``/``.idx`` pair is left untouched; :meth:`abort` removes the
+    temporary files. On commit the old ``.idx`` is removed before the renames, so no moment exists where an
+    index sits next to a record file it does not describe.
+    """
+
+    def __init__(self, rec_path: str, idx_path: str):
+        self.rec_path, self.idx_path = rec_path, idx_path
+        self._rec = open(rec_path + ".tmp", "wb")
+        self._idx = open(idx_path + ".tmp", "w")
+        self.pos = 0
+        self.count = 0
+
+    def write(self, key: int, payload: bytes) -> None:
+        """Append one record (``payload`` = packed header + image bytes) under ``key``."""
+        if len(payload) > MAX_RECORD_BYTES:
+            raise SkipImage(f"record of {len(payload)} bytes exceeds the RecordIO limit of 512 MiB")
+        self._idx.write(f"{key:d}\t{self.pos:d}\n")
+        for part in frame_record(payload):
+            self._rec.write(part)
+            self.pos += len(part)
+        self.count += 1
+
+    def commit(self) -> None:
+        """Flush, close and move the finished files into place."""
+        # no fsync: the renames guard against an interrupted process; forcing hundreds of MB to disk
+        # here would only slow the run down
+        for f in (self._rec, self._idx):
+            f.close()
+        if os.path.exists(self.idx_path):
+            os.remove(self.idx_path)
+        os.replace(self.rec_path + ".tmp", self.rec_path)
+        os.replace(self.idx_path + ".tmp", self.idx_path)
+
+    def abort(self) -> None:
+        """Close and delete the temporary files."""
+        for f in (self._rec, self._idx):
+            f.close()
+        for path in (self.rec_path + ".tmp", self.idx_path + ".tmp"):
+            if os.path.exists(path):
+                os.remove(path)
+
+
+# -------------------------------------------------------------------------------------- image headers
+@dataclass
+class ImageInfo:
+    """What the file header says about an image (no pixel decoding)."""
+
+    kind: str  # 'jpeg', 'png' or 'other'
+    width: int = 0
+    height: int = 0
+    channels: int = 0
+    bits: int = 0
+    sof: int = 0  # JPEG start-of-frame marker
+    orientation: int = 1  # EXIF orientation (1 = as stored)
+    truncated: bool = False
+
+
+def _exif_orientation(seg: bytes) -> int:
+    """Orientation tag (0x0112) of an APP1 Exif segment, 1 when absent or unreadable."""
+    tiff = seg[6:]
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return 1
+    end = "<" if tiff[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack(end + "I", tiff[4:8])
+        (count,) = struct.unpack(end + "H", tiff[ifd : ifd + 2])
+        for i in range(count):
+            entry = tiff[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
+            tag, typ = struct.unpack(end + "HH", entry[:4])
+            if tag == 0x0112 and typ == 3:
+                return struct.unpack(end + "H", entry[8:10])[0]
+    except struct.error:
+        return 1
+    return 1
+
+
+def jpeg_info(data: bytes) -> ImageInfo:
+    """Parse the JPEG markers before the first scan: size, components, precision, coding, orientation.
+
+    A file is flagged ``truncated`` when its last scan is not followed by an end-of-image marker (0xFFD9
+    cannot occur inside entropy-coded data, so this is exact for files without trailing junk); OpenCV would
+    otherwise decode such files with a grey bottom and only a warning.
+    """
+    info = ImageInfo("jpeg")
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            raise SkipImage(f"corrupt JPEG: no marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):
+            break
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        seg = data[pos + 4 : pos + 2 + length]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and len(seg) >= 6 and not info.sof:
+            info.sof = marker
+            info.bits = seg[0]
+            info.height, info.width = struct.unpack(">HH", seg[1:5])
+            info.channels = seg[5]
+        elif marker == 0xE1 and seg[:6] == b"Exif\0\0":
+            info.orientation = _exif_orientation(seg)
+        pos += 2 + length
+    last_scan = data.rfind(b"\xff\xda")
+    info.truncated = pos + 4 > n or last_scan < 0 or data.rfind(b"\xff\xd9") < last_scan
+    return info
+
+
+def image_info(data: bytes) -> ImageInfo:
+    """Sniff the format from the first bytes and read what the header tells."""
+    if data[:3] == b"\xff\xd8\xff":
+        return jpeg_info(data)
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 29:
+        width, height, bits, color_type = struct.unpack(">IIBB", data[16:26])
+        channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(color_type, 0)
+        return ImageInfo("png", width, height, channels, bits, truncated=b"IEND" not in data[-16:])
+    return ImageInfo("other")
+
+
+# ----------------------------------------------------------------------------------------- encoding
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How images are turned into record payloads (mirrors the command-line flags)."""
+
+    resize: int = 0
+    center_crop: bool = False
+    quality: int = 95
+    color: int = 1
+    encoding: str = ".jpg"
+    pass_through: bool = False
+    pack_label: bool = False
+    no_upscale: bool = False
+
+
+def target_size(height: int, width: int, resize: int) -> Tuple[int, int]:
+    """``(width, height)`` with the shorter side set to ``resize``, rounded as the reference rounds."""
+    if height > width:
+        return resize, height * resize // width
+    return width * resize // height, resize
+
+
+def _center_crop(img: np.ndarray) -> np.ndarray:
+    h, w = img.shape[:2]
+    if h > w:
+        margin = (h - w) // 2
+        return img[margin : margin + w]
+    margin = (w - h) // 2
+    return img[:, margin : margin + h]
+
+
+def _reduce_factor(info: ImageInfo, opts: EncodeOptions) -> int:
+    """Largest n in (8, 4, 2) for which libjpeg's 1/n decode is still at least the target size."""
+    if info.kind != "jpeg" or opts.color == -1 or opts.resize <= 0 or not info.width or not info.height:
+        return 1
+    short = min(info.width, info.height)
+    for factor in (8, 4, 2):
+        if short >= opts.resize * factor:
+            return factor
+    return 1
+
+
+def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool]:
+    """Turn the bytes of one image file into the image bytes of its record.
+
+    Returns
+    -------
+    image : bytes
+        Encoded image (or the input itself when copied).
+    copied : bool
+        True when ``data`` was passed through unchanged.
+
+    Raises
+    ------
+    SkipImage
+        With the reason, when the file is empty, not an image, truncated, corrupt or too large.
+    """
+    if not data:
+        raise SkipImage("empty file")
+    if opts.pass_through:
+        return data, True
+    info = image_info(data)
+    if info.truncated:
+        raise SkipImage(f"truncated {info.kind.upper()} file (no end-of-image marker)")
+    if info.width * info.height > OPENCV_MAX_PIXELS:
+        raise SkipImage(
+            f"image too large: {info.width}x{info.height} pixels exceeds OpenCV's limit of "
+            f"{OPENCV_MAX_PIXELS} (raise it with the OPENCV_IO_MAX_IMAGE_PIXELS environment variable)"
+        )
+    short = min(info.width, info.height)
+    small = bool(info.width) and (opts.resize <= 0 or short <= opts.resize)
+    if opts.no_upscale and small and _copyable(info, opts):
+        return data, True
+
+    factor = _reduce_factor(info, opts)
+    if factor > 1:
+        flag = (_REDUCED_COLOR if opts.color == 1 else _REDUCED_GRAY)[factor]
+    else:
+        flag = {1: cv2.IMREAD_COLOR, 0: cv2.IMREAD_GRAYSCALE, -1: cv2.IMREAD_UNCHANGED}[opts.color]
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if img is None or img.size == 0:
+        if info.kind == "other":
+            raise SkipImage("not an image OpenCV can decode (unknown format)")
+        raise SkipImage(f"OpenCV cannot decode this {info.kind.upper()} file (corrupt or unsupported)")
+    if img.dtype != np.uint8 and opts.encoding == ".jpg":
+        # JPEG holds 8 bits; OpenCV would saturate rather than scale a 16-bit image
+        img = (img / (np.iinfo(img.dtype).max / 255.0) if img.dtype.kind in "ui" else img * 255.0).clip(
+            0, 255
+        )
+        img = img.astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 4 and opts.encoding == ".jpg":
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+
+    if opts.center_crop:
+        img = _center_crop(img)
+    if opts.resize > 0 and not (opts.no_upscale and min(img.shape[:2]) * factor <= opts.resize):
+        img = _resize(img, info, factor, opts.resize, opts.center_crop)
+    params = (
+        [cv2.IMWRITE_JPEG_QUALITY, opts.quality]
+        if opts.encoding == ".jpg"
+        else [cv2.IMWRITE_PNG_COMPRESSION, opts.quality]
+    )
+    ok, buf = cv2.imencode(opts.encoding, img, params)
+    if not ok:
+        raise SkipImage(f"OpenCV cannot encode the image as {opts.encoding}")
+    return buf.tobytes(), False
+
+
+def _copyable(info: ImageInfo, opts: EncodeOptions) -> bool:
+    """A JPEG whose bytes decode to what re-encoding would produce, minus the second JPEG loss."""
+    return (
+        info.kind == "jpeg"
+        and info.sof in _PLAIN_SOF
+        and info.bits == 8
+        and info.channels == 3
+        and info.orientation == 1
+        and opts.color == 1
+        and opts.encoding == ".jpg"
+        and not opts.center_crop
+    )
+
+
+def _resize(img: np.ndarray, info: ImageInfo, factor: int, resize: int, cropped: bool) -> np.ndarray:
+    h, w = img.shape[:2]
+    if factor > 1 and not cropped:
+        # size from the full-resolution header so the result matches a full decode to the pixel count
+        full_h, full_w = info.height, info.width
+        if info.orientation in (5, 6, 7, 8):
+            full_h, full_w = full_w, full_h
+        if (math.ceil(full_h / factor), math.ceil(full_w / factor)) == (h, w):
+            h, w = full_h, full_w
+    size = target_size(h, w, resize)
+    if size == (img.shape[1], img.shape[0]):
+        return img
+    return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+
+
+def make_record(item: ListItem, root: str, opts: EncodeOptions) -> Tuple[Optional[bytes], str]:
+    """Read, encode and pack one list item.
+
+    Returns
+    -------
+    payload : bytes or None
+        Packed header + image, or None when skipped.
+    note : str
+        ``'copied'``, ``'encoded'`` or the reason for skipping.
+    """
+    path = os.path.join(root, item.path)
+    try:
+        if not item.labels:
+            raise SkipImage("the list line has no label")
+        header = pack_header(item.labels, item.index, opts.pack_label)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise SkipImage(f"cannot read file: {e.strerror or e}") from None
+        image, copied = encode_image(data, opts)
+        return header + image, "copied" if copied else "encoded"
+    except SkipImage as e:
+        return None, str(e)
+    except (cv2.error, struct.error, ValueError, MemoryError) as e:
+        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
+
+
+# --------------------------------------------------------------------------------------------- packing
+_WORKER: Dict[str, object] = {}
+
+
+def _init_worker(root: str, opts: EncodeOptions) -> None:
+    # one OpenCV thread per process: the pool already fills every core
+    cv2.setNumThreads(1)
+    _WORKER["root"], _WORKER["opts"] = root, opts
+
+
+def _encode_chunk(chunk: List[ListItem]) -> List[Tuple[Optional[bytes], str]]:
+    root, opts = _WORKER["root"], _WORKER["opts"]
+    return [make_record(item, root, opts) for item in chunk]  # type: ignore[arg-type]
+
+
+def _chunks(items: List[ListItem], size: int) -> Iterator[List[ListItem]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _ordered_results(
+    items: List[ListItem], root: str, opts: EncodeOptions, num_workers: int, chunk_size: int
+) -> Iterator[Tuple[ListItem, Optional[bytes], str]]:
+    """Encode items on ``num_workers`` processes, yielding results in list order with bounded memory."""
+    if num_workers <= 1:
+        for item in items:
+            payload, note = make_record(item, root, opts)
+            yield item, payload, note
+        return
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    pool = ctx.Pool(num_workers, initializer=_init_worker, initargs=(root, opts))
+    try:
+        pending: collections.deque = collections.deque()
+        chunks = _chunks(items, chunk_size)
+        for chunk in chunks:
+            pending.append((chunk, pool.apply_async(_encode_chunk, (chunk,))))
+            if len(pending) >= 4 * num_workers:
+                break
+        while pending:
+            chunk, result = pending.popleft()
+            nxt = next(chunks, None)
+            if nxt is not None:
+                pending.append((nxt, pool.apply_async(_encode_chunk, (nxt,))))
+            for item, (payload, note) in zip(chunk, result.get()):
+                yield item, payload, note
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+@dataclass
+class PackStats:
+    """Outcome of packing one ``.lst`` file."""
+
+    lst: str
+    rec: str
+    written: int = 0
+    copied: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    report: Optional[str] = None
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.written + self.skipped) / self.seconds if self.seconds else 0.0
+
+
+def pack_list(
+    lst_path: str,
+    root: str,
+    opts: EncodeOptions,
+    num_workers: int = 1,
+    progress: bool = True,
+    chunk_size: int = 16,
+) -> PackStats:
+    """Pack the images of one ``.lst`` file into ``<stem>.rec`` and ``<stem>.idx`` next to it.
+
+    Records are written in list order. Images that cannot be packed are left out and listed with their
+    reason in ``<stem>.skipped.tsv`` (removed when nothing was skipped).
+
+    Parameters
+    ----------
+    lst_path : str
+        The list file.
+    root : str
+        Folder the list's paths are relative to.
+    opts : EncodeOptions
+        Encoding options.
+    num_workers : int
+        Encoding processes (1 = in this process).
+    progress : bool
+        Show a tqdm bar with images/s.
+    chunk_size : int
+        Images per task sent to a worker.
+
+    Returns
+    -------
+    PackStats
+    """
+    from tqdm import tqdm
+
+    stem = os.path.splitext(lst_path)[0]
+    stats = PackStats(lst_path, stem + ".rec", report=stem + ".skipped.tsv")
+    items, bad = read_list(lst_path)
+    skipped: List[Tuple[str, str, str]] = [(f"line {n}", line, reason) for n, line, reason in bad]
+    start = time.perf_counter()
+    writer = RecordWriter(stem + ".rec", stem + ".idx")
+    try:
+        results = _ordered_results(items, root, opts, num_workers, chunk_size)
+        with tqdm(total=len(items), unit="img", disable=not progress, desc=os.path.basename(stem)) as bar:
+            for item, payload, note in results:
+                if payload is not None:
+                    try:
+                        writer.write(item.index, payload)
+                    except SkipImage as e:
+                        payload, note = None, str(e)
+                if payload is None:
+                    skipped.append((str(item.index), item.path, note))
+                elif note == "copied":
+                    stats.copied += 1
+                bar.update(1)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    stats.written = writer.count
+    stats.skipped = len(skipped)
+    stats.seconds = time.perf_counter() - start
+    if skipped:
+        lines = ["index\tpath\treason\n"] + ["\t".join(row) + "\n" for row in skipped]
+        _atomic_write_text(stats.report, "".join(lines))
+        for index, path, reason in skipped[:10]:
+            logger.warning("skipped %s (%s): %s", path, index, reason)
+    else:
+        if os.path.exists(stats.report):
+            os.remove(stats.report)
+        stats.report = None
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command line of MXNet's ``im2rec.py`` plus ``--no-upscale``, ``--check`` and ``--no-progress``."""
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Create an image list (--list) or pack the images of PREFIX*.lst into .rec/.idx files.",
+    )
+    parser.add_argument("prefix", help="prefix of input/output lst and rec files (or a folder of .lst files)")
+    parser.add_argument("root", nargs="?", help="folder containing the images (not needed with --check)")
+    parser.add_argument(
+        "--check", action="store_true", help="only check PREFIX.rec/.idx (same as tools/rec_check.py PREFIX)"
+    )
+    cgroup = parser.add_argument_group("Options for creating image lists")
+    cgroup.add_argument("--list", action="store_true", help="create PREFIX.lst by walking ROOT")
+    cgroup.add_argument("--exts", nargs="+", default=list(DEFAULT_EXTS), help="accepted image extensions")
+    cgroup.add_argument("--chunks", type=int, default=1, help="number of chunks")
+    cgroup.add_argument("--train-ratio", type=float, default=1.0, help="ratio of images to use for training")
+    cgroup.add_argument("--test-ratio", type=float, default=0, help="ratio of images to use for testing")
+    cgroup.add_argument(
+        "--recursive", action="store_true", help="walk sub-folders, one label per folder (sorted, from 0)"
+    )
+    cgroup.add_argument("--no-shuffle", dest="shuffle", action="store_false", help="keep the walk order")
+    rgroup = parser.add_argument_group("Options for creating database")
+    rgroup.add_argument("--pass-through", action="store_true", help="store the file bytes as they are")
+    rgroup.add_argument("--resize", type=int, default=0, help="set the shorter side to this size (0: keep)")
+    rgroup.add_argument(
+        "--no-upscale",
+        action="store_true",
+        help="leave images whose shorter side is <= --resize as they are (plain JPEGs: bytes copied)",
+    )
+    rgroup.add_argument("--center-crop", action="store_true", help="crop the central square first")
+    rgroup.add_argument("--quality", type=int, default=95, help="JPEG quality 1-100, or PNG compression 1-9")
+    rgroup.add_argument(
+        "--num-thread", type=int, default=1, help="encoding processes (records stay in list order)"
+    )
+    rgroup.add_argument(
+        "--color",
+        type=int,
+        default=1,
+        choices=[-1, 0, 1],
+        help="1: 3-channel 8-bit colour (alpha dropped), 0: grayscale, -1: as stored",
+    )
+    rgroup.add_argument(
+        "--encoding", type=str, default=".jpg", choices=[".jpg", ".png"], help="record format"
+    )
+    rgroup.add_argument("--pack-label", action="store_true", help="store every label of multi-label lines")
+    rgroup.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if not args.check and args.root is None:
+        parser.error("ROOT (the image folder) is required unless --check is given")
+    if args.resize < 0 or args.num_thread < 1:
+        parser.error("--resize must be >= 0 and --num-thread >= 1")
+    if args.encoding == ".jpg" and not 1 <= args.quality <= 100:
+        parser.error("--quality must be 1-100 for JPEG")
+    if args.encoding == ".png" and not 0 <= args.quality <= 9:
+        parser.error("--quality must be 0-9 (compression level) for --encoding .png")
+    args.prefix = os.path.abspath(args.prefix)
+    if args.root is not None:
+        args.root = os.path.abspath(args.root)
+    return args
+
+
+def _load_rec_check():
+    name = "rec_check"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rec_check.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the tool; returns the exit status (0 ok, 1 error, 2 some images skipped)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    if args.check:
+        return _load_rec_check().main([args.prefix])
+    if args.list:
+        items = list_images(args.root, args.recursive, args.exts)
+        if not items:
+            logger.error("no files with extensions %s under %s", " ".join(args.exts), args.root)
+            return 1
+        written = split_lists(
+            items, args.prefix, args.shuffle, args.chunks, args.train_ratio, args.test_ratio
+        )
+        logger.info("listed %d images in %s", len(items), ", ".join(written))
+        return 0
+    lists = find_lists(args.prefix)
+    if not lists:
+        logger.error("no .lst file starts with %s: create one with --list first", args.prefix)
+        return 1
+    opts = EncodeOptions(
+        resize=args.resize,
+        center_crop=args.center_crop,
+        quality=args.quality,
+        color=args.color,
+        encoding=args.encoding,
+        pass_through=args.pass_through,
+        pack_label=args.pack_label,
+        no_upscale=args.no_upscale,
+    )
+    status = 0
+    for lst in lists:
+        logger.info("creating %s from %s (images in %s)", os.path.splitext(lst)[0] + ".rec", lst, args.root)
+        stats = pack_list(lst, args.root, opts, args.num_thread, progress=not args.no_progress)
+        logger.info(
+            "wrote %d records (%d copied unchanged) to %s in %.1f s (%.0f images/s)",
+            stats.written,
+            stats.copied,
+            stats.rec,
+            stats.seconds,
+            stats.images_per_second,
+        )
+        if stats.skipped:
+            logger.warning("skipped %d images; paths and reasons in %s", stats.skipped, stats.report)
+            status = SKIP_EXIT_STATUS
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
