@@ -9,8 +9,9 @@ and takes the centre crop (bicubic for the 320/416 px models).
 Two back ends give the same :class:`mxnet.io.DataIter` interface:
 
 * ``mx.io.ImageRecordIter`` (C++ decoding threads), used whenever it can do the job;
-* a Python path (a record dataset and ``gluon.data.DataLoader`` worker processes, OpenCV transforms),
-  for what the C++ iterator cannot do: AutoAugment.
+* a Python path (OpenCV decoding and transforms in a pool of threads) for what the C++ iterator cannot
+  do: AutoAugment. It is also the faster path where MXNet's bundled JPEG decoder is slow (the pip wheel's
+  decodes about 3x slower than opencv-python's); ``scripts/bench_pipeline.py`` measures both.
 
 Both shard a file the way MXNet's indexed RecordIO splitter does: records sorted by file offset, part
 ``k`` of ``n`` gets the ``k``-th run of ``ceil(N / n)`` records, so the parts are disjoint and together
@@ -20,8 +21,13 @@ an epoch are repeats of real ones, to be ignored by metrics (the training loop m
 
 import logging
 import math
+import mmap
 import os
-from typing import Callable, List, Optional, Tuple
+import struct
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import mxnet as mx
@@ -257,90 +263,116 @@ class _RecordIter(_ShardIter):
         return data, label
 
 
-class _RecordDataset(mx.gluon.data.Dataset):
-    """Raw records by key, decoded with OpenCV; items are ``(position, epoch)`` pairs.
+_RECORDIO_MAGIC = 0xCED7230A
 
-    The record file is opened lazily in each process, so the dataset can be sent to DataLoader workers.
-    Each sample gets its own random generator seeded by ``(seed, epoch, position)``: augmentations are
-    reproducible and do not repeat across forked workers (which would share numpy's global state).
+
+class _RecordReader:
+    """Reads records by key from a memory map of the ``.rec`` and decodes them with OpenCV.
+
+    The map makes reads free of system calls and safe from any number of threads; a record that
+    RecordIO had to split into parts (its payload contained the magic word) is read the ordinary way.
     """
 
-    def __init__(self, rec_path: str, keys: List[int], transform: Callable, seed: int):
-        self._rec_path = rec_path
-        self._keys = keys
-        self._transform = transform
-        self._seed = seed
-        self._record = None
-        self._pid = None
-        self._owner = os.getpid()
+    def __init__(self, rec_path: str, offsets: dict):
+        self.rec_path, self._offsets = rec_path, offsets
+        with open(rec_path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._local = threading.local()
 
-    def __len__(self) -> int:
-        return len(self._keys)
+    def _raw(self, key: int) -> memoryview:
+        offset = self._offsets[key]
+        magic, lrec = struct.unpack_from("<II", self._map, offset)
+        if magic != _RECORDIO_MAGIC:
+            raise ValueError(
+                f"{self.rec_path!r}: no record at offset {offset} (key {key}); is the .idx stale?"
+            )
+        if lrec >> 29 == 0:
+            return memoryview(self._map)[offset + 8 : offset + 8 + (lrec & ((1 << 29) - 1))]
+        record = getattr(self._local, "record", None)
+        if record is None:
+            record = self._local.record = mx.recordio.MXIndexedRecordIO(
+                _idx_path(self.rec_path), self.rec_path, "r"
+            )
+        return memoryview(record.read_idx(key))
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_record"] = None
-        return state
-
-    def __getitem__(self, item):
-        position, epoch = item
-        if self._record is None or self._pid != os.getpid():
-            self._record = mx.recordio.MXIndexedRecordIO(_idx_path(self._rec_path), self._rec_path, "r")
-            self._pid = os.getpid()
-            if self._pid != self._owner:
-                # One worker process per core: OpenCV's own threads would only oversubscribe them.
-                cv2.setNumThreads(1)
-        header, payload = mx.recordio.unpack(self._record.read_idx(self._keys[position]))
-        img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+    def read(self, key: int) -> Tuple[float, np.ndarray]:
+        raw = self._raw(key)
+        flag, label, _, _ = struct.unpack_from(mx.recordio._IR_FORMAT, raw)
+        start = mx.recordio._IR_SIZE
+        if flag > 0:  # a label vector precedes the image; the first entry is the class
+            label = float(np.frombuffer(raw, np.float32, 1, start)[0])
+            start += 4 * flag
+        img = cv2.imdecode(np.frombuffer(raw, np.uint8, offset=start), cv2.IMREAD_COLOR)
         if img is None:
-            raise ValueError(f"record {self._keys[position]} of {self._rec_path!r} is not a decodable image")
-        rng = np.random.default_rng([self._seed, epoch, position])
-        label = header.label if np.isscalar(header.label) else header.label[0]
-        return self._transform(img, rng), np.float32(label)
+            raise ValueError(f"record {key} of {self.rec_path!r} is not a decodable image")
+        return float(label), img
 
 
-class _BatchSampler:
-    """Batches of ``(position, epoch)``; the last batch is completed with repeats of its first items."""
+class _ThreadIter(_ShardIter):
+    """The Python path: OpenCV transforms of a shard, batches assembled by a pool of threads.
 
-    def __init__(self, num_samples: int, batch_size: int, shuffle: bool, seed: int):
-        self.num_samples, self.batch_size, self.shuffle, self.seed = num_samples, batch_size, shuffle, seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
-
-    def __iter__(self):
-        order = np.arange(self.num_samples)
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
-        for start in range(0, self.num_samples, self.batch_size):
-            chunk = list(order[start : start + self.batch_size])
-            chunk += [chunk[i % len(chunk)] for i in range(self.batch_size - len(chunk))]
-            yield [(int(p), self.epoch) for p in chunk]
-
-
-class _LoaderIter(_ShardIter):
-    """The Python path: a :class:`_RecordDataset` shard behind a multi-process ``DataLoader``."""
+    Threads rather than DataLoader worker processes: OpenCV and numpy release the GIL for the heavy
+    work, and a batch then needs no trip through shared memory (MXNet's DataLoader spends about as
+    long on that as on the JPEG decode). Each batch has its own generator seeded by
+    ``(seed, epoch, batch)``, so batches do not depend on the number of threads or their timing.
+    """
 
     def __init__(self, rec_path, keys, transform, batch_size, data_shape, *, shuffle, seed, threads, dtype):
         super().__init__(batch_size, len(keys), data_shape, dtype)
-        self._dtype = dtype
-        self._sampler = _BatchSampler(len(keys), batch_size, shuffle, seed)
-        dataset = _RecordDataset(rec_path, keys, transform, seed)
-        self._loader = mx.gluon.data.DataLoader(dataset, batch_sampler=self._sampler, num_workers=threads)
-        self._epoch_iter = None
+        self._reader = _RecordReader(rec_path, dict(read_index(rec_path)))
+        self._keys, self._transform, self._shape = keys, transform, tuple(data_shape)
+        self._shuffle, self._seed, self._threads, self._dtype = shuffle, seed, threads, dtype
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="resnest-data") if threads > 0 else None
+        self._epoch = -1
+        self._pending: deque = deque()
+        self._plan: deque = deque()
+        self._reset()
 
     def _reset(self):
-        self._sampler.epoch += 1
-        self._epoch_iter = None
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._epoch += 1
+        order = np.arange(self.num_samples)
+        if self._shuffle:
+            order = np.random.default_rng([self._seed, self._epoch]).permutation(self.num_samples)
+        # The last batch is completed with repeats of its first samples (reported through ``pad``).
+        order = np.resize(order, self.num_batches * self.batch_size).reshape(self.num_batches, -1)
+        tail = self.num_samples - (self.num_batches - 1) * self.batch_size
+        order[-1, tail:] = order[-1, np.arange(self.batch_size - tail) % tail]
+        self._plan = deque((positions, batch) for batch, positions in enumerate(order))
 
-    def _next(self):
-        if self._epoch_iter is None:
-            self._epoch_iter = iter(self._loader)
-        data, label = next(self._epoch_iter)
+    def _load(self, positions: np.ndarray, epoch: int, batch: int) -> Tuple[np.ndarray, np.ndarray]:
+        data = np.empty((len(positions),) + self._shape, np.float32)
+        label = np.empty(len(positions), np.float32)
+        # One generator per batch (seeding one costs as much as a 224 px colour transform): the
+        # augmentations depend on (seed, epoch, batch), never on the threads or their timing.
+        rng = np.random.default_rng([self._seed, epoch, batch])
+        for j, position in enumerate(positions):
+            label[j], img = self._reader.read(self._keys[position])
+            crop, affine = self._transform(img, rng)
+            _write_chw(crop, affine, data[j])
         if data.dtype != np.dtype(self._dtype):
             data = data.astype(self._dtype)
-        return data, label.astype("float32")
+        return data, label
+
+    def _next(self):
+        if self._pool is None:
+            positions, batch = self._plan.popleft()
+            data, label = self._load(positions, self._epoch, batch)
+        else:
+            # Keep one batch per thread (plus one) in flight.
+            while self._plan and len(self._pending) <= self._threads:
+                positions, batch = self._plan.popleft()
+                self._pending.append(self._pool.submit(self._load, positions, self._epoch, batch))
+            data, label = self._pending.popleft().result()
+        # The batch buffer is handed over to MXNet, not copied (the copy alone costs ~0.1 ms per image).
+        return mx.nd.from_numpy(data, zero_copy=True), mx.nd.array(label, dtype="float32")
+
+    def __del__(self):
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------- Python transforms
@@ -351,14 +383,10 @@ def _resize_short(img: np.ndarray, size: int, interp: int) -> np.ndarray:
     return cv2.resize(img, (nw, nh), interpolation=interp)
 
 
-# x_rgb = _BGR_TO_RGB @ x_bgr: OpenCV decodes to BGR, and folding the swap into the colour matrix is free.
-_BGR_TO_RGB = np.eye(3)[::-1]
-
-
-def _to_chw(img: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Apply a ``(3, 4)`` per-pixel affine map to a uint8 HWC image; float32 CHW out."""
-    out = cv2.transform(img.astype(np.float32), affine.astype(np.float32))
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+def _write_chw(img: np.ndarray, affine: np.ndarray, out: np.ndarray) -> None:
+    """``out[c] = affine[c, :3] . img[..., :] + affine[c, 3]``: uint8 HWC in, float32 CHW written in place."""
+    # cv2.transform rather than a numpy matmul: numpy's BLAS threads fight OpenCV's for the cores.
+    np.copyto(out, cv2.transform(img.astype(np.float32), affine).transpose(2, 0, 1))
 
 
 def _random_resized_crop(img, size, rng, interp, area=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)):
@@ -370,80 +398,95 @@ def _random_resized_crop(img, size, rng, interp, area=(0.08, 1.0), ratio=(3.0 / 
         if 0 < cw <= w and 0 < ch <= h:
             y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             return cv2.resize(img[y : y + ch, x : x + cw], (size, size), interpolation=interp)
-    # Fall back to the largest centre crop within the ratio range.
+    # Fall back to the largest centred square.
     s = min(h, w)
     y, x = (h - s) // 2, (w - s) // 2
     return cv2.resize(img[y : y + s, x : x + s], (size, size), interpolation=interp)
 
 
-_GRAY = np.array([0.299, 0.587, 0.114], np.float32)
+_GRAY = (0.299, 0.587, 0.114)
+_EIGVAL_LIST = _EIGVAL.tolist()
+_EIGVEC_LIST = _EIGVEC.tolist()
 
 
 def _colour_affine(
-    mean_pixel: np.ndarray, jitter: float, lighting: float, rng: np.random.Generator
+    mean_pixel: Sequence[float],
+    jitter: float,
+    lighting: float,
+    rng: Optional[np.random.Generator],
+    bgr: bool = False,
 ) -> np.ndarray:
-    """One ``(3, 4)`` per-pixel affine map: colour jitter, lighting noise and normalisation together.
+    """One ``(3, 4)`` per-pixel affine map: colour jitter, lighting and normalisation together.
 
-    Brightness (``a x``), contrast (``a x + (1 - a) mean(gray)``), saturation (``a x + (1 - a) gray(x)``,
-    all with ``a ~ U(1 - jitter, 1 + jitter)``, in random order, unclipped as in MXNet's iterators), the
-    AlexNet PCA lighting shift and ``(x - MEAN) / STD`` are each affine in the pixel, and contrast's image
-    mean follows the same map; so the whole chain is one matrix applied in a single pass.
+    Brightness (``a x``), contrast (``a x + (1 - a) mean(grey)``) and saturation (``a x + (1 - a) grey(x)``),
+    each with ``a ~ U(1 - jitter, 1 + jitter)``, in random order and unclipped as in MXNet's iterators, the
+    AlexNet PCA lighting shift and ``(x - MEAN) / STD`` are all affine in the pixel, and contrast's image
+    mean follows the same map; so the whole chain is one matrix, applied in a single pass.
+    ``mean_pixel`` is the image's mean RGB; with ``bgr`` the map takes BGR pixels (as OpenCV decodes them)
+    and still gives normalised RGB.
     """
-    m, t = np.eye(3, dtype=np.float64), np.zeros(3)
-    mean = np.asarray(mean_pixel, np.float64)[:3]
+    # Plain Python floats: for 3x3 matrices numpy's per-call overhead would cost more than the pixels.
+    m = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    t = [0.0, 0.0, 0.0]
+    g0, g1, g2 = _GRAY
     if jitter > 0:
-        for op in rng.permutation(3):
-            a = 1.0 + rng.uniform(-jitter, jitter)
+        for op, a in zip(rng.permutation(3).tolist(), rng.uniform(1.0 - jitter, 1.0 + jitter, 3).tolist()):
             if op == 0:  # brightness
-                m, t = a * m, a * t
-            elif op == 1:  # contrast: blend with the mean grey of the current image
-                grey = _GRAY @ (m @ mean + t)
-                m, t = a * m, a * t + (1.0 - a) * grey
-            else:  # saturation: blend with each pixel's grey
-                s = a * np.eye(3) + (1.0 - a) * np.outer(np.ones(3), _GRAY)
-                m, t = s @ m, s @ t
+                m, t = [[a * v for v in row] for row in m], [a * v for v in t]
+            elif op == 1:  # contrast: blend with the mean grey of the image as it is now
+                now = [sum(row[k] * mean_pixel[k] for k in range(3)) + t[i] for i, row in enumerate(m)]
+                shift = (1.0 - a) * (g0 * now[0] + g1 * now[1] + g2 * now[2])
+                m, t = [[a * v for v in row] for row in m], [a * v + shift for v in t]
+            else:  # saturation: blend each pixel with its grey
+                grey_row = [(1.0 - a) * (g0 * m[0][k] + g1 * m[1][k] + g2 * m[2][k]) for k in range(3)]
+                shift = (1.0 - a) * (g0 * t[0] + g1 * t[1] + g2 * t[2])
+                m = [[a * row[k] + grey_row[k] for k in range(3)] for row in m]
+                t = [a * v + shift for v in t]
     if lighting > 0:
-        t = t + _EIGVEC @ (rng.normal(0.0, lighting, 3) * _EIGVAL)
-    std = np.array(STD)
-    m, t = m / std[:, None], (t - np.array(MEAN)) / std
-    return np.hstack([m, t[:, None]]).astype(np.float32)
+        w = [lighting * z * e for z, e in zip(rng.standard_normal(3).tolist(), _EIGVAL_LIST)]
+        t = [v + sum(_EIGVEC_LIST[i][k] * w[k] for k in range(3)) for i, v in enumerate(t)]
+    rows = [[v / s for v in row] + [(ti - mu) / s] for row, ti, mu, s in zip(m, t, MEAN, STD)]
+    if bgr:
+        rows = [row[2::-1] + row[3:] for row in rows]
+    return np.array(rows, np.float32)
 
 
 class _TrainTransform:
-    """BGR uint8 image (as decoded) -> normalised RGB CHW float32, with the training augmentations."""
+    """BGR uint8 image -> (augmented uint8 crop, its ``(3, 4)`` colour + normalisation map)."""
 
     def __init__(self, size: int, jitter: float, lighting: float, auto_aug: bool, interpolation: str):
         self.size, self.jitter, self.lighting = size, jitter, lighting
         self.policy = ImageNetPolicy() if auto_aug else None
         self.interp = _INTERP[interpolation]
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
         img = _random_resized_crop(img, self.size, rng, self.interp)
         if rng.random() < 0.5:
             img = cv2.flip(img, 1)
-        swap = _BGR_TO_RGB
         if self.policy is not None:
             # AutoAugment's colour operations are defined on RGB.
-            img, swap = self.policy(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), rng), np.eye(3)
-        mean_rgb = swap @ np.asarray(cv2.mean(img)[:3])
-        affine = _colour_affine(mean_rgb, self.jitter, self.lighting, rng)
-        affine[:, :3] = affine[:, :3] @ swap
-        return _to_chw(img, affine)
+            img = self.policy(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), rng)
+            return img, _colour_affine(_mean_pixel(img), self.jitter, self.lighting, rng)
+        return img, _colour_affine(_mean_pixel(img)[::-1], self.jitter, self.lighting, rng, bgr=True)
+
+
+def _mean_pixel(img: np.ndarray) -> List[float]:
+    """Mean colour (in the image's channel order), from every 4th row and column: plenty for contrast."""
+    return list(cv2.mean(img[::4, ::4])[:3])
 
 
 class _ValTransform:
-    """BGR uint8 image -> shorter side resized, centre crop, normalised RGB CHW float32."""
+    """BGR uint8 image -> (shorter side resized and centre-cropped, the normalisation map)."""
 
     def __init__(self, crop: int, resize: int, interpolation: str):
         self.crop, self.resize, self.interp = crop, resize, _INTERP[interpolation]
-        self.affine = _colour_affine(np.zeros(3), 0.0, 0.0, None)
-        self.affine[:, :3] = self.affine[:, :3] @ _BGR_TO_RGB
+        self.affine = _colour_affine((0.0, 0.0, 0.0), 0.0, 0.0, None, bgr=True)
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
         img = _resize_short(img, self.resize, self.interp)
         h, w = img.shape[:2]
         y, x = (h - self.crop) // 2, (w - self.crop) // 2
-        return _to_chw(img[y : y + self.crop, x : x + self.crop], self.affine)
+        return img[y : y + self.crop, x : x + self.crop], self.affine
 
 
 # ----------------------------------------------------------------------------------------- public API
@@ -493,7 +536,7 @@ def train_iter(
     num_parts, part_index : int
         Number of workers and this worker's rank; the shards are disjoint and cover the file.
     threads : int
-        Decoding threads (C++ iterator) or worker processes (Python path; 0 = in the main process).
+        Decoding threads (C++ iterator) or worker threads (Python path; 0 = in the calling thread).
     seed : int
         Seed of the shuffling and augmentations (offset by ``part_index`` for augmentations).
     auto_aug : bool
@@ -519,7 +562,7 @@ def train_iter(
     if backend == "python" or (backend == "auto" and auto_aug):
         keys = [k for k, _ in read_index(rec_path)[begin:end]]
         transform = _TrainTransform(input_size, jitter, lighting, auto_aug, _interp_name("auto", input_size))
-        return _LoaderIter(
+        return _ThreadIter(
             rec_path,
             keys,
             transform,
@@ -590,7 +633,7 @@ def val_iter(
     num_parts, part_index : int
         Number of workers and this worker's rank.
     threads : int
-        Decoding threads (C++) or worker processes (Python path).
+        Decoding threads (C++) or worker threads (Python path; 0 = in the calling thread).
     resize : int, optional
         Shorter side before cropping; ``ceil(crop_size / 0.875)`` by default.
     interpolation : {'auto', 'bilinear', 'bicubic'}
@@ -613,7 +656,7 @@ def val_iter(
     interp = _interp_name(interpolation, crop_size)
     if backend == "python":
         keys = [k for k, _ in read_index(rec_path)[begin:end]]
-        return _LoaderIter(
+        return _ThreadIter(
             rec_path,
             keys,
             _ValTransform(crop_size, resize, interp),

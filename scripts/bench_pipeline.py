@@ -172,8 +172,7 @@ def bench_iter(name: str, it, threads: int, batches: int, warmup: int = 2, **ext
 
     def batches_forever():
         while True:
-            for batch in it:
-                yield batch
+            yield from it
             it.reset()
 
     stream = batches_forever()
@@ -189,31 +188,69 @@ def bench_iter(name: str, it, threads: int, batches: int, warmup: int = 2, **ext
     return _row(name, threads, images, wall, cpu, batch_size=it.batch_size, **extra)
 
 
+PIPELINES = ("train", "train_python", "val", "train_autoaug")
+
+
+def _make_iter(kind: str, rec_path: str, batch_size: int, input_size: int, threads: int):
+    if kind == "train":
+        return data.train_iter(rec_path, batch_size, input_size, threads=threads, backend="cpp")
+    if kind == "train_python":
+        return data.train_iter(rec_path, batch_size, input_size, threads=threads, backend="python")
+    if kind == "train_autoaug":
+        return data.train_iter(rec_path, batch_size, input_size, threads=threads, auto_aug=True)
+    return data.val_iter(rec_path, batch_size, input_size, threads=threads)
+
+
+def _median_rows(rows: List[Dict]) -> List[Dict]:
+    """One row per (pipeline, threads): the median of each rate over the repeats."""
+    groups: Dict = {}
+    for r in rows:
+        groups.setdefault((r["name"], r["threads"]), []).append(r)
+    out = []
+    for group in groups.values():
+        row = dict(group[0])
+        for key in ("images_per_s", "images_per_s_per_thread", "images_per_cpu_s"):
+            values = [r[key] for r in group if r[key] is not None]
+            row[key] = round(float(np.median(values)), 1) if values else None
+        row["images"] = sum(r["images"] for r in group)
+        row["seconds"] = round(sum(r["seconds"] for r in group), 4)
+        row["cpu_seconds"] = round(sum(r["cpu_seconds"] for r in group), 4)
+        row["repeats"] = len(group)
+        out.append(row)
+    return out
+
+
 def run(
     prefix: str,
     threads: Sequence[int] = (1, 2),
     batches: int = 40,
     batch_size: int = 64,
     input_size: int = 224,
-    autoaug_batches: Optional[int] = None,
+    repeats: int = 3,
+    pipelines: Sequence[str] = PIPELINES,
     progress: bool = True,
 ) -> List[Dict]:
-    """Measure all pipelines on ``prefix.rec``; one dict per (pipeline, threads).
+    """Measure the decode limit and the pipelines on ``prefix.rec``; one dict per (pipeline, threads).
+
+    Measurements are interleaved over ``repeats`` rounds and the median of each rate is kept, so that
+    a burst of load from elsewhere on a shared machine hits all pipelines alike.
 
     Parameters
     ----------
     prefix : str
         Record file prefix (``prefix.rec`` + ``prefix.idx``); a path ending in ``.rec`` works too.
     threads : sequence of int
-        Decoding threads (worker processes for the Python path) to try.
+        Decoding threads (C++) or worker threads (Python path) to try.
     batches : int
-        Timed batches per iterator measurement.
+        Timed batches per iterator measurement (AutoAugment: half as many).
     batch_size : int
         Batch size of the iterators (clipped to the number of records).
     input_size : int
         Training crop and validation crop size.
-    autoaug_batches : int, optional
-        Timed batches of the (slower) AutoAugment path; ``batches // 2`` by default.
+    repeats : int
+        Rounds of measurements.
+    pipelines : sequence of str
+        Subset of :data:`PIPELINES`.
     progress : bool
         Show a progress bar.
 
@@ -221,28 +258,28 @@ def run(
     -------
     list of dict
         Keys ``name``, ``threads``, ``images``, ``seconds``, ``cpu_seconds``, ``images_per_s``,
-        ``images_per_s_per_thread``, ``images_per_cpu_s`` and the settings used.
+        ``images_per_s_per_thread``, ``images_per_cpu_s``, ``repeats`` and the settings used.
     """
     rec_path = prefix if prefix.endswith(".rec") else prefix + ".rec"
     total = data.num_records(rec_path)
     batch_size = min(batch_size, total)
-    autoaug_batches = max(1, batches // 2) if autoaug_batches is None else autoaug_batches
-    plan = [("decode", 1)] + [(kind, t) for t in threads for kind in ("train", "val", "train_autoaug")]
+    unknown = set(pipelines) - set(PIPELINES)
+    if unknown:
+        raise ValueError(f"unknown pipelines {sorted(unknown)}; valid: {PIPELINES}")
+    plan = [("decode", 1)] + [(kind, t) for t in threads for kind in pipelines]
     rows: List[Dict] = []
-    for kind, t in tqdm(plan, desc="bench_pipeline", disable=not progress):
-        if kind == "decode":
-            rows += bench_decode(rec_path, input_size)
-            continue
-        if kind == "train":
-            it = data.train_iter(rec_path, batch_size, input_size, threads=t)
-        elif kind == "val":
-            it = data.val_iter(rec_path, batch_size, input_size, threads=t)
-        else:
-            it = data.train_iter(rec_path, batch_size, input_size, threads=t, auto_aug=True)
-        n = autoaug_batches if kind == "train_autoaug" else batches
-        rows.append(bench_iter(kind, it, t, n, image_size=input_size))
-        del it
-    return rows
+    with tqdm(total=repeats * len(plan), desc="bench_pipeline", disable=not progress) as bar:
+        for _ in range(repeats):
+            for kind, t in plan:
+                if kind == "decode":
+                    rows += bench_decode(rec_path, input_size)
+                else:
+                    it = _make_iter(kind, rec_path, batch_size, input_size, t)
+                    n = max(1, batches // 2) if kind == "train_autoaug" else batches
+                    rows.append(bench_iter(kind, it, t, n, image_size=input_size))
+                    del it
+                bar.update()
+    return _median_rows(rows)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -261,31 +298,34 @@ def summarise(rows: List[Dict], gpu_images_per_s: float = GPU_IMAGES_PER_S) -> s
     limit = by.get(("decode_rrc", 1))
     if limit is None:
         return "\n".join(lines)
-    lines.append("")
-    lines.append(
-        f"decode limit (cv2.imdecode + random resized crop, 1 core): {limit['images_per_s']:.0f} img/s"
-    )
+    lines += [
+        "",
+        f"decode limit (cv2.imdecode + random resized crop, 1 core): {limit['images_per_s']:.0f} img/s, "
+        f"{limit['images_per_cpu_s']:.0f} img per CPU-second",
+    ]
     for (name, t), r in sorted(by.items()):
-        if name == "train":
+        if name in ("train", "train_python", "train_autoaug"):
             lines.append(
-                f"train iterator / decode limit, {t} thread(s): "
+                f"{name} / decode limit, {t} thread(s): "
                 f"{r['images_per_s_per_thread'] / limit['images_per_s']:.2f} per thread (wall clock), "
                 f"{(r['images_per_cpu_s'] or 0) / limit['images_per_cpu_s']:.2f} per CPU-second"
             )
-    lines.append("")
-    lines.append(
+    lines += [
+        "",
         f"Cores per GPU, assuming a V100 trains ResNeSt-50 (224 px, float16, batch 128) at "
-        f"~{gpu_images_per_s:.0f} img/s and ImageNet JPEGs cost about what these do to decode:"
-    )
-    for name, label in (
-        ("train", "C++ iterator, paper's augmentations"),
-        ("train_autoaug", "with AutoAugment"),
+        f"~{gpu_images_per_s:.0f} img/s and ImageNet JPEGs cost about what these do to decode:",
+    ]
+    for names, label in (
+        (("train", "train_python"), "paper's augmentations, faster of the C++ and Python paths"),
+        (("train_autoaug",), "with AutoAugment"),
     ):
-        best = max((r["images_per_cpu_s"] or 0 for r in rows if r["name"] == name), default=0)
-        if best:
+        best = max(
+            ((r["images_per_cpu_s"] or 0, r["name"]) for r in rows if r["name"] in names), default=None
+        )
+        if best and best[0]:
             lines.append(
-                f"  {label}: {best:.0f} img per CPU-second -> ~{math.ceil(gpu_images_per_s / best)} "
-                f"cores per GPU (plus ~1-2 for the training process itself)"
+                f"  {label} ({best[1]}): {best[0]:.0f} img per CPU-second -> "
+                f"~{math.ceil(gpu_images_per_s / best[0])} cores per GPU for the input pipeline alone"
             )
     return "\n".join(lines)
 
@@ -299,12 +339,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="decoding threads to try")
     p.add_argument("--batches", type=int, default=40, help="timed batches per iterator")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
+    p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--gpu-images-per-s", type=float, default=GPU_IMAGES_PER_S, help="assumed GPU speed")
     p.add_argument("--json", help="write the measurements here")
     args = p.parse_args(argv)
-    if args.batches < 1 or args.batch_size < 1 or any(t < 1 for t in args.threads):
-        p.error("--batches, --batch-size and --threads must be positive")
+    if min([args.batches, args.batch_size, args.repeats] + args.threads) < 1:
+        p.error("--batches, --batch-size, --repeats and --threads must be positive")
     return args
 
 
@@ -315,7 +357,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     if args.make_data:
         make_data(prefix, args.make_data)
         logger.info("wrote %d images to %s.rec", args.make_data, prefix)
-    rows = run(prefix, args.threads, args.batches, args.batch_size, args.input_size)
+    rows = run(
+        prefix, args.threads, args.batches, args.batch_size, args.input_size, args.repeats, args.pipelines
+    )
     print(summarise(rows, args.gpu_images_per_s))
     if args.json:
         meta = {

@@ -218,6 +218,7 @@ def run(
     calib_batches: int = 5,
     rounds: int = 1,
     keep_dropblock: bool = False,
+    backend: Optional[str] = None,
     progress: bool = True,
 ) -> List[Dict]:
     """Measures every entry of ``plan`` (see :func:`default_plan`); returns one record per measurement.
@@ -240,6 +241,7 @@ def run(
             paper_gpu_img_per_sec=PAPER_GPU_IMG_PER_SEC.get((name, size)),
             top1=info["top1"] if info["top1"] is not None else PAPER_TOP1.get(name),
             dropblock=keep_dropblock,
+            backend=backend,
         )
         nets = {}
         net = build_net(name, ctx=ctx, dtype=dtype, keep_dropblock=keep_dropblock)
@@ -248,17 +250,15 @@ def run(
             nets["imperative"] = (net, dict(model=name, impl="resnest_gluon", mode="imperative", **cx))
             net = build_net(name, ctx=ctx, dtype=dtype, keep_dropblock=keep_dropblock)
             net(mx.nd.zeros((1, 3, size, size), ctx=ctx, dtype=dtype))
-        net.hybridize(static_alloc=True, static_shape=True)
+        session = _onnx_session(net, size) if onnx else None
+        hybridize(net, size, ctx, dtype, backend)
         nets["ours"] = (net, dict(model=name, impl="resnest_gluon", mode="hybridized", **cx))
         for peer_name in GLUONCV_PEERS.get(name, []) if compare_gluoncv else []:
             peer = build_net(peer_name, impl="gluoncv", ctx=ctx, dtype=dtype)
             pcx = complexity(peer, size, ctx, dtype)
-            peer.hybridize(static_alloc=True, static_shape=True)
+            hybridize(peer, size, ctx, dtype, backend)
             record = dict(model=peer_name, impl="gluoncv", mode="hybridized", **pcx)
             nets[f"gluoncv-{peer_name}"] = (peer, record)
-        session = None
-        if onnx:
-            session = _onnx_session(net, size)
         for batch_size in entry["batch_sizes"]:
             candidates = {
                 key: dict(
@@ -302,6 +302,18 @@ def run(
     return records
 
 
+def hybridize(net, size: int, ctx: mx.Context, dtype: str, backend: Optional[str] = None) -> None:
+    """``hybridize(static_alloc=True, static_shape=True)``, after partitioning for ``backend`` if given.
+
+    ``backend="MKLDNN"`` fuses convolution + BatchNorm + ReLU (+ residual add) into one oneDNN primitive.
+    """
+    if backend:
+        x = mx.nd.zeros((1, 3, size, size), ctx=ctx, dtype=dtype)
+        net.optimize_for(x, backend=backend, static_alloc=True, static_shape=True)
+    else:
+        net.hybridize(static_alloc=True, static_shape=True)
+
+
 def _onnx_session(net, size: int):
     from resnest_gluon import deploy
 
@@ -310,7 +322,6 @@ def _onnx_session(net, size: int):
             net, os.path.join(tmp, "model.onnx"), (1, 3, size, size), dynamic_batch=True
         )
         session = deploy.load_onnx(path)
-    net.hybridize(static_alloc=True, static_shape=True)
     return session
 
 
@@ -359,8 +370,9 @@ def format_table(records: Iterable[Dict]) -> str:
     for r in records:
         paper = r.get("paper_gpu_img_per_sec") if r["impl"] == "resnest_gluon" else None
         top1 = r.get("top1") if r["impl"] == "resnest_gluon" else None
+        mode = r["mode"] + (f"+{r['backend']}" if r.get("backend") else "")
         lines.append(
-            f"| {r['model']} | {r['impl']} | {r['mode']} | {r['input_size']} | {r['batch_size']} "
+            f"| {r['model']} | {r['impl']} | {mode} | {r['input_size']} | {r['batch_size']} "
             f"| {r['dtype']} "
             f"| {r['img_per_sec']:.2f} | {r['img_per_sec_p25']:.2f}-{r['img_per_sec_p75']:.2f} "
             f"| {r['ms_per_batch']:.1f} | {r['params'] / 1e6:.1f} | {r['macs'] / 1e9:.2f} "
@@ -505,6 +517,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--data", metavar="PREFIX", default=None, help="also run scripts/bench_pipeline.py on PREFIX.rec"
     )
+    p.add_argument(
+        "--backend",
+        default=None,
+        choices=["MKLDNN"],
+        help="partition every MXNet model's graph for this backend",
+    )
     p.add_argument("--json", default=None, help="write the records here")
     p.add_argument("--plot", default=None, help="draw accuracy vs latency here (PNG)")
     p.add_argument("--no-progress", action="store_true")
@@ -550,6 +568,7 @@ def main(argv=None) -> List[Dict]:
         calib_batches=args.calib_batches,
         rounds=args.rounds,
         keep_dropblock=args.keep_dropblock,
+        backend=args.backend,
         progress=not args.no_progress,
     )
     env = environment()

@@ -424,13 +424,14 @@ def _run(args, workers: int, primary: bool) -> dict:
             workers=workers,
         )
         if primary:
+            # the metrics line first: a kill before the checkpoint lands leaves a line that --resume drops
+            append_metrics(metrics_path, row)
+            rows.append(row)
             params_path = save_checkpoint(net, trainer, args.save_dir, args.model, epoch + 1)
             if top1 is not None and top1 > best_top1:
                 best_top1 = top1
                 copy_atomic(params_path, os.path.join(args.save_dir, f"{args.model}-best.params"))
             prune_checkpoints(args.save_dir, args.model, args.keep)
-            append_metrics(metrics_path, row)
-            rows.append(row)
             plot_curves(rows, os.path.join(args.save_dir, "curves.png"), f"{args.model}, {workers} worker(s)")
             logger.info(
                 "epoch %d/%d  loss %.4f  lr %.4g  val top-1 %s top-5 %s  %.1f img/s  %.1fs",

@@ -284,3 +284,47 @@ def test_mixup():
 
 def test_no_stray_files(rec):
     assert sorted(os.listdir(os.path.dirname(rec))) == ["tiny.idx", "tiny.rec"]
+
+
+def test_colour_affine_equals_step_by_step():
+    """The fused colour matrix == brightness/contrast/saturation, lighting, normalisation one by one."""
+    img = np.random.default_rng(5).uniform(0, 255, (9, 11, 3))
+    for seed in range(4):
+        affine = data._colour_affine(img.reshape(-1, 3).mean(0), 0.4, 0.1, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        order, alphas = rng.permutation(3), rng.uniform(0.6, 1.4, 3)
+        x = img.copy()
+        grey = lambda v: v @ np.array([0.299, 0.587, 0.114])
+        for op, a in zip(order, alphas):
+            if op == 0:
+                x = a * x
+            elif op == 1:
+                x = a * x + (1 - a) * grey(x).mean()
+            else:
+                x = a * x + (1 - a) * grey(x)[..., None]
+        x = x + data._EIGVEC @ (rng.normal(0, 0.1, 3).astype(np.float32) * data._EIGVAL)
+        x = (x - MEAN) / STD
+        got = img @ affine[:, :3].T + affine[:, 3]
+        np.testing.assert_allclose(got, x, rtol=1e-4, atol=1e-4)
+
+
+def test_python_reader_label_vectors_and_split_records(tmp_path):
+    import struct
+
+    jpg = cv2.imencode(".jpg", np.full((40, 48, 3), 90, np.uint8))[1].tobytes()
+    prefix = str(tmp_path / "odd")
+    rec = mx.recordio.MXIndexedRecordIO(prefix + ".idx", prefix + ".rec", "w")
+    rec.write_idx(0, mx.recordio.pack(mx.recordio.IRHeader(2, [3.0, 7.0], 0, 0), jpg))
+    # RecordIO splits a payload holding its magic word at an aligned position into parts.
+    packed = mx.recordio.pack(mx.recordio.IRHeader(0, 1.0, 1, 0), jpg)
+    packed += b"\0" * (-len(packed) % 4) + struct.pack("<I", 0xCED7230A) + b"tail"
+    rec.write_idx(1, packed)
+    rec.close()
+    offsets = dict(data.read_index(prefix + ".rec"))
+    reader = data._RecordReader(prefix + ".rec", offsets)
+    with open(prefix + ".rec", "rb") as f:
+        f.seek(offsets[1])
+        assert struct.unpack("<II", f.read(8))[1] >> 29 != 0  # really written in parts
+    for key, label in ((0, 3.0), (1, 1.0)):
+        got, img = reader.read(key)
+        assert got == label and img.shape == (40, 48, 3) and abs(float(img.mean()) - 90) < 2

@@ -145,14 +145,8 @@ def test_frame_record_matches_mxnet_writer(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_list_matches_reference(images, tmp_path):
+def test_list_labels_and_splits(images, tmp_path):
     assert im2rec.main(["--list", "--recursive", str(tmp_path / "ours"), images]) == 0
-    subprocess.run(
-        [sys.executable, REFERENCE, "--list", "--recursive", str(tmp_path / "ref"), images],
-        check=True,
-        capture_output=True,
-    )
-    assert (tmp_path / "ours.lst").read_text() == (tmp_path / "ref.lst").read_text()
     labels = {item.path.split("/")[0]: item.labels[0] for item in _read_lst(str(tmp_path / "ours.lst"))}
     assert labels == {"cat": 0.0, "dog": 1.0, "junk": 2.0}
     # splits and chunks as the reference names them
@@ -231,20 +225,16 @@ def test_interchangeable_with_reference(tmp_path):
         check=True,
         capture_output=True,
     )
-    # each tool packs its own list and the other's
+    assert (tmp_path / "ours" / "a.lst").read_text() == (tmp_path / "ref" / "b.lst").read_text()
+    # each tool packs its own list and the other's: PREFIX = the folder packs every .lst in it
     shutil.copy(tmp_path / "ours" / "a.lst", tmp_path / "ref" / "a.lst")
     shutil.copy(tmp_path / "ref" / "b.lst", tmp_path / "ours" / "b.lst")
     flags = ["--resize", "20", "--quality", "90"]
-    assert im2rec.main([str(tmp_path / "ours" / "a"), root, *flags, "--no-progress"]) == 0
-    assert (
-        im2rec.main([str(tmp_path / "ours" / "b"), root, *flags, "--num-thread", "2", "--no-progress"]) == 0
+    assert im2rec.main([str(tmp_path / "ours"), root, *flags, "--num-thread", "2", "--no-progress"]) == 0
+    subprocess.run(
+        [sys.executable, REFERENCE, str(tmp_path / "ref"), root, *flags], check=True, capture_output=True
     )
     for name in ("a", "b"):
-        subprocess.run(
-            [sys.executable, REFERENCE, str(tmp_path / "ref" / name), root, *flags],
-            check=True,
-            capture_output=True,
-        )
         ours, ref = _mx_records(str(tmp_path / "ours" / name)), _mx_records(str(tmp_path / "ref" / name))
         assert len(ours) == len(ref) == 7
         for (k1, h1, img1), (k2, h2, img2) in zip(ours, ref):

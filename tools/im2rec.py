@@ -25,12 +25,12 @@ arXiv:2004.08955), whose training resizes the shorter side to 480 px before rand
 from __future__ import annotations
 
 import argparse
-import collections
 import importlib.util
 import logging
 import math
 import multiprocessing
 import os
+import queue
 import random
 import struct
 import sys
@@ -369,19 +369,29 @@ def jpeg_info(data: bytes) -> ImageInfo:
     """
     info = ImageInfo("jpeg")
     pos, n = 2, len(data)
+    cut = False
     while pos + 4 <= n:
         if data[pos] != 0xFF:
-            raise SkipImage(f"corrupt JPEG: no marker at byte {pos}")
+            # extraneous bytes: libjpeg skips them with a warning, so do the same and let it judge
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                break
+            continue
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+        if marker < 0xC0 or 0xD0 <= marker <= 0xD8:  # standalone or stray
             pos += 2
             continue
         if marker in (0xD9, 0xDA):
             break
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if length < 2:
+            break  # malformed: no header facts, the decoder decides
+        if pos + 2 + length > n:
+            cut = True
+            break
         seg = data[pos + 4 : pos + 2 + length]
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and len(seg) >= 6 and not info.sof:
             info.sof = marker
@@ -392,7 +402,7 @@ def jpeg_info(data: bytes) -> ImageInfo:
             info.orientation = _exif_orientation(seg)
         pos += 2 + length
     last_scan = data.rfind(b"\xff\xda")
-    info.truncated = pos + 4 > n or last_scan < 0 or data.rfind(b"\xff\xd9") < last_scan
+    info.truncated = cut or (last_scan >= 0 and data.rfind(b"\xff\xd9") < last_scan)
     return info
 
 
@@ -573,54 +583,90 @@ def make_record(item: ListItem, root: str, opts: EncodeOptions) -> Tuple[Optiona
 
 
 # --------------------------------------------------------------------------------------------- packing
-_WORKER: Dict[str, object] = {}
-
-
-def _init_worker(root: str, opts: EncodeOptions) -> None:
-    # one OpenCV thread per process: the pool already fills every core
+def _worker_loop(root: str, opts: EncodeOptions, tasks, results) -> None:
+    """Encode chunks from ``tasks`` until a None arrives; results go out as ``(chunk number, records)``."""
+    # one OpenCV thread per process: the workers already fill every core
     cv2.setNumThreads(1)
-    _WORKER["root"], _WORKER["opts"] = root, opts
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        number, chunk = task
+        # Queue.put hands the data to a feeder thread, so encoding goes on while the parent reads the pipe
+        results.put((number, [make_record(item, root, opts) for item in chunk]))
 
 
-def _encode_chunk(chunk: List[ListItem]) -> List[Tuple[Optional[bytes], str]]:
-    root, opts = _WORKER["root"], _WORKER["opts"]
-    return [make_record(item, root, opts) for item in chunk]  # type: ignore[arg-type]
+class EncoderPool:
+    """``num_workers`` encoding processes fed chunk by chunk; :meth:`imap` gives results in list order."""
+
+    def __init__(self, root: str, opts: EncodeOptions, num_workers: int):
+        ctx = multiprocessing.get_context(
+            "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+        )
+        self.num_workers = num_workers
+        self.tasks, self.results = ctx.Queue(), ctx.Queue()
+        self.procs = [
+            ctx.Process(target=_worker_loop, args=(root, opts, self.tasks, self.results), daemon=True)
+            for _ in range(num_workers)
+        ]
+        for proc in self.procs:
+            proc.start()
+
+    def _get(self):
+        while True:
+            try:
+                return self.results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p.exitcode for p in self.procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(
+                        f"an encoding worker died (exit code {dead[0]}); out of memory? "
+                        "Try fewer --num-thread."
+                    ) from None
+
+    def imap(self, chunks: List[List[ListItem]]) -> Iterator[List[Tuple[Optional[bytes], str]]]:
+        """Results of each chunk, in order, keeping at most 4 chunks per worker in flight."""
+        window = 4 * self.num_workers
+        submitted, buffered = 0, {}
+        for number in range(len(chunks)):
+            while submitted < len(chunks) and submitted < number + window:
+                self.tasks.put((submitted, chunks[submitted]))
+                submitted += 1
+            while number not in buffered:
+                done, records = self._get()
+                buffered[done] = records
+            yield buffered.pop(number)
+
+    def close(self) -> None:
+        """Stop the workers (at once; any work in flight is dropped)."""
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.procs:
+            proc.join()
+        for q in (self.tasks, self.results):
+            q.cancel_join_thread()
+            q.close()
 
 
-def _chunks(items: List[ListItem], size: int) -> Iterator[List[ListItem]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _start_pool(root: str, opts: EncodeOptions, num_workers: int) -> Optional[EncoderPool]:
+    """Encoding processes, or None for in-process encoding."""
+    return EncoderPool(root, opts, num_workers) if num_workers > 1 else None
 
 
 def _ordered_results(
-    items: List[ListItem], root: str, opts: EncodeOptions, num_workers: int, chunk_size: int
+    items: List[ListItem], root: str, opts: EncodeOptions, pool: Optional[EncoderPool], chunk_size: int
 ) -> Iterator[Tuple[ListItem, Optional[bytes], str]]:
-    """Encode items on ``num_workers`` processes, yielding results in list order with bounded memory."""
-    if num_workers <= 1:
+    """Encode items (on ``pool`` when given), yielding results in list order with bounded memory."""
+    if pool is None:
         for item in items:
             payload, note = make_record(item, root, opts)
             yield item, payload, note
         return
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    pool = ctx.Pool(num_workers, initializer=_init_worker, initargs=(root, opts))
-    try:
-        pending: collections.deque = collections.deque()
-        chunks = _chunks(items, chunk_size)
-        for chunk in chunks:
-            pending.append((chunk, pool.apply_async(_encode_chunk, (chunk,))))
-            if len(pending) >= 4 * num_workers:
-                break
-        while pending:
-            chunk, result = pending.popleft()
-            nxt = next(chunks, None)
-            if nxt is not None:
-                pending.append((nxt, pool.apply_async(_encode_chunk, (nxt,))))
-            for item, (payload, note) in zip(chunk, result.get()):
-                yield item, payload, note
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
+    chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
+    for chunk, records in zip(chunks, pool.imap(chunks)):
+        for item, (payload, note) in zip(chunk, records):
+            yield item, payload, note
 
 
 @dataclass
@@ -679,9 +725,11 @@ def pack_list(
     items, bad = read_list(lst_path)
     skipped: List[Tuple[str, str, str]] = [(f"line {n}", line, reason) for n, line, reason in bad]
     start = time.perf_counter()
+    # fork the workers before tqdm starts its monitor thread
+    pool = _start_pool(root, opts, num_workers)
     writer = RecordWriter(stem + ".rec", stem + ".idx")
     try:
-        results = _ordered_results(items, root, opts, num_workers, chunk_size)
+        results = _ordered_results(items, root, opts, pool, chunk_size)
         with tqdm(total=len(items), unit="img", disable=not progress, desc=os.path.basename(stem)) as bar:
             for item, payload, note in results:
                 if payload is not None:
@@ -698,6 +746,9 @@ def pack_list(
     except BaseException:
         writer.abort()
         raise
+    finally:
+        if pool is not None:
+            pool.close()
     stats.written = writer.count
     stats.skipped = len(skipped)
     stats.seconds = time.perf_counter() - start
