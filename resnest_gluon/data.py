@@ -372,7 +372,10 @@ class _ThreadIter(_ShardIter):
     def __del__(self):
         pool = getattr(self, "_pool", None)
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            try:
+                pool.shutdown(wait=False, cancel_futures=True)
+            except TypeError:  # Python < 3.9
+                pool.shutdown(wait=False)
 
 
 # ------------------------------------------------------------------------------- Python transforms
@@ -499,6 +502,14 @@ def _interp_name(interpolation: str, size: int) -> str:
     return interpolation
 
 
+_INT31 = 2**31 - 1  # ImageRecordIter's seeds are C ints
+
+
+def _worker_seed(seed: int, part_index: int) -> int:
+    """A non-negative 31-bit seed for this worker's augmentations, different for every worker."""
+    return (seed * 7919 + part_index) % _INT31
+
+
 def _check_backend(backend: str) -> None:
     if backend not in ("auto", "cpp", "python"):
         raise ValueError(f"backend must be 'auto', 'cpp' or 'python', got {backend!r}")
@@ -549,6 +560,8 @@ def train_iter(
         Data type of the images (``float32`` or ``float16``); labels are always ``float32``.
     backend : {'auto', 'cpp', 'python'}
         ``auto`` takes the C++ ``ImageRecordIter`` unless AutoAugment asks for the Python path.
+        With the pip wheel of MXNet, whose bundled JPEG decoder is slow, ``python`` needs about half
+        the CPU time per image (``scripts/bench_pipeline.py`` measures both).
 
     Returns
     -------
@@ -569,7 +582,7 @@ def train_iter(
             batch_size,
             (3, input_size, input_size),
             shuffle=True,
-            seed=seed * 1000003 + part_index,
+            seed=_worker_seed(seed, part_index),
             threads=threads,
             dtype=dtype,
         )
@@ -586,8 +599,8 @@ def train_iter(
         part_index=part_index,
         preprocess_threads=max(1, threads),
         shuffle=True,
-        seed=seed,
-        seed_aug=seed * 1000003 + part_index,
+        seed=seed % _INT31,
+        seed_aug=_worker_seed(seed, part_index),
         rand_mirror=True,
         random_resized_crop=True,
         min_random_area=0.08,

@@ -5,15 +5,17 @@ On one ``.rec`` file, in one run, measures images per second of
 
 * ``decode_resize`` / ``decode_rrc``: the limit, ``cv2.imdecode`` of each record's JPEG plus a resize of
   the shorter side to ``ceil(size / 0.875)`` (validation-like) or a random resized crop to ``size``
-  (training-like), on one core, records already in memory;
+  (training-like), on one core, records already in memory; ``decode_mxnet``: decoding alone with the
+  JPEG decoder inside the MXNet wheel (``mx.image.imdecode``), the one ``ImageRecordIter`` uses;
 * ``train``: :func:`resnest_gluon.data.train_iter`, C++ ``ImageRecordIter`` with all of the paper's
   augmentations (random resized crop, flip, colour jitter 0.4, PCA lighting 0.1, normalisation);
+* ``train_python``: the same augmentations on the Python path (OpenCV in a pool of threads);
 * ``val``: :func:`resnest_gluon.data.val_iter` (resize, centre crop, normalisation);
-* ``train_autoaug``: the Python path (DataLoader worker processes) with AutoAugment;
+* ``train_autoaug``: the Python path with AutoAugment added;
 
-each with 1, 2, ... decoding threads (worker processes for the Python path). Besides wall-clock images/s
-(and that divided by the threads), it reports images per CPU-second of this process and its worker
-processes, which is what sizes a machine and is less disturbed by other load on a shared one.
+each with 1, 2, ... decoding threads (worker threads for the Python path). Besides wall-clock images/s
+(and that divided by the threads), it reports images per CPU-second of this process (all its threads,
+and any child processes), which is what sizes a machine and is less disturbed by other load on a shared one.
 
 ResNeSt: Zhang et al., arXiv:2004.08955. Example::
 
@@ -152,9 +154,13 @@ def bench_decode(rec_path: str, size: int, limit: Optional[int] = None, seed: in
     cv2.setNumThreads(1)
     rows = []
     try:
-        for name in ("decode_resize", "decode_rrc"):
+        for name in ("decode_resize", "decode_rrc", "decode_mxnet"):
             wall0, cpu0 = time.perf_counter(), _cpu_seconds()
             for payload in payloads:
+                if name == "decode_mxnet":
+                    # The JPEG decoder bundled in the MXNet wheel, which ImageRecordIter uses.
+                    mx.image.imdecode(payload).wait_to_read()
+                    continue
                 img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
                 if name == "decode_resize":
                     data._resize_short(img, resize, cv2.INTER_LINEAR)
@@ -315,19 +321,29 @@ def summarise(rows: List[Dict], gpu_images_per_s: float = GPU_IMAGES_PER_S) -> s
         f"Cores per GPU, assuming a V100 trains ResNeSt-50 (224 px, float16, batch 128) at "
         f"~{gpu_images_per_s:.0f} img/s and ImageNet JPEGs cost about what these do to decode:",
     ]
-    for names, label in (
-        (("train", "train_python"), "paper's augmentations, faster of the C++ and Python paths"),
-        (("train_autoaug",), "with AutoAugment"),
+    for name, label in (
+        ("train", "C++ ImageRecordIter, paper's augmentations"),
+        ("train_python", "Python path, paper's augmentations"),
+        ("train_autoaug", "Python path with AutoAugment"),
     ):
-        best = max(
-            ((r["images_per_cpu_s"] or 0, r["name"]) for r in rows if r["name"] in names), default=None
-        )
-        if best and best[0]:
+        best = max((r["images_per_cpu_s"] or 0 for r in rows if r["name"] == name), default=0)
+        if best:
             lines.append(
-                f"  {label} ({best[1]}): {best[0]:.0f} img per CPU-second -> "
-                f"~{math.ceil(gpu_images_per_s / best[0])} cores per GPU for the input pipeline alone"
+                f"  {label}: {best:.0f} img per CPU-second -> {gpu_images_per_s / best:.1f} cores "
+                f"(~{math.ceil(gpu_images_per_s / best)}) per GPU for the input pipeline alone"
             )
     return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -367,7 +383,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
                 ["scripts/bench_pipeline.py"] + list(argv if argv is not None else sys.argv[1:])
             ),
             "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": _cpu_model(),
+            "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],
             "mxnet": mx.__version__,
             "opencv": cv2.__version__,
             "records": data.num_records(prefix + ".rec"),

@@ -48,9 +48,6 @@ PAPER_GPU_IMG_PER_SEC = {
     ("resnest50_fast_2s2x40d", 224): 481.8,
 }
 
-# Published top-1 of the models that are not in our registry's `top1` column.
-PAPER_TOP1 = {"resnetd50": 78.4}
-
 # gluoncv's models timed beside each of ours by --compare gluoncv (ResNet-D-50 is the paper's baseline).
 GLUONCV_PEERS = {
     "resnest14": ["resnest14"],
@@ -146,7 +143,7 @@ def onnx_runner(session, batch_size: int, input_size: int) -> Callable:
     return lambda: session.run(None, {name: x})
 
 
-def summarize(times: Sequence[float], batch_size: int, round_medians: Sequence[float]) -> Dict:
+def summarize(times: Sequence[float], batch_size: int) -> Dict:
     """Median and interquartile spread of the per-batch times, as images/s and ms per batch."""
     t = np.asarray(times)
     q25, med, q75 = np.percentile(t, [25, 50, 75])
@@ -158,7 +155,7 @@ def summarize(times: Sequence[float], batch_size: int, round_medians: Sequence[f
         ms_per_batch_p25=q25 * 1e3,
         ms_per_batch_p75=q75 * 1e3,
         iters=len(t),
-        round_img_per_sec=[round(batch_size / r, 3) for r in round_medians],
+        times_ms=[round(x * 1e3, 3) for x in t],
     )
 
 
@@ -170,7 +167,10 @@ def measure(
     warmup: int = 2,
     progress: bool = True,
 ) -> List[Dict]:
-    """Times several runners interleaved round by round; one record per candidate.
+    """Times several runners call by call in turn (A B C A B C ...); one record per candidate.
+
+    Interleaving single calls keeps the candidates' i-th timings seconds apart, so the ratio of two
+    candidates can be taken call by call (see :func:`ratios`) and load from other programs cancels out.
 
     Parameters
     ----------
@@ -181,30 +181,20 @@ def measure(
     iters : int
         Timed calls per candidate per round.
     rounds : int
-        Rounds; in each, every candidate runs ``iters`` calls before the next one starts.
+        Rounds of ``iters`` calls (``rounds * iters`` timed calls per candidate in all).
     warmup : int
-        Untimed calls per candidate before the first round.
+        Untimed calls per candidate before timing.
     """
     from tqdm import tqdm
 
     for cand in candidates.values():
         time_calls(cand["run"], warmup)
     times = {key: [] for key in candidates}
-    medians = {key: [] for key in candidates}
-    steps = tqdm(
-        total=rounds * len(candidates), desc=f"batch {batch_size}", disable=not progress, leave=False
-    )
-    for _ in range(rounds):
+    total = rounds * iters
+    for _ in tqdm(range(total), desc=f"batch {batch_size}", disable=not progress, leave=False):
         for key, cand in candidates.items():
-            t = time_calls(cand["run"], iters)
-            times[key] += t
-            medians[key].append(float(np.median(t)))
-            steps.update()
-    steps.close()
-    return [
-        dict(candidates[key]["record"], **summarize(times[key], batch_size, medians[key]))
-        for key in candidates
-    ]
+            times[key] += time_calls(cand["run"], 1)
+    return [dict(candidates[key]["record"], **summarize(times[key], batch_size)) for key in candidates]
 
 
 def run(
@@ -239,7 +229,7 @@ def run(
             dtype=dtype,
             ctx=str(ctx),
             paper_gpu_img_per_sec=PAPER_GPU_IMG_PER_SEC.get((name, size)),
-            top1=info["top1"] if info["top1"] is not None else PAPER_TOP1.get(name),
+            top1=info["top1"],
             dropblock=keep_dropblock,
             backend=backend,
         )
@@ -355,9 +345,19 @@ def ratios(records: Iterable[Dict]) -> List[Dict]:
                     batch_size=bs,
                     input_size=size,
                     ratio=mine["img_per_sec"] / r["img_per_sec"],
+                    paired=_paired_ratio(mine, r),
                 )
             )
     return out
+
+
+def _paired_ratio(mine: Dict, other: Dict) -> Optional[Dict]:
+    """Median and quartiles of the call-by-call time ratios other / ours (None without paired timings)."""
+    a, b = mine.get("times_ms"), other.get("times_ms")
+    if not a or not b or len(a) != len(b):
+        return None
+    q25, med, q75 = np.percentile(np.asarray(b) / np.asarray(a), [25, 50, 75])
+    return dict(median=float(med), p25=float(q25), p75=float(q75), n=len(a))
 
 
 def format_table(records: Iterable[Dict]) -> str:
@@ -384,7 +384,14 @@ def format_table(records: Iterable[Dict]) -> str:
 def format_ratios(rows: Iterable[Dict]) -> str:
     """One line per ratio."""
     return "\n".join(
-        f"{r['model']} / {r['versus']} @ {r['input_size']} px, batch {r['batch_size']}: {r['ratio']:.2f}x"
+        f"{r['model']} / {r['versus']} @ {r['input_size']} px, batch {r['batch_size']}: "
+        f"{r['ratio']:.2f}x (ratio of medians)"
+        + (
+            f"; call by call {r['paired']['median']:.2f}x, quartiles {r['paired']['p25']:.2f}-"
+            f"{r['paired']['p75']:.2f}, n={r['paired']['n']}"
+            if r.get("paired")
+            else ""
+        )
         for r in rows
     )
 
@@ -424,7 +431,7 @@ def plot(records: Iterable[Dict], path: str, batch_size: int = 1) -> Optional[st
         ax.plot(x, [p["top1"] for p in group], marker, label=label)
         for p, xi in zip(group, x):
             ax.annotate(
-                f"{p['model']}@{p['input_size']}",
+                f"{p['model'].replace('resnest50_fast_', '')}@{p['input_size']}",
                 (xi, p["top1"]),
                 fontsize=7,
                 xytext=(3, 3),
@@ -579,6 +586,8 @@ def main(argv=None) -> List[Dict]:
     rows = ratios(records)
     if rows:
         print(format_ratios(rows))
+        if args.json:
+            save_json(rows, os.path.splitext(args.json)[0] + ".ratios.json")
     if args.data:
         pipeline = load_pipeline_module().run(args.data, progress=not args.no_progress)
         for row in pipeline:

@@ -130,6 +130,11 @@ def test_ratios_table_and_chart(bench, tmp_path):
         ("resnet50_v1d (gluoncv, hybridized)", 1): pytest.approx(0.8),
         ("resnest50 (gluoncv, hybridized)", 8): pytest.approx(4.0),
     }
+    # call-by-call ratios: load that slows both calls of a pair cancels out
+    records[0]["times_ms"], records[1]["times_ms"] = [100.0, 400.0, 100.0], [250.0, 1000.0, 250.0]
+    paired = [r for r in bench.ratios(records) if r["paired"]]
+    assert len(paired) == 1 and paired[0]["paired"]["median"] == pytest.approx(2.5)
+    assert "call by call 2.50x" in bench.format_ratios(paired)
     table = bench.format_table(records)
     assert table.count("\n") == len(records) + 1 and "| resnest101 | resnest_gluon |" in table
     path = bench.plot(records, str(tmp_path / "chart.png"))

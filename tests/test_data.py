@@ -155,7 +155,11 @@ def test_val_bicubic_python_matches_cpp(tmp_path):
     assert np.abs(lin.asnumpy() - out["cpp"]).max() > 2.5 / 57.0
 
 
-def test_val_default_resize_and_interpolation():
+def test_val_default_resize_and_interpolation(rec):
+    with pytest.raises(ValueError, match="resize"):
+        data.val_iter(rec, 4, 32, resize=30)
+    with pytest.raises(ValueError, match="backend"):
+        data.val_iter(rec, 4, 32, backend="gpu")
     assert data._interp_name("auto", 224) == "bilinear"
     assert data._interp_name("auto", 320) == "bicubic"
     assert math.ceil(224 / 0.875) == 256
@@ -328,3 +332,25 @@ def test_python_reader_label_vectors_and_split_records(tmp_path):
     for key, label in ((0, 3.0), (1, 1.0)):
         got, img = reader.read(key)
         assert got == label and img.shape == (40, 48, 3) and abs(float(img.mean()) - 90) < 2
+
+
+def test_bench_pipeline_end_to_end(tmp_path):
+    import importlib.util
+    import json
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "bench_pipeline.py")
+    spec = importlib.util.spec_from_file_location("bench_pipeline", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    argv = ["--make-data", "12", "--data", str(tmp_path / "mini"), "--threads", "1", "--batches", "2"]
+    rows = bench.main(
+        argv + ["--batch-size", "4", "--input-size", "32", "--repeats", "1", "--json", str(out)]
+    )
+    assert {r["name"] for r in rows} == {"decode_resize", "decode_rrc", "decode_mxnet", *bench.PIPELINES}
+    assert all(r["images_per_s"] > 0 for r in rows)
+    assert data.num_records(str(tmp_path / "mini.rec")) == 12
+    assert json.loads(out.read_text())["results"] == rows
+    assert sorted(os.listdir(tmp_path)) == ["bench.json", "mini.idx", "mini.rec"]  # no temporary leftovers
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--data", "x", "--threads", "0"])

@@ -362,6 +362,10 @@ def test_check_reports_good_file(good_rec, capsys):
     assert report["labels"] == {"min": 0.0, "max": 1.0, "classes": 2, "width": 1, "counts": {"0": 3, "1": 3}}
     assert report["shorter_side"] == {"min": 20, "max": 24}
     assert im2rec.main(["--check", good_rec]) == 0
+    assert rec_check.check_rec(good_rec + ".rec", good_rec + ".idx", num_workers=2) == report | {
+        "rec": good_rec + ".rec",
+        "idx": good_rec + ".idx",
+    }
     os.remove(good_rec + ".idx")  # sequential scan still works
     assert rec_check.main([good_rec + ".rec"]) == 0
 
@@ -391,6 +395,25 @@ def test_check_catches_undecodable_record(tmp_path):
     writer.write(0, im2rec.pack_header([1.0], 0) + _jpeg_bytes(_photo(20, 20)))
     writer.write(1, im2rec.pack_header([2.0], 1) + b"garbage bytes")
     writer.commit()
-    report = rec_check.check_rec(str(tmp_path / "x.rec"), str(tmp_path / "x.idx"))
+    report = rec_check.check_rec(str(tmp_path / "x.rec"), str(tmp_path / "x.idx"), num_workers=2)
     assert not report["ok"] and report["undecodable"]["count"] == 1
     assert report["undecodable"]["examples"][0]["id"] == 1
+
+
+def test_dead_worker_is_an_error_and_leaves_nothing(tmp_path, monkeypatch):
+    root = tmp_path / "img"
+    for i in range(8):
+        _write(str(root / f"{i}.jpg"), _jpeg_bytes(_photo(16, 16, i)))
+    prefix = str(tmp_path / "data")
+    im2rec.main(["--list", "--no-shuffle", prefix, str(root)])
+    real = im2rec.make_record
+
+    def crash(item, *args):
+        if item.path == "5.jpg":
+            os._exit(3)  # a worker killed, e.g. by the out-of-memory killer
+        return real(item, *args)
+
+    monkeypatch.setattr(im2rec, "make_record", crash)
+    with pytest.raises(RuntimeError, match="worker died"):
+        im2rec.pack_list(prefix + ".lst", str(root), im2rec.EncodeOptions(), 2, False, chunk_size=1)
+    assert sorted(os.listdir(tmp_path)) == ["data.lst", "img"]

@@ -35,7 +35,9 @@ def setup(tmp_path_factory):
     record = mx.recordio.MXIndexedRecordIO(str(root / "val.idx"), str(root / "val.rec"), "w")
     for i, label in enumerate(labels):
         img = rng.randint(0, 256, (40, 40, 3)).astype(np.uint8)
-        record.write_idx(i, mx.recordio.pack_img(mx.recordio.IRHeader(0, float(label), i, 0), img, img_fmt=".png"))
+        record.write_idx(
+            i, mx.recordio.pack_img(mx.recordio.IRHeader(0, float(label), i, 0), img, img_fmt=".png")
+        )
     record.close()
     net = resnest_gluon.get_model("resnest14", classes=10)
     net.initialize(mx.init.Xavier(magnitude=2))
@@ -82,7 +84,9 @@ def test_two_workers_sum_to_the_same_counts(setup, tmp_path):
     out = tmp_path / "hvd.json"
     cmd = [HOROVODRUN, "-np", "2", "-H", "localhost:2", sys.executable, VERIFY]
     cmd += argv(setup, "--batch-size", "8", "--json", str(out), "--threads", "1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=180, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     both = json.loads(out.read_text())
     assert both["workers"] == 2 and both["images"] == 41

@@ -16,6 +16,7 @@ import argparse
 import collections
 import importlib.util
 import json
+import multiprocessing
 import os
 import struct
 import sys
@@ -136,6 +137,11 @@ def check_image(image: bytes) -> Tuple[Optional[str], Optional[Tuple[int, int]]]
     return None, img.shape[:2]
 
 
+def _check_images(images: List[bytes]) -> List[Tuple[Optional[str], Optional[Tuple[int, int]]]]:
+    cv2.setNumThreads(1)
+    return [check_image(image) for image in images]
+
+
 def _label_key(label: float) -> str:
     return str(int(label)) if float(label).is_integer() else repr(float(label))
 
@@ -151,7 +157,11 @@ def resolve_paths(prefix: str) -> Tuple[str, Optional[str]]:
 
 
 def check_rec(
-    rec_path: str, idx_path: Optional[str] = None, decode: bool = True, progress: bool = False
+    rec_path: str,
+    idx_path: Optional[str] = None,
+    decode: bool = True,
+    progress: bool = False,
+    num_workers: int = 1,
 ) -> Dict[str, object]:
     """Check a ``.rec`` (and its ``.idx`` when given).
 
@@ -165,6 +175,8 @@ def check_rec(
         Decode every image (slower) to find undecodable records.
     progress : bool
         Show a tqdm bar.
+    num_workers : int
+        Decoding processes.
 
     Returns
     -------
@@ -186,32 +198,61 @@ def check_rec(
     n_undecodable = 0
     shorter = []
     bad_payload = 0
-    with open(rec_path, "rb") as f, tqdm(
-        total=size, unit="B", unit_scale=True, disable=not progress, desc=os.path.basename(rec_path)
-    ) as bar:
-        try:
-            for offset, payload in iter_records(f, size):
-                offsets.append(offset)
-                bar.update(f.tell() - bar.n)
-                try:
-                    flag, label, rec_id, image = unpack_payload(payload)
-                except ValueError as e:
-                    bad_payload += 1
-                    undecodable.append({"offset": offset, "reason": str(e)})
-                    continue
-                ids[offset] = rec_id
-                widths.add(max(flag, 1))
-                counts[_label_key(label if flag == 0 else label[0])] += 1
-                if decode:
-                    problem, shape = check_image(image)
-                    if problem:
-                        n_undecodable += 1
-                        if len(undecodable) < MAX_EXAMPLES:
-                            undecodable.append({"offset": offset, "id": rec_id, "reason": problem})
-                    elif shape:
-                        shorter.append(min(shape))
-        except RecordError as e:
-            errors.append(f".rec damaged: {e} (file has {size} bytes, {len(offsets)} good records before it)")
+    pending: List[Tuple[int, int, bytes]] = []
+
+    def flush() -> None:
+        nonlocal n_undecodable
+        if pool is None:
+            checked = [check_image(image) for _, _, image in pending]
+        else:  # split the batch between the workers, keep the order
+            step = -(-len(pending) // num_workers)
+            parts = [[image for _, _, image in pending[i : i + step]] for i in range(0, len(pending), step)]
+            checked = [r for part in pool.map(_check_images, parts) for r in part]
+        for (offset, rec_id, _), (problem, shape) in zip(pending, checked):
+            if problem:
+                n_undecodable += 1
+                if len(undecodable) < MAX_EXAMPLES:
+                    undecodable.append({"offset": offset, "id": rec_id, "reason": problem})
+            elif shape:
+                shorter.append(min(shape))
+        pending.clear()
+
+    pool = None
+    if decode and num_workers > 1:
+        ctx = multiprocessing.get_context(
+            "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+        )
+        pool = ctx.Pool(num_workers)
+    try:
+        with open(rec_path, "rb") as f, tqdm(
+            total=size, unit="B", unit_scale=True, disable=not progress, desc=os.path.basename(rec_path)
+        ) as bar:
+            try:
+                for offset, payload in iter_records(f, size):
+                    offsets.append(offset)
+                    bar.update(f.tell() - bar.n)
+                    try:
+                        flag, label, rec_id, image = unpack_payload(payload)
+                    except ValueError as e:
+                        bad_payload += 1
+                        undecodable.append({"offset": offset, "reason": str(e)})
+                        continue
+                    ids[offset] = rec_id
+                    widths.add(max(flag, 1))
+                    counts[_label_key(label if flag == 0 else label[0])] += 1
+                    if decode:
+                        pending.append((offset, rec_id, image))
+                        if len(pending) >= 256 * max(1, num_workers):
+                            flush()
+            except RecordError as e:
+                errors.append(
+                    f".rec damaged: {e} (file has {size} bytes, {len(offsets)} good records before it)"
+                )
+            flush()
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     n_undecodable += bad_payload
     if n_undecodable:
         errors.append(f"{n_undecodable} records have an image that does not decode")
@@ -311,6 +352,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("prefix", help="PREFIX of PREFIX.rec (+ PREFIX.idx when present), or the .rec path")
     parser.add_argument("--idx", help="index file to check against (default: PREFIX.idx when it exists)")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding the images (much faster)")
+    parser.add_argument("--num-thread", type=int, default=1, help="decoding processes")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     return parser.parse_args(argv)
@@ -324,7 +366,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    report = check_rec(rec, args.idx or idx, decode=not args.no_decode, progress=args.progress)
+    report = check_rec(
+        rec, args.idx or idx, decode=not args.no_decode, progress=args.progress, num_workers=args.num_thread
+    )
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     return 0 if report["ok"] else 1
 
