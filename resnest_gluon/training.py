@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shutil
+import struct
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import mxnet as mx
@@ -37,6 +38,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# mx.recordio.IRHeader as stored after the 8-byte RecordIO frame head: flag, label, id, id2
+_IR_FORMAT = "<IfQQ"
+_IR_SIZE = struct.calcsize(_IR_FORMAT)
 
 
 class TrainingError(RuntimeError):
@@ -80,11 +85,36 @@ def _lst_path(rec_path: str) -> str:
     return os.path.splitext(rec_path)[0] + ".lst"
 
 
-def check_labels(rec_path: str, classes: int, max_records: int = 200_000) -> Tuple[int, int]:
+def _record_labels(rec_path: str, idx_path: str, limit: int) -> List[float]:
+    """First label of up to ``limit`` records, reading only each record's 32-byte head (not the image)."""
+    offsets = []
+    with open(idx_path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 2:
+                offsets.append(int(parts[1]))
+            if len(offsets) >= limit:
+                break
+    labels = []
+    with open(rec_path, "rb") as f:
+        for offset in offsets:
+            f.seek(offset)
+            head = f.read(8 + _IR_SIZE + 4)
+            if len(head) < 8 + _IR_SIZE:
+                raise TrainingError(f"{rec_path} is shorter than its index says (record at byte {offset})")
+            flag, label = struct.unpack_from(_IR_FORMAT, head, 8)[:2]
+            if flag > 0 and len(head) >= 8 + _IR_SIZE + 4:  # several labels follow the header
+                label = struct.unpack_from("<f", head, 8 + _IR_SIZE)[0]
+            labels.append(label)
+    return labels
+
+
+def check_labels(rec_path: str, classes: int, max_records: int = 100_000) -> Tuple[int, int]:
     """Checks that every label of ``rec_path`` lies in ``[0, classes)``; returns (lowest, highest) label.
 
     Reads the ``.lst`` beside the ``.rec`` when there is one (a text file, fast at any size), otherwise
-    the record headers, up to ``max_records`` of them (the training loop checks every batch anyway).
+    the record heads (32 bytes each, not the images), up to ``max_records`` of them (the training loop
+    checks every batch anyway).
 
     Raises
     ------
@@ -104,15 +134,7 @@ def check_labels(rec_path: str, classes: int, max_records: int = 200_000) -> Tup
                     labels.append(float(parts[1]))
     source = lst
     if len(labels) != count:  # no .lst, or one that does not describe this .rec
-        labels, source = [], rec_path
-        record = mx.recordio.MXIndexedRecordIO(idx, rec_path, "r")
-        try:
-            for key in record.keys[:max_records]:
-                header, _ = mx.recordio.unpack(record.read_idx(key))
-                label = header.label
-                labels.append(float(label if np.isscalar(label) else np.asarray(label).ravel()[0]))
-        finally:
-            record.close()
+        labels, source = _record_labels(rec_path, idx, max_records), rec_path
     if not labels:
         raise TrainingError(f"{source} holds no records")
     values = np.asarray(labels)

@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -120,8 +119,8 @@ def _children_cpu_seconds() -> float:
 
 
 def _cpu_seconds() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return own.ru_utime + own.ru_stime + _children_cpu_seconds()
+    """CPU seconds of the whole process (every thread: OpenCV's, MXNet's engine, numpy's) and its children."""
+    return time.process_time() + _children_cpu_seconds()
 
 
 def _row(name: str, threads: int, images: int, wall: float, cpu: float, **extra) -> Dict:
@@ -144,10 +143,7 @@ def bench_decode(rec_path: str, size: int, limit: Optional[int] = None, seed: in
     One core (``cv2.setNumThreads(1)``), records read into memory first, so only decoding and resizing
     are timed.
     """
-    record = mx.recordio.MXIndexedRecordIO(data._idx_path(rec_path), rec_path, "r")
-    keys = [k for k, _ in data.read_index(rec_path)][:limit]
-    payloads = [mx.recordio.unpack(record.read_idx(k))[1] for k in keys]
-    record.close()
+    payloads = _payloads(rec_path, limit)
     resize = int(math.ceil(size / 0.875))
     rng = np.random.default_rng(seed)
     previous = cv2.getNumThreads()
@@ -173,6 +169,34 @@ def bench_decode(rec_path: str, size: int, limit: Optional[int] = None, seed: in
     return rows
 
 
+def _payloads(rec_path: str, limit: Optional[int] = None) -> List[bytes]:
+    record = mx.recordio.MXIndexedRecordIO(data._idx_path(rec_path), rec_path, "r")
+    keys = [k for k, _ in data.read_index(rec_path)][:limit]
+    payloads = [mx.recordio.unpack(record.read_idx(k))[1] for k in keys]
+    record.close()
+    return payloads
+
+
+def bench_limit(payloads: Sequence[bytes], images: int, size: int, start: int = 0, seed: int = 0) -> Dict:
+    """The decode limit (``cv2.imdecode`` + random resized crop, one core) over ``images`` records.
+
+    Run right before each training-iterator measurement on as many images, so that the ratio compares
+    two measurements taken under the same load.
+    """
+    rng = np.random.default_rng(seed)
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+        for i in range(start, start + images):
+            img = cv2.imdecode(np.frombuffer(payloads[i % len(payloads)], np.uint8), cv2.IMREAD_COLOR)
+            data._random_resized_crop(img, size, rng, cv2.INTER_LINEAR)
+        wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
+    finally:
+        cv2.setNumThreads(previous)
+    return _row("paired_limit", 1, images, wall, cpu, image_size=size)
+
+
 def bench_iter(name: str, it, threads: int, batches: int, warmup: int = 2, **extra) -> Dict:
     """Images/s of a DataIter over ``batches`` batches after ``warmup`` (epochs restart as needed)."""
 
@@ -195,6 +219,24 @@ def bench_iter(name: str, it, threads: int, batches: int, warmup: int = 2, **ext
 
 
 PIPELINES = ("train", "train_python", "val", "train_autoaug")
+TRAIN_PIPELINES = ("train", "train_python", "train_autoaug")
+GOAL = 0.8  # training iterator per thread / decode limit
+_RATIO_KEYS = (
+    "limit_images_per_s",
+    "limit_images_per_cpu_s",
+    "ratio_per_thread_wall",
+    "ratio_per_cpu_s",
+)
+
+
+def _ratios(row: Dict, limit: Dict) -> Dict:
+    """The paired decode limit's rates and the iterator's ratios to them (per thread, per CPU-second)."""
+    return {
+        "limit_images_per_s": limit["images_per_s"],
+        "limit_images_per_cpu_s": limit["images_per_cpu_s"],
+        "ratio_per_thread_wall": round(row["images_per_s_per_thread"] / limit["images_per_s"], 3),
+        "ratio_per_cpu_s": round((row["images_per_cpu_s"] or 0) / limit["images_per_cpu_s"], 3),
+    }
 
 
 def _make_iter(kind: str, rec_path: str, batch_size: int, input_size: int, threads: int):
@@ -215,9 +257,13 @@ def _median_rows(rows: List[Dict]) -> List[Dict]:
     out = []
     for group in groups.values():
         row = dict(group[0])
-        for key in ("images_per_s", "images_per_s_per_thread", "images_per_cpu_s"):
+        for key in ("images_per_s", "images_per_s_per_thread", "images_per_cpu_s") + _RATIO_KEYS:
+            if key not in row:
+                continue
             values = [r[key] for r in group if r[key] is not None]
-            row[key] = round(float(np.median(values)), 1) if values else None
+            row[key] = (
+                round(float(np.median(values)), 3 if key.startswith("ratio") else 1) if values else None
+            )
         row["images"] = sum(r["images"] for r in group)
         row["seconds"] = round(sum(r["seconds"] for r in group), 4)
         row["cpu_seconds"] = round(sum(r["cpu_seconds"] for r in group), 4)
@@ -274,6 +320,7 @@ def run(
         raise ValueError(f"unknown pipelines {sorted(unknown)}; valid: {PIPELINES}")
     plan = [("decode", 1)] + [(kind, t) for t in threads for kind in pipelines]
     rows: List[Dict] = []
+    payloads = None
     with tqdm(total=repeats * len(plan), desc="bench_pipeline", disable=not progress) as bar:
         for _ in range(repeats):
             for kind, t in plan:
@@ -282,7 +329,15 @@ def run(
                 else:
                     it = _make_iter(kind, rec_path, batch_size, input_size, t)
                     n = max(1, batches // 2) if kind == "train_autoaug" else batches
-                    rows.append(bench_iter(kind, it, t, n, image_size=input_size))
+                    paired = None
+                    if kind in TRAIN_PIPELINES:
+                        if payloads is None:
+                            payloads = _payloads(rec_path)
+                        paired = bench_limit(payloads, n * batch_size, input_size, start=len(rows) * 97)
+                    row = bench_iter(kind, it, t, n, image_size=input_size)
+                    if paired is not None:
+                        row.update(_ratios(row, paired))
+                    rows.append(row)
                     del it
                 bar.update()
     return _median_rows(rows)
@@ -309,12 +364,25 @@ def summarise(rows: List[Dict], gpu_images_per_s: float = GPU_IMAGES_PER_S) -> s
         f"decode limit (cv2.imdecode + random resized crop, 1 core): {limit['images_per_s']:.0f} img/s, "
         f"{limit['images_per_cpu_s']:.0f} img per CPU-second",
     ]
+    lines += [
+        "",
+        "Training iterator per thread vs the decode limit measured right before it on as many images "
+        f"(paired; medians over the repeats); goal >= {GOAL}x:",
+        f"{'pipeline':<15}{'threads':>8}{'limit img/s':>13}{'ratio/thread':>14}"
+        f"{'limit img/cpu-s':>17}{'ratio/cpu-s':>13}  goal",
+    ]
     for (name, t), r in sorted(by.items()):
-        if name in ("train", "train_python", "train_autoaug"):
+        if name in TRAIN_PIPELINES and "ratio_per_cpu_s" in r:
+            met = (
+                "met"
+                if min(r["ratio_per_thread_wall"], r["ratio_per_cpu_s"]) >= GOAL
+                else ("met per CPU-second only" if r["ratio_per_cpu_s"] >= GOAL else "not met")
+            )
+            if name == "train_autoaug":
+                met += " (AutoAugment: extra work, no goal)"
             lines.append(
-                f"{name} / decode limit, {t} thread(s): "
-                f"{r['images_per_s_per_thread'] / limit['images_per_s']:.2f} per thread (wall clock), "
-                f"{(r['images_per_cpu_s'] or 0) / limit['images_per_cpu_s']:.2f} per CPU-second"
+                f"{name:<15}{t:>8}{r['limit_images_per_s']:>13.0f}{r['ratio_per_thread_wall']:>14.2f}"
+                f"{r['limit_images_per_cpu_s']:>17.0f}{r['ratio_per_cpu_s']:>13.2f}  {met}"
             )
     lines += [
         "",

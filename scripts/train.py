@@ -361,9 +361,11 @@ def _run(args, workers: int, primary: bool) -> dict:
         net.load_parameters(params_path, ctx=ctx, cast_dtype=True)
         trainer.load_states(states_path)  # a pickle: trusted run directories only
         if primary:
-            rows = truncate_metrics(metrics_path, start_epoch)
-            best_top1 = max((r["val_top1"] for r in rows if r.get("val_top1") is not None), default=-1.0)
             logger.info("resumed from %s (epoch %d)", params_path, start_epoch)
+    if primary and args.resume:
+        # lines of epochs after the checkpoint (a kill between the two writes) are dropped
+        rows = truncate_metrics(metrics_path, start_epoch)
+        best_top1 = max((r["val_top1"] for r in rows if r.get("val_top1") is not None), default=-1.0)
     # every worker starts from rank 0's parameters (fresh initialisation or resumed checkpoint)
     dist.broadcast_parameters(net.collect_params())
 

@@ -354,3 +354,104 @@ def test_bench_pipeline_end_to_end(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bench.json", "mini.idx", "mini.rec"]  # no temporary leftovers
     with pytest.raises(SystemExit):
         bench.parse_args(["--data", "x", "--threads", "0"])
+
+
+# ------------------------------------------------------------------ fast Python path internals
+def test_batch_draws_give_the_reference_affine():
+    """Numbers drawn for a whole batch give the same colour map as the one-image-at-a-time reference."""
+    tr = data._TrainTransform(32, 0.4, 0.1, False, "bilinear")
+    draws = tr.draw(np.random.default_rng(3), 6)
+    assert len(draws) == 6
+    mean = [90.0, 120.0, 30.0]
+    for _, _, _, order, alphas, noise in draws:
+        assert sorted(order) == [0, 1, 2] and all(0.6 <= a <= 1.4 for a in alphas)
+
+        class Replay:  # hands _colour_affine exactly these numbers
+            def permutation(self, n):
+                return np.array(order)
+
+            def uniform(self, lo, hi, n):
+                return np.array(alphas)
+
+            def standard_normal(self, n):
+                return np.array(noise)
+
+        for bgr in (False, True):
+            np.testing.assert_array_equal(
+                data._affine_from_draws(mean, 0.4, 0.1, order, alphas, noise, bgr),
+                data._colour_affine(mean, 0.4, 0.1, Replay(), bgr),
+            )
+    # The draws of a batch are a function of the generator alone.
+    again = tr.draw(np.random.default_rng(3), 6)
+    assert again == draws
+
+
+def test_crop_box_bounds_and_fallback():
+    rng = np.random.default_rng(0)
+    for h, w in [(300, 500), (500, 300), (64, 64)]:
+        for _ in range(200):
+            areas = rng.uniform(0.08, 1.0, 10).tolist()
+            ratios = rng.uniform(math.log(3 / 4), math.log(4 / 3), 10).tolist()
+            y, x, ch, cw = data._crop_box(h, w, areas, ratios, *rng.random(2).tolist())
+            assert 0 <= y and y + ch <= h and 0 <= x and x + cw <= w
+            assert 0.08 * h * w * 0.9 <= ch * cw <= h * w and 0.7 <= cw / ch <= 1.4
+    # Nothing fits (area beyond the image): the largest centred square.
+    assert data._crop_box(40, 100, [2.0] * 10, [0.0] * 10, 0.5, 0.5) == (0, 30, 40, 40)
+
+
+def test_jpeg_size_from_header(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for params in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_OPTIMIZE, 1]):
+        buf = cv2.imencode(".jpg", img, params)[1]
+        assert data._jpeg_size(buf) == (37, 53)
+    # An APP segment (as EXIF would add) before the frame header is skipped over.
+    jpg = cv2.imencode(".jpg", img)[1].tobytes()
+    app = b"\xff\xe1" + (2 + 300).to_bytes(2, "big") + bytes(300)
+    assert data._jpeg_size(np.frombuffer(jpg[:2] + app + jpg[2:], np.uint8)) == (37, 53)
+    assert data._jpeg_size(cv2.imencode(".png", img)[1]) is None
+    assert data._jpeg_size(np.frombuffer(b"\xff\xd8\xff", np.uint8)) is None
+    assert data._jpeg_size(np.frombuffer(jpg[:40], np.uint8)) in (None, (37, 53))  # truncated: no crash
+
+
+def test_reduced_decode_matches_full_decode(monkeypatch):
+    """A crop that stays >= the output size after a 2/4/8-fold reduction is decoded reduced, same picture."""
+    yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
+    smooth = np.stack([xx / 640 * 255, yy / 480 * 255, (xx + yy) / 1120 * 255], -1).astype(np.uint8)
+    payload = cv2.imencode(".jpg", smooth, [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
+    flags = []
+    real = cv2.imdecode
+    monkeypatch.setattr(data.cv2, "imdecode", lambda buf, f: flags.append(f) or real(buf, f))
+    # Whole-image crop (area 1, ratio 4/3 fits 640 x 480 exactly), no flip, 64 px output: 480 // 4 >= 64.
+    draw = ([1.0] * 10, [math.log(4 / 3)] * 10, [0.0, 0.0, 0.9], [0, 1, 2], [1.0] * 3, [0.0] * 3)
+    fast = data._TrainTransform(64, 0.0, 0.0, False, "bilinear")
+    plain = data._TrainTransform(64, 0.0, 0.0, False, "bilinear", reduced_decode=False)
+    a, affine_a = fast(payload, draw, None)
+    b, affine_b = plain(payload, draw, None)
+    assert flags == [cv2.IMREAD_REDUCED_COLOR_4, cv2.IMREAD_COLOR]
+    assert a.shape == b.shape == (64, 64, 3)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0  # same picture, a grey level or two apart
+    np.testing.assert_allclose(affine_a, affine_b, atol=1e-3)
+    # A crop smaller than 2x the output is decoded in full.
+    flags.clear()
+    small = ([0.02] * 10, [0.0] * 10, [0.5, 0.5, 0.9], [0, 1, 2], [1.0] * 3, [0.0] * 3)
+    fast(payload, small, None)
+    assert flags == [cv2.IMREAD_COLOR]
+
+
+def test_held_batches_stay_intact_and_buffers_are_reused(rec):
+    """Batches go to MXNet without a copy and buffers are reused, but never one the caller still holds."""
+    it = data.train_iter(rec, 8, 32, threads=2, seed=4, backend="python")
+    ref = data.train_iter(rec, 8, 32, threads=0, seed=4, backend="python")
+    held = [next(it).data[0] for _ in range(5)]  # all kept: five distinct buffers
+    expected_batches = [next(ref).data[0].asnumpy() for _ in range(5)]
+    for got, want in zip(held, expected_batches):
+        np.testing.assert_array_equal(got.asnumpy(), want)  # same as with no threads, untouched by later batches
+    assert not np.array_equal(expected_batches[0], expected_batches[1])
+    it.reset()
+    pool = it._buffers
+    ids = set()
+    for batch in it:  # each batch dropped right away: the pool keeps recycling its few buffers
+        batch.data[0].wait_to_read()
+        ids |= {id(b) for b in pool._buffers}
+    assert len(pool._buffers) <= 2 + 3 and len(ids) <= 5
