@@ -32,7 +32,9 @@ def _fast(radix: int, cardinality: int, width: int, top1: float) -> dict:
 
 # name -> constructor kwargs, plus `crop_size` (the paper's evaluation crop) and `top1` (published).
 MODELS: Dict[str, dict] = {
-    "resnest14": dict(_RESNEST, layers=(1, 1, 1, 1), stem_width=32, crop_size=224, top1=None),
+    "resnest14": dict(
+        _RESNEST, layers=(1, 1, 1, 1), stem_width=32, dropblock_prob=0.0, crop_size=224, top1=None
+    ),
     "resnest26": dict(
         _RESNEST, layers=(2, 2, 2, 2), stem_width=32, dropblock_prob=0.1, crop_size=224, top1=None
     ),
@@ -80,7 +82,10 @@ MODELS: Dict[str, dict] = {
     ),
 }
 
-_META = ("crop_size", "top1")
+# Not constructor defaults: `dropblock_prob` is the paper's training value, which scripts/train.py ramps up
+# to. A built model starts with DropBlock at 0, because even as an exact identity it would cost inference
+# time in a static graph (more than 2x for ResNeSt-50 on a CPU).
+_META = ("crop_size", "top1", "dropblock_prob")
 
 
 def list_models() -> List[str]:
@@ -118,6 +123,8 @@ def get_model(
     **kwargs
         Any :class:`~resnest_gluon.resnest.ResNeSt` argument, e.g. ``classes``, ``dropblock_prob``,
         ``final_drop``, ``norm_layer``, ``norm_kwargs``, ``output_stride``, ``features_only``.
+        DropBlock starts at 0 unless ``dropblock_prob`` is given (the row's value is the training recipe's;
+        ``resnest_gluon.set_drop_prob`` changes it at any time).
 
     Returns
     -------

@@ -35,7 +35,7 @@ class Bottleneck(HybridBlock):
         bottleneck_width: int = 64,
         avd: bool = False,
         avd_first: bool = False,
-        dropblock_prob: float = 0.0,
+        dropblock_prob: Optional[float] = None,
         last_gamma: bool = False,
         reduction_factor: int = 4,
         split_drop_ratio: float = 0.0,
@@ -47,8 +47,8 @@ class Bottleneck(HybridBlock):
         width = int(channels * (bottleneck_width / 64.0)) * cardinality
         conv_strides = 1 if avd else strides
 
-        def dropblock():
-            return DropBlock(dropblock_prob, 3) if dropblock_prob > 0 else Identity()
+        def dropblock():  # None: no DropBlock; 0: present (free until set_drop_prob raises it)
+            return Identity() if dropblock_prob is None else DropBlock(dropblock_prob, 3)
 
         def avd_pool():
             return nn.AvgPool2D(3, strides, padding=1) if avd else Identity()
@@ -139,7 +139,8 @@ class ResNeSt(HybridBlock):
     avd, avd_first : bool
         Stride by average pooling in the bottleneck, before or after the 3x3.
     dropblock_prob : float
-        DropBlock probability in the last two stages (changed later with :func:`set_drop_prob`).
+        DropBlock probability in the last two stages. The layers are always there; at 0 they cost nothing,
+        and :func:`set_drop_prob` raises it during training (as ``scripts/train.py`` does).
     final_drop : float
         Dropout before the classifier.
     last_gamma : bool
@@ -234,7 +235,7 @@ class ResNeSt(HybridBlock):
                             else None,
                             # stride by pooling where the block strides, or where a dilated stage begins
                             avd=avd and first and (strides > 1 or dilation != previous_dilation),
-                            dropblock_prob=dropblock_prob if index >= 2 else 0.0,
+                            dropblock_prob=dropblock_prob if index >= 2 else None,
                             **block_kwargs,
                         )
                     )

@@ -188,3 +188,20 @@ def test_same_outputs_as_gluoncv_with_the_same_weights(name, tmp_path):
     np.testing.assert_allclose(net(x).asnumpy(), expected, rtol=1e-4, atol=1e-4)
     net.hybridize(static_alloc=True, static_shape=True)
     np.testing.assert_allclose(net(x).asnumpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_dropblock_starts_off_and_costs_nothing_until_raised(tmp_path):
+    net = get_model("resnest50")
+    assert model_info("resnest50")["dropblock_prob"] == 0.1  # the recipe's value, for the training script
+    blocks = _blocks(net, resnest_gluon.DropBlock)
+    assert len(blocks) == 3 * (6 + 3) and {b.drop_prob for b in blocks} == {0.0}
+    net = get_model("resnest14", classes=3)
+    net.initialize()
+    net.hybridize()
+    net(mx.nd.ones((1, 3, 32, 32)))
+    net.export(str(tmp_path / "off"))
+    assert "uniform" not in (tmp_path / "off-symbol.json").read_text()
+    assert resnest_gluon.set_drop_prob(net, 0.1) == 3 * 2
+    net(mx.nd.ones((1, 3, 32, 32)))
+    net.export(str(tmp_path / "on"))
+    assert "uniform" in (tmp_path / "on-symbol.json").read_text()
