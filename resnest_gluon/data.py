@@ -11,7 +11,11 @@ Two back ends give the same :class:`mxnet.io.DataIter` interface:
 * ``mx.io.ImageRecordIter`` (C++ decoding threads), used whenever it can do the job;
 * a Python path (OpenCV decoding and transforms in a pool of threads) for what the C++ iterator cannot
   do: AutoAugment. It is also the faster path where MXNet's bundled JPEG decoder is slow (the pip wheel's
-  decodes about 3x slower than opencv-python's); ``scripts/bench_pipeline.py`` measures both.
+  decodes about 3x slower than opencv-python's); ``scripts/bench_pipeline.py`` measures both. Per image
+  it does little besides the decode: crop chosen from the JPEG header (decoded at 1/2-1/8 size when the
+  crop allows), one ``cv2.resize`` of the crop, and one fused colour/normalisation pass into a reused
+  batch buffer; the random numbers of a batch are drawn in a few vectorised calls. With ``ctx=`` the
+  colour pass runs instead as one batched step on that context (a GPU).
 
 Both shard a file the way MXNet's indexed RecordIO splitter does: records sorted by file offset, part
 ``k`` of ``n`` gets the ``k``-th run of ``ceil(N / n)`` records, so the parts are disjoint and together
@@ -176,6 +180,9 @@ def _check_shard(rec_path: str, batch_size: int, num_parts: int, part_index: int
 class _ShardIter(mx.io.DataIter):
     """Common part: a fixed number of samples per epoch, ``.pad`` on the last batch, padding repeats."""
 
+    # Whether ``_next`` already fills the padded slots of the last batch with repeats of its samples.
+    _fills_pad = False
+
     def __init__(self, batch_size: int, num_samples: int, data_shape, dtype: str):
         super().__init__(batch_size)
         self.num_samples = num_samples
@@ -209,7 +216,7 @@ class _ShardIter(mx.io.DataIter):
             raise StopIteration
         pad = self._pad()
         data, label = self._next()
-        if pad:
+        if pad and not self._fills_pad:
             # Padded slots may hold garbage (ImageRecordIter leaves stale or uninitialised memory there):
             # overwrite them with copies of the real samples so that nothing downstream sees NaN or
             # out-of-range labels, e.g. BatchNorm statistics when a loop does not slice.
@@ -351,18 +358,28 @@ class _ThreadIter(_ShardIter):
     work, and a batch then needs no trip through shared memory (MXNet's DataLoader spends about as
     long on that as on the JPEG decode). Each batch has its own generator seeded by
     ``(seed, epoch, batch)``, so batches do not depend on the number of threads or their timing.
+    The last batch of an epoch is planned with repeats of its first samples in the padded slots.
     """
 
-    def __init__(self, rec_path, keys, transform, batch_size, data_shape, *, shuffle, seed, threads, dtype):
+    _fills_pad = True
+
+    def __init__(
+        self, rec_path, keys, transform, batch_size, data_shape, *, shuffle, seed, threads, dtype, ctx=None
+    ):
         super().__init__(batch_size, len(keys), data_shape, dtype)
+        self._ctx = ctx
         self._reader = _RecordReader(rec_path, dict(read_index(rec_path)))
         self._keys, self._transform, self._shape = keys, transform, tuple(data_shape)
         self._shuffle, self._seed, self._threads, self._dtype = shuffle, seed, threads, dtype
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="resnest-data") if threads > 0 else None
         # Batches in flight (threads + 1), the one the caller holds, and one being freed by MXNet.
         shape, keep = (batch_size,) + self._shape, threads + 3
-        self._buffers = _BufferPool(shape, np.float32, keep)
-        self._out_buffers = None if np.dtype(dtype) == np.float32 else _BufferPool(shape, dtype, keep)
+        if ctx is None:
+            self._buffers = _BufferPool(shape, np.float32, keep)
+            self._out_buffers = None if np.dtype(dtype) == np.float32 else _BufferPool(shape, dtype, keep)
+        else:  # uint8 NHWC crops; the colour step runs on ``ctx``
+            self._buffers = _BufferPool((batch_size,) + self._shape[1:] + self._shape[:1], np.uint8, keep)
+            self._out_buffers = None
         self._epoch = -1
         self._pending: deque = deque()
         self._plan: deque = deque()
@@ -385,6 +402,7 @@ class _ThreadIter(_ShardIter):
     def _load(self, positions: np.ndarray, epoch: int, batch: int) -> Tuple[np.ndarray, np.ndarray]:
         data = self._buffers.get()
         label = np.empty(len(positions), np.float32)
+        affines = np.empty((len(positions), 3, 4), np.float32) if self._ctx is not None else None
         # One generator per batch (seeding one costs as much as a 224 px colour transform), and every
         # random number of the batch drawn in a few vectorised calls: the augmentations depend on
         # (seed, epoch, batch), never on the threads or their timing.
@@ -394,7 +412,13 @@ class _ThreadIter(_ShardIter):
             key = self._keys[position]
             label[j], payload = self._reader.read_raw(key)
             crop, affine = self._transform(payload, draws[j], rng, (self._reader.rec_path, key))
-            _write_chw(crop, affine, data[j])
+            if self._ctx is None:
+                _write_chw(crop, affine, data[j])
+            else:
+                data[j] = crop
+                affines[j] = affine
+        if self._ctx is not None:
+            return (data, affines), label
         if self._out_buffers is not None:
             out = self._out_buffers.get()
             np.copyto(out, data, casting="unsafe")
@@ -411,6 +435,8 @@ class _ThreadIter(_ShardIter):
                 positions, batch = self._plan.popleft()
                 self._pending.append(self._pool.submit(self._load, positions, self._epoch, batch))
             data, label = self._pending.popleft().result()
+        if self._ctx is not None:
+            return _colour_on_device(*data, self._ctx, self._dtype), mx.nd.array(label, dtype="float32")
         # The batch buffer is handed over to MXNet, not copied (the copy alone costs ~0.1 ms per image).
         return mx.nd.from_numpy(data, zero_copy=True), mx.nd.array(label, dtype="float32")
 
@@ -421,6 +447,21 @@ class _ThreadIter(_ShardIter):
                 pool.shutdown(wait=False, cancel_futures=True)
             except TypeError:  # Python < 3.9
                 pool.shutdown(wait=False)
+
+
+def _colour_on_device(crops: np.ndarray, affines: np.ndarray, ctx: mx.Context, dtype: str) -> mx.nd.NDArray:
+    """``(B, H, W, 3)`` uint8 crops and their ``(B, 3, 4)`` colour maps -> ``(B, 3, H, W)`` on ``ctx``.
+
+    One batched step: a quarter of the float bytes cross to the device, and the per-pixel work
+    (colour jitter, lighting, normalisation, HWC -> CHW) is a few batched operators there.
+    """
+    b, h, w, _ = crops.shape
+    x = mx.nd.array(crops, ctx=ctx, dtype=np.uint8).astype("float32").reshape((b, h * w, 3))
+    a = mx.nd.array(affines, ctx=ctx)
+    y = mx.nd.batch_dot(x, mx.nd.slice_axis(a, axis=2, begin=0, end=3), transpose_b=True)
+    y = mx.nd.broadcast_add(y, mx.nd.slice_axis(a, axis=2, begin=3, end=4).reshape((b, 1, 3)))
+    y = mx.nd.transpose(y.reshape((b, h, w, 3)), axes=(0, 3, 1, 2))
+    return y if np.dtype(dtype) == np.float32 else y.astype(dtype)
 
 
 # ------------------------------------------------------------------------------- Python transforms
@@ -695,6 +736,8 @@ def train_iter(
     lighting: float = 0.1,
     dtype: str = "float32",
     backend: str = "auto",
+    ctx: Optional[mx.Context] = None,
+    reduced_decode: bool = True,
 ) -> mx.io.DataIter:
     """Shuffled, augmented training batches of this worker's shard of ``rec_path``.
 
@@ -724,6 +767,14 @@ def train_iter(
         ``auto`` takes the C++ ``ImageRecordIter`` unless AutoAugment asks for the Python path.
         With the pip wheel of MXNet, whose bundled JPEG decoder is slow, ``python`` needs about half
         the CPU time per image (``scripts/bench_pipeline.py`` measures both).
+    ctx : mxnet.Context, optional
+        Python path only (``auto`` then takes it): the worker threads produce uint8 crops and the colour
+        jitter, lighting, normalisation and HWC -> CHW run as one batched step on ``ctx`` (e.g. the
+        training GPU, where it is nearly free), and ``data[0]`` lives there. ``None`` (default): all of
+        it on the CPU in the worker threads, which is faster than batched MXNet operators on a CPU.
+    reduced_decode : bool
+        Python path: decode a JPEG at 1/2, 1/4 or 1/8 of its size (in libjpeg's DCT) when the random
+        crop would still be at least ``input_size`` pixels at that scale.
 
     Returns
     -------
@@ -734,9 +785,12 @@ def train_iter(
     """
     _check_backend(backend)
     begin, end = _check_shard(rec_path, batch_size, num_parts, part_index)
-    if backend == "python" or (backend == "auto" and auto_aug):
+    if ctx is not None and backend == "cpp":
+        raise ValueError("ctx= needs the Python path: use backend='auto' or 'python'")
+    if backend == "python" or (backend == "auto" and (auto_aug or ctx is not None)):
         keys = [k for k, _ in read_index(rec_path)[begin:end]]
-        transform = _TrainTransform(input_size, jitter, lighting, auto_aug, _interp_name("auto", input_size))
+        interp = _interp_name("auto", input_size)
+        transform = _TrainTransform(input_size, jitter, lighting, auto_aug, interp, reduced_decode)
         return _ThreadIter(
             rec_path,
             keys,
@@ -747,6 +801,7 @@ def train_iter(
             seed=_worker_seed(seed, part_index),
             threads=threads,
             dtype=dtype,
+            ctx=ctx,
         )
     if auto_aug:
         raise ValueError("AutoAugment needs the Python path: use backend='auto' or 'python'")

@@ -82,7 +82,8 @@ def prepare_for_inference(net: HybridBlock) -> HybridBlock:
     """Switches off the training-only DropBlock layers of ``net`` (in place) and returns it.
 
     DropBlock is an identity at inference, so outputs do not change; the graph just loses the ops that
-    build the unused random mask (they cost more than half of ResNeSt-50's CPU time at batch 1).
+    build the unused random mask (they cost more than half of ResNeSt-50's CPU time at batch 1). Models from
+    ``get_model`` start with DropBlock off; this matters for a model that was trained with it on.
     """
     set_drop_prob(net, 0.0)
     return net

@@ -22,6 +22,7 @@ __all__ = [
     "is_primary",
     "broadcast_parameters",
     "allreduce_sum",
+    "barrier",
     "make_trainer",
 ]
 
@@ -109,6 +110,17 @@ def allreduce_sum(array: mx.nd.NDArray, name: Optional[str] = None) -> mx.nd.NDA
     if not is_distributed():
         return array
     return _hvd.allreduce(array, average=False, name=name)
+
+
+def barrier(name: str = "barrier") -> None:
+    """Returns once every worker got here and this worker's pending operations are done.
+
+    Without it a worker that finishes first shuts Horovod down while another is still using it
+    (e.g. rank 0 writing the last checkpoint), which fails that worker.
+    """
+    mx.nd.waitall()
+    if is_distributed():
+        _hvd.allreduce(mx.nd.zeros((1,)), average=False, name=name).asnumpy()
 
 
 def make_trainer(params, optimizer: str, optimizer_params: dict) -> gluon.Trainer:

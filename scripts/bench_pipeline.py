@@ -14,8 +14,13 @@ On one ``.rec`` file, in one run, measures images per second of
 * ``train_autoaug``: the Python path with AutoAugment added;
 
 each with 1, 2, ... decoding threads (worker threads for the Python path). Besides wall-clock images/s
-(and that divided by the threads), it reports images per CPU-second of this process (all its threads,
-and any child processes), which is what sizes a machine and is less disturbed by other load on a shared one.
+(and that divided by the threads), it reports images per CPU-second of the whole process
+(``time.process_time()``: all its threads, OpenCV's, MXNet's engine and numpy's included, plus any child
+processes), which is what sizes a machine and is less disturbed by other load on a shared one.
+
+Right before each training-iterator measurement the decode limit is measured again on as many images
+(``paired_limit``), so that each ratio "iterator per thread / limit" compares two measurements taken under
+the same load; the medians of the ratios over the repeats are printed with whether the 0.8x goal is met.
 
 ResNeSt: Zhang et al., arXiv:2004.08955. Example::
 
@@ -327,13 +332,14 @@ def run(
                 if kind == "decode":
                     rows += bench_decode(rec_path, input_size)
                 else:
-                    it = _make_iter(kind, rec_path, batch_size, input_size, t)
                     n = max(1, batches // 2) if kind == "train_autoaug" else batches
                     paired = None
                     if kind in TRAIN_PIPELINES:
+                        # Before the iterator exists: ImageRecordIter starts decoding when it is built.
                         if payloads is None:
                             payloads = _payloads(rec_path)
                         paired = bench_limit(payloads, n * batch_size, input_size, start=len(rows) * 97)
+                    it = _make_iter(kind, rec_path, batch_size, input_size, t)
                     row = bench_iter(kind, it, t, n, image_size=input_size)
                     if paired is not None:
                         row.update(_ratios(row, paired))

@@ -448,6 +448,7 @@ def _run(args, workers: int, primary: bool) -> dict:
             )
         elif top1 is not None:
             best_top1 = max(best_top1, top1)
+        dist.barrier(f"epoch{epoch + 1}")  # nobody races ahead of (or exits before) rank 0's writes
     if primary:
         logger.info(
             "done: best val top-1 %s; run directory %s",

@@ -115,6 +115,7 @@ def main(argv=None) -> dict:
         seconds=seconds,
         images_per_sec=counts[2] / seconds,
     )
+    dist.barrier("verify")
     if primary:
         print(
             f"{args.model} on {result['images']} images (crop {crop}, {dist.size()} worker(s)): "

@@ -349,6 +349,10 @@ def test_bench_pipeline_end_to_end(tmp_path):
     )
     assert {r["name"] for r in rows} == {"decode_resize", "decode_rrc", "decode_mxnet", *bench.PIPELINES}
     assert all(r["images_per_s"] > 0 for r in rows)
+    for r in rows:  # training iterators carry the ratios to a decode limit measured right before them
+        if r["name"] in bench.TRAIN_PIPELINES:
+            assert r["ratio_per_cpu_s"] > 0 and r["ratio_per_thread_wall"] > 0 and r["limit_images_per_s"] > 0
+    assert "goal" in bench.summarise(rows)
     assert data.num_records(str(tmp_path / "mini.rec")) == 12
     assert json.loads(out.read_text())["results"] == rows
     assert sorted(os.listdir(tmp_path)) == ["bench.json", "mini.idx", "mini.rec"]  # no temporary leftovers
@@ -357,6 +361,22 @@ def test_bench_pipeline_end_to_end(tmp_path):
 
 
 # ------------------------------------------------------------------ fast Python path internals
+class _Replay:
+    """Stands in for a generator and hands :func:`data._colour_affine` exactly these numbers."""
+
+    def __init__(self, order, alphas, noise):
+        self.order, self.alphas, self.noise = order, alphas, noise
+
+    def permutation(self, n):
+        return np.array(self.order)
+
+    def uniform(self, lo, hi, n):
+        return np.array(self.alphas)
+
+    def standard_normal(self, n):
+        return np.array(self.noise)
+
+
 def test_batch_draws_give_the_reference_affine():
     """Numbers drawn for a whole batch give the same colour map as the one-image-at-a-time reference."""
     tr = data._TrainTransform(32, 0.4, 0.1, False, "bilinear")
@@ -366,20 +386,10 @@ def test_batch_draws_give_the_reference_affine():
     for _, _, _, order, alphas, noise in draws:
         assert sorted(order) == [0, 1, 2] and all(0.6 <= a <= 1.4 for a in alphas)
 
-        class Replay:  # hands _colour_affine exactly these numbers
-            def permutation(self, n):
-                return np.array(order)
-
-            def uniform(self, lo, hi, n):
-                return np.array(alphas)
-
-            def standard_normal(self, n):
-                return np.array(noise)
-
         for bgr in (False, True):
             np.testing.assert_array_equal(
                 data._affine_from_draws(mean, 0.4, 0.1, order, alphas, noise, bgr),
-                data._colour_affine(mean, 0.4, 0.1, Replay(), bgr),
+                data._colour_affine(mean, 0.4, 0.1, _Replay(order, alphas, noise), bgr),
             )
     # The draws of a batch are a function of the generator alone.
     again = tr.draw(np.random.default_rng(3), 6)
@@ -446,7 +456,9 @@ def test_held_batches_stay_intact_and_buffers_are_reused(rec):
     held = [next(it).data[0] for _ in range(5)]  # all kept: five distinct buffers
     expected_batches = [next(ref).data[0].asnumpy() for _ in range(5)]
     for got, want in zip(held, expected_batches):
-        np.testing.assert_array_equal(got.asnumpy(), want)  # same as with no threads, untouched by later batches
+        np.testing.assert_array_equal(
+            got.asnumpy(), want
+        )  # same as with no threads, untouched by later batches
     assert not np.array_equal(expected_batches[0], expected_batches[1])
     it.reset()
     pool = it._buffers
@@ -455,3 +467,19 @@ def test_held_batches_stay_intact_and_buffers_are_reused(rec):
         batch.data[0].wait_to_read()
         ids |= {id(b) for b in pool._buffers}
     assert len(pool._buffers) <= 2 + 3 and len(ids) <= 5
+
+
+def test_colour_step_on_context_equals_worker_threads(rec):
+    """``ctx=``: uint8 crops from the workers, one batched colour step there; same batches as the default."""
+    kwargs = dict(threads=1, seed=2, jitter=0.4, lighting=0.1)
+    default = data.train_iter(rec, 8, 32, backend="python", **kwargs)
+    batched = data.train_iter(rec, 8, 32, ctx=mx.cpu(), **kwargs)  # 'auto' takes the Python path
+    for _ in range(3):
+        a, b = next(default), next(batched)
+        assert b.data[0].shape == (8, 3, 32, 32) and b.data[0].context == mx.cpu()
+        np.testing.assert_array_equal(a.label[0].asnumpy(), b.label[0].asnumpy())
+        np.testing.assert_allclose(a.data[0].asnumpy(), b.data[0].asnumpy(), atol=1e-4)
+    half = next(data.train_iter(rec, 8, 32, ctx=mx.cpu(), dtype="float16", **kwargs))
+    assert half.data[0].dtype == np.float16
+    with pytest.raises(ValueError, match="Python path"):
+        data.train_iter(rec, 8, 32, ctx=mx.cpu(), backend="cpp")
