@@ -521,7 +521,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--keep-dropblock",
         action="store_true",
-        help="time our models with DropBlock at the training recipe's value (an identity that still costs time)",
+        help="time our models with DropBlock at the recipe's value (an identity that still costs time)",
     )
     p.add_argument(
         "--data", metavar="PREFIX", default=None, help="also run scripts/bench_pipeline.py on PREFIX.rec"
