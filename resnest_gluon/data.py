@@ -738,6 +738,7 @@ def train_iter(
     backend: str = "auto",
     ctx: Optional[mx.Context] = None,
     reduced_decode: bool = True,
+    opencv_threads: Optional[int] = 1,
 ) -> mx.io.DataIter:
     """Shuffled, augmented training batches of this worker's shard of ``rec_path``.
 
@@ -775,6 +776,10 @@ def train_iter(
     reduced_decode : bool
         Python path: decode a JPEG at 1/2, 1/4 or 1/8 of its size (in libjpeg's DCT) when the random
         crop would still be at least ``input_size`` pixels at that scale.
+    opencv_threads : int, optional
+        Python path: calls ``cv2.setNumThreads(opencv_threads)`` (process-wide) when the iterator is
+        built. The worker threads are the parallelism; OpenCV's own pool inside each call only adds
+        synchronisation (about 4 % more CPU per image measured here). ``None`` leaves OpenCV alone.
 
     Returns
     -------
@@ -788,6 +793,8 @@ def train_iter(
     if ctx is not None and backend == "cpp":
         raise ValueError("ctx= needs the Python path: use backend='auto' or 'python'")
     if backend == "python" or (backend == "auto" and (auto_aug or ctx is not None)):
+        if opencv_threads is not None:
+            cv2.setNumThreads(opencv_threads)
         keys = [k for k, _ in read_index(rec_path)[begin:end]]
         interp = _interp_name("auto", input_size)
         transform = _TrainTransform(input_size, jitter, lighting, auto_aug, interp, reduced_decode)
@@ -845,6 +852,7 @@ def val_iter(
     interpolation: str = "auto",
     dtype: str = "float32",
     backend: str = "auto",
+    opencv_threads: Optional[int] = 1,
 ) -> mx.io.DataIter:
     """Centre-crop validation batches of this worker's shard of ``rec_path``, in file order.
 
@@ -872,6 +880,8 @@ def val_iter(
         Data type of the images.
     backend : {'auto', 'cpp', 'python'}
         ``auto`` is the C++ ``ImageRecordIter`` (which resizes bicubically too).
+    opencv_threads : int, optional
+        Python path: as in :func:`train_iter`.
 
     Returns
     -------
@@ -885,6 +895,8 @@ def val_iter(
         raise ValueError(f"resize ({resize}) must be >= crop_size ({crop_size})")
     interp = _interp_name(interpolation, crop_size)
     if backend == "python":
+        if opencv_threads is not None:
+            cv2.setNumThreads(opencv_threads)
         keys = [k for k, _ in read_index(rec_path)[begin:end]]
         return _ThreadIter(
             rec_path,

@@ -128,6 +128,8 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "batch_size", "val_batch_size", "classes", "eval_frequency", "keep", "input_size"):
         if getattr(args, name) < 1:
             raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0.0 <= args.label_smoothing < 1.0:
+        raise TrainingError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if args.mixup_off_epoch < 0 or args.warmup_epochs < 0:
         raise TrainingError("--mixup-off-epoch and --warmup-epochs must not be negative")
 

@@ -483,3 +483,15 @@ def test_colour_step_on_context_equals_worker_threads(rec):
     assert half.data[0].dtype == np.float16
     with pytest.raises(ValueError, match="Python path"):
         data.train_iter(rec, 8, 32, ctx=mx.cpu(), backend="cpp")
+
+
+def test_python_path_sets_opencv_threads(rec):
+    previous = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(2)
+        data.val_iter(rec, 8, 32, backend="python", opencv_threads=None)
+        assert cv2.getNumThreads() == 2
+        data.train_iter(rec, 8, 32, backend="python")  # the workers are the parallelism
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(previous)
