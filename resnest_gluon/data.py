@@ -626,15 +626,18 @@ class _TrainTransform:
         auto_aug: bool,
         interpolation: str,
         reduced_decode: bool = True,
+        mirror: bool = True,
+        min_area: float = 0.08,
     ):
         self.size, self.jitter, self.lighting = size, jitter, lighting
+        self.mirror, self.min_area = mirror, min_area
         self.policy = ImageNetPolicy() if auto_aug else None
         self.interp = _INTERP[interpolation]
         self.reduced_decode = reduced_decode
 
     def draw(self, rng: np.random.Generator, n: int) -> List[tuple]:
         """Every random number of ``n`` images in a few vectorised calls, as Python floats per image."""
-        areas = rng.uniform(0.08, 1.0, (n, _CROP_TRIES)).tolist()
+        areas = rng.uniform(self.min_area, 1.0, (n, _CROP_TRIES)).tolist()
         log_ratios = rng.uniform(math.log(3.0 / 4.0), math.log(4.0 / 3.0), (n, _CROP_TRIES)).tolist()
         place = rng.random((n, 3)).tolist()  # y, x, flip
         order = rng.permuted(np.tile(np.arange(3), (n, 1)), axis=1).tolist()
@@ -661,7 +664,7 @@ class _TrainTransform:
             img = _decode(payload, cv2.IMREAD_COLOR, *where)
             y, x, ch, cw = _crop_box(*img.shape[:2], areas, log_ratios, py, px)
         img = cv2.resize(img[y : y + ch, x : x + cw], (size, size), interpolation=self.interp)
-        if flip < 0.5:
+        if self.mirror and flip < 0.5:
             img = cv2.flip(img, 1)
         if self.policy is not None:
             # AutoAugment's colour operations are defined on RGB.
@@ -734,6 +737,8 @@ def train_iter(
     auto_aug: bool = False,
     jitter: float = 0.4,
     lighting: float = 0.1,
+    mirror: bool = True,
+    min_area: float = 0.08,
     dtype: str = "float32",
     backend: str = "auto",
     ctx: Optional[mx.Context] = None,
@@ -762,6 +767,10 @@ def train_iter(
         Brightness, contrast and saturation jitter (0 for none).
     lighting : float
         Standard deviation of the PCA lighting noise (0 for none).
+    mirror : bool
+        Random horizontal flips (the recipe's; off for data such as digits or text).
+    min_area : float
+        Smallest fraction of the image a random resized crop may cover (the recipe's 0.08).
     dtype : str
         Data type of the images (``float32`` or ``float16``); labels are always ``float32``.
     backend : {'auto', 'cpp', 'python'}
@@ -797,7 +806,9 @@ def train_iter(
             cv2.setNumThreads(opencv_threads)
         keys = [k for k, _ in read_index(rec_path)[begin:end]]
         interp = _interp_name("auto", input_size)
-        transform = _TrainTransform(input_size, jitter, lighting, auto_aug, interp, reduced_decode)
+        transform = _TrainTransform(
+            input_size, jitter, lighting, auto_aug, interp, reduced_decode, mirror, min_area
+        )
         return _ThreadIter(
             rec_path,
             keys,
@@ -825,9 +836,9 @@ def train_iter(
         shuffle=True,
         seed=seed % _INT31,
         seed_aug=_worker_seed(seed, part_index),
-        rand_mirror=True,
+        rand_mirror=mirror,
         random_resized_crop=True,
-        min_random_area=0.08,
+        min_random_area=min_area,
         max_random_area=1.0,
         min_aspect_ratio=3.0 / 4.0,
         max_aspect_ratio=4.0 / 3.0,

@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="Horovod workers (1: a plain process)")
     p.add_argument("--model", default="resnest14", help="model name")
     p.add_argument("--size", type=int, default=32, help="image side in pixels")
-    p.add_argument("--epochs", type=int, default=25, help="training epochs")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs")
     p.add_argument("--batch-size", type=int, default=16, help="images per worker and step")
     p.add_argument("--lr", type=float, default=0.4, help="learning rate per 256 images")
     p.add_argument("--warmup-epochs", type=float, default=2, help="linear warm-up epochs")
@@ -181,6 +181,8 @@ def main(argv=None) -> dict:
         "--last-gamma",
         "--jitter", "0",
         "--lighting", "0",
+        "--no-mirror",  # a mirrored digit is another glyph
+        "--min-area", "0.35",  # an 8 x 8 digit has no detail to spare
         "--data-threads", "1",
         "--seed", str(args.seed),
         "--save-dir", run_dir,

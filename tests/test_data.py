@@ -495,3 +495,21 @@ def test_python_path_sets_opencv_threads(rec):
         assert cv2.getNumThreads() == 1
     finally:
         cv2.setNumThreads(previous)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "python"])
+def test_mirror_and_min_area_switches(tmp_path, backend):
+    """Left half dark, right half bright: without mirroring the left stays darker in every crop."""
+    img = np.zeros((48, 48, 3), np.uint8)
+    img[:, 24:] = 255
+    path = write_rec(tmp_path / "halves", [img] * 8, [0] * 8)
+    kwargs = dict(jitter=0.0, lighting=0.0, threads=1, backend=backend)
+    it = data.train_iter(path, 8, 32, mirror=False, min_area=1.0, **kwargs)
+    x = next(iter(it)).data[0].asnumpy()
+    assert (x[:, :, :, :8].mean(axis=(1, 2, 3)) < x[:, :, :, -8:].mean(axis=(1, 2, 3))).all()
+    flipped = 0
+    for epoch in range(4):
+        it = data.train_iter(path, 8, 32, seed=epoch, min_area=1.0, **kwargs)
+        x = next(iter(it)).data[0].asnumpy()
+        flipped += int((x[:, :, :, :8].mean(axis=(1, 2, 3)) > x[:, :, :, -8:].mean(axis=(1, 2, 3))).sum())
+    assert 0 < flipped < 32  # mirroring on by default: some crops flipped, not all
