@@ -238,11 +238,13 @@ def plot_curves(rows: Sequence[dict], path: str, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [r["epoch"] for r in rows]
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train loss")
     ax_loss.set_xlabel("epoch")
+    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set_ylabel("loss")
     ax_loss.grid(alpha=0.3)
     ax_loss.legend()
@@ -256,6 +258,7 @@ def plot_curves(rows: Sequence[dict], path: str, title: str = "") -> None:
         )
         ax_acc.legend()
     ax_acc.set_xlabel("epoch")
+    ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_acc.set_ylabel("validation accuracy (%)")
     ax_acc.grid(alpha=0.3)
     if title:
