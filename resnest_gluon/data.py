@@ -711,6 +711,23 @@ def _interp_name(interpolation: str, size: int) -> str:
 _INT31 = 2**31 - 1  # ImageRecordIter's seeds are C ints
 
 
+def _cpp_iter(rec_path, bounds, size, batch_size, num_parts, part_index, threads, dtype, **options):
+    """A :class:`_RecordIter` over the shard ``bounds``, normalised ``size`` x ``size`` crops."""
+    return _RecordIter(
+        bounds[1] - bounds[0],
+        dtype,
+        path_imgrec=rec_path,
+        path_imgidx=_idx_path(rec_path),
+        data_shape=(3, size, size),
+        batch_size=batch_size,
+        num_parts=num_parts,
+        part_index=part_index,
+        preprocess_threads=max(1, threads),
+        **options,
+        **_norm_kwargs(),
+    )
+
+
 def _worker_seed(seed: int, part_index: int) -> int:
     """A non-negative 31-bit seed for this worker's augmentations, different for every worker."""
     return (seed * 7919 + part_index) % _INT31
@@ -823,16 +840,15 @@ def train_iter(
         )
     if auto_aug:
         raise ValueError("AutoAugment needs the Python path: use backend='auto' or 'python'")
-    return _RecordIter(
-        end - begin,
+    return _cpp_iter(
+        rec_path,
+        (begin, end),
+        input_size,
+        batch_size,
+        num_parts,
+        part_index,
+        threads,
         dtype,
-        path_imgrec=rec_path,
-        path_imgidx=_idx_path(rec_path),
-        data_shape=(3, input_size, input_size),
-        batch_size=batch_size,
-        num_parts=num_parts,
-        part_index=part_index,
-        preprocess_threads=max(1, threads),
         shuffle=True,
         seed=seed % _INT31,
         seed_aug=_worker_seed(seed, part_index),
@@ -847,7 +863,6 @@ def train_iter(
         saturation=jitter,
         pca_noise=lighting,
         inter_method=_CPP_INTERP[_interp_name("auto", input_size)],
-        **_norm_kwargs(),
     )
 
 
@@ -920,20 +935,18 @@ def val_iter(
             threads=threads,
             dtype=dtype,
         )
-    return _RecordIter(
-        end - begin,
+    return _cpp_iter(
+        rec_path,
+        (begin, end),
+        crop_size,
+        batch_size,
+        num_parts,
+        part_index,
+        threads,
         dtype,
-        path_imgrec=rec_path,
-        path_imgidx=_idx_path(rec_path),
-        data_shape=(3, crop_size, crop_size),
-        batch_size=batch_size,
-        num_parts=num_parts,
-        part_index=part_index,
-        preprocess_threads=max(1, threads),
         shuffle=False,
         resize=resize,
         inter_method=_CPP_INTERP[interp],
-        **_norm_kwargs(),
     )
 
 

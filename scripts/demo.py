@@ -98,7 +98,7 @@ def write_digits(root: str, size: int, val_fraction: float, seed: int, limit: in
 
 
 def run(cmd: Sequence[str], log_path: str, env=None, quiet: bool = False) -> float:
-    """Runs ``cmd`` (output to the console and ``log_path``); returns seconds; raises on failure."""
+    """Runs ``cmd`` (output to ``log_path``, and but for progress bars to the console); returns seconds."""
     logger.info("$ %s", " ".join(cmd))
     tic = time.time()
     with open(log_path, "a") as log:
@@ -107,7 +107,8 @@ def run(cmd: Sequence[str], log_path: str, env=None, quiet: bool = False) -> flo
         )
         for line in proc.stdout:
             log.write(line)
-            if not quiet:
+            # horovodrun turns every refresh of a worker's progress bar into a line: keep those in the log
+            if not quiet and "%|" not in line:
                 sys.stderr.write(line)
         code = proc.wait()
     if code != 0:
