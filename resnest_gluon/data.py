@@ -791,9 +791,9 @@ def train_iter(
     dtype : str
         Data type of the images (``float32`` or ``float16``); labels are always ``float32``.
     backend : {'auto', 'cpp', 'python'}
-        ``auto`` takes the C++ ``ImageRecordIter`` unless AutoAugment asks for the Python path.
-        With the pip wheel of MXNet, whose bundled JPEG decoder is slow, ``python`` needs about half
-        the CPU time per image (``scripts/bench_pipeline.py`` measures both).
+        ``auto`` takes the C++ ``ImageRecordIter`` unless AutoAugment or ``ctx`` asks for the Python path.
+        With the pip wheel of MXNet, whose bundled JPEG decoder is about 3x slower than OpenCV's,
+        ``python`` needs 40 % of the CPU time per image (``scripts/bench_pipeline.py`` measures both).
     ctx : mxnet.Context, optional
         Python path only (``auto`` then takes it): the worker threads produce uint8 crops and the colour
         jitter, lighting, normalisation and HWC -> CHW run as one batched step on ``ctx`` (e.g. the
