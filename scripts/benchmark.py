@@ -419,7 +419,10 @@ def plot(records: Iterable[Dict], path: str, batch_size: int = 1) -> Optional[st
     if not points:
         logger.warning("no model with a published top-1 at batch %d: no chart drawn", batch_size)
         return None
+    import matplotlib.ticker
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    all_x = [p["ms_per_batch"] / p["batch_size"] for p in points]
     families = {
         "ResNeSt": [p for p in points if not p["model"].startswith(("resnest50_fast", "resnetd"))],
         "ResNeSt-50-fast (ablation)": [p for p in points if p["model"].startswith("resnest50_fast")],
@@ -431,15 +434,24 @@ def plot(records: Iterable[Dict], path: str, batch_size: int = 1) -> Optional[st
         group = sorted(group, key=lambda p: p["ms_per_batch"])
         x = [p["ms_per_batch"] / p["batch_size"] for p in group]
         ax.plot(x, [p["top1"] for p in group], marker, label=label)
+        # neighbours by accuracy get their labels on alternate sides, so the clustered ablation stays legible
+        order = {id(p): i for i, p in enumerate(sorted(group, key=lambda p: p["top1"]))}
         for p, xi in zip(group, x):
+            left = label != "ResNeSt" and order[id(p)] % 2
             ax.annotate(
                 f"{p['model'].replace('resnest50_fast_', '')}@{p['input_size']}",
                 (xi, p["top1"]),
                 fontsize=7,
-                xytext=(3, 3),
+                xytext=(-4, -3) if left else (4, 1),
                 textcoords="offset points",
+                ha="right" if left else "left",
             )
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xticks(
+        [t for t in (50, 100, 200, 500, 1000, 2000, 5000, 10000) if min(all_x) / 1.5 <= t <= max(all_x) * 1.5]
+    )
     ax.set_xlabel(
         f"latency per image, ms ({points[0]['ctx']}, batch {batch_size}, {points[0]['dtype']}, log scale)"
     )
