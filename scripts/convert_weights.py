@@ -5,12 +5,9 @@ python scripts/convert_weights.py --model resnest50 --input resnest50.safetensor
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from resnest_gluon import get_model, list_models  # noqa: E402
-from resnest_gluon.convert import load_torch_weights  # noqa: E402
+from resnest_gluon import get_model, list_models
+from resnest_gluon.convert import load_torch_weights
 
 
 def parse_args(argv=None):
