@@ -111,7 +111,6 @@ class SplitAttentionConv(HybridBlock):
         # Pool first, then sum the radix splits: the sum is linear, so this equals pooling the sum,
         # and it reduces a (B, R*C, 1, 1) tensor instead of a full feature map.
         gap = F.Pooling(x, kernel=(1, 1), global_pool=True, pool_type="avg")
-        splits = F.split(x, num_outputs=R, axis=1) if R > 1 else [x]
         if R > 1:
             gap = F.add_n(*F.split(gap, num_outputs=R, axis=1))
         atten = self.fc2(self.drop(self.relu1(self.bn1(self.fc1(gap)))))
@@ -120,6 +119,7 @@ class SplitAttentionConv(HybridBlock):
         # fc2's channels are laid out [K][R][C/K]: softmax over R, then slice each radix back out as
         # [K][C/K] = the channel order of the matching split (no transpose, which ONNX turns into ScatterND).
         atten = F.softmax(atten.reshape((0, K, R, -1)), axis=2)
+        splits = F.split(x, num_outputs=R, axis=1)
         outs = [
             F.broadcast_mul(split, F.slice_axis(atten, axis=2, begin=r, end=r + 1).reshape((0, -1, 1, 1)))
             for r, split in enumerate(splits)

@@ -14,10 +14,14 @@ from resnest_gluon import get_model, list_models, model_info
 MANIFEST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "param_manifest.json")
 
 
-@pytest.fixture(scope="module")
-def manifest():
+def load_manifest():
     with open(MANIFEST) as f:
         return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    return load_manifest()
 
 
 def layout(net):
@@ -42,7 +46,7 @@ def test_registry_lists_the_family():
         get_model("resnest51")
 
 
-@pytest.mark.parametrize("name", sorted(json.load(open(MANIFEST))))
+@pytest.mark.parametrize("name", sorted(load_manifest()))
 def test_parameter_layout_equals_published(manifest, name):
     net = get_model(name)
     net.initialize()
