@@ -7,9 +7,10 @@ On one ``.rec`` file, in one run, measures images per second of
   the shorter side to ``ceil(size / 0.875)`` (validation-like) or a random resized crop to ``size``
   (training-like), on one core, records already in memory; ``decode_mxnet``: decoding alone with the
   JPEG decoder inside the MXNet wheel (``mx.image.imdecode``), the one ``ImageRecordIter`` uses;
-* ``train``: :func:`resnest_gluon.data.train_iter`, C++ ``ImageRecordIter`` with all of the paper's
-  augmentations (random resized crop, flip, colour jitter 0.4, PCA lighting 0.1, normalisation);
-* ``train_python``: the same augmentations on the Python path (OpenCV in a pool of threads);
+* ``train``: :func:`resnest_gluon.data.train_iter` as training uses it by default (the Python path: OpenCV
+  in a pool of threads) with all of the paper's augmentations (random resized crop, flip, colour jitter
+  0.4, PCA lighting 0.1, normalisation);
+* ``train_cpp``: the same augmentations with MXNet's C++ ``ImageRecordIter`` (``backend="cpp"``);
 * ``val``: :func:`resnest_gluon.data.val_iter` (resize, centre crop, normalisation);
 * ``train_autoaug``: the Python path with AutoAugment added;
 
@@ -223,8 +224,8 @@ def bench_iter(name: str, it, threads: int, batches: int, warmup: int = 2, **ext
     return _row(name, threads, images, wall, cpu, batch_size=it.batch_size, **extra)
 
 
-PIPELINES = ("train", "train_python", "val", "train_autoaug")
-TRAIN_PIPELINES = ("train", "train_python", "train_autoaug")
+PIPELINES = ("train", "train_cpp", "val", "train_autoaug")
+TRAIN_PIPELINES = ("train", "train_cpp", "train_autoaug")
 GOAL = 0.8  # training iterator per thread / decode limit
 _RATIO_KEYS = (
     "limit_images_per_s",
@@ -246,9 +247,9 @@ def _ratios(row: Dict, limit: Dict) -> Dict:
 
 def _make_iter(kind: str, rec_path: str, batch_size: int, input_size: int, threads: int):
     if kind == "train":
+        return data.train_iter(rec_path, batch_size, input_size, threads=threads)
+    if kind == "train_cpp":
         return data.train_iter(rec_path, batch_size, input_size, threads=threads, backend="cpp")
-    if kind == "train_python":
-        return data.train_iter(rec_path, batch_size, input_size, threads=threads, backend="python")
     if kind == "train_autoaug":
         return data.train_iter(rec_path, batch_size, input_size, threads=threads, auto_aug=True)
     return data.val_iter(rec_path, batch_size, input_size, threads=threads)
@@ -397,8 +398,8 @@ def summarise(rows: List[Dict], gpu_images_per_s: float = GPU_IMAGES_PER_S) -> s
         f"~{gpu_images_per_s:.0f} img/s and ImageNet JPEGs cost about what these do to decode:",
     ]
     for name, label in (
-        ("train", "C++ ImageRecordIter, paper's augmentations"),
-        ("train_python", "Python path, paper's augmentations"),
+        ("train", "default (Python path), paper's augmentations"),
+        ("train_cpp", "C++ ImageRecordIter, paper's augmentations"),
         ("train_autoaug", "Python path with AutoAugment"),
     ):
         best = max((r["images_per_cpu_s"] or 0 for r in rows if r["name"] == name), default=0)

@@ -90,8 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--data-backend",
         choices=("auto", "cpp", "python"),
         default="auto",
-        help="training decoder: MXNet's C++ ImageRecordIter, or the Python/OpenCV path (about half the CPU "
-        "per image with the pip wheel; auto = C++ unless --auto-aug)",
+        help="training decoder: the Python/OpenCV path (auto, the default: 40%% of the CPU per image of cpp "
+        "with the pip wheel) or MXNet's C++ ImageRecordIter (cpp; no --auto-aug)",
     )
     p.add_argument(
         "--dropblock-prob",
