@@ -57,11 +57,20 @@ GPU_IMAGES_PER_S = 1000.0
 
 
 # -------------------------------------------------------------------------------------------- data
-def make_data(prefix: str, count: int, seed: int = 0, classes: int = 10) -> str:
+def make_data(
+    prefix: str,
+    count: int,
+    seed: int = 0,
+    classes: int = 10,
+    short_side: Optional[int] = None,
+    quality: int = 90,
+) -> str:
     """Write ``prefix.rec`` / ``prefix.idx``: ``count`` ImageNet-like JPEGs (300-500 px, quality 90).
 
     Random crops of random rescales (1-1.4x) of scikit-learn's two sample photographs, random flips,
-    labels ``i % classes``. Written under temporary names and renamed when complete.
+    labels ``i % classes``. With ``short_side`` each image is then resized so that its shorter side is
+    that long, as ``tools/im2rec.py --resize`` packs ImageNet (480 in ``scripts/prepare_imagenet.py``,
+    with ``quality=95``). Written under temporary names and renamed when complete.
 
     Returns
     -------
@@ -91,9 +100,13 @@ def make_data(prefix: str, count: int, seed: int = 0, classes: int = 10) -> str:
             crop = big[y : y + h, x : x + w]
             if rng.random() < 0.5:
                 crop = crop[:, ::-1]
+            if short_side:
+                f = short_side / min(h, w)
+                size = (max(short_side, round(w * f)), max(short_side, round(h * f)))
+                crop = cv2.resize(crop, size, interpolation=cv2.INTER_LINEAR)
             header = mx.recordio.IRHeader(0, float(i % classes), i, 0)
             bgr = np.ascontiguousarray(crop[:, :, ::-1])
-            record.write_idx(i, mx.recordio.pack_img(header, bgr, quality=90, img_fmt=".jpg"))
+            record.write_idx(i, mx.recordio.pack_img(header, bgr, quality=quality, img_fmt=".jpg"))
         record.close()
         os.replace(tmp + ".rec", prefix + ".rec")
         os.replace(tmp + ".idx", prefix + ".idx")
@@ -428,6 +441,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument(
         "--make-data", type=int, metavar="N", default=0, help="first write N ImageNet-like JPEGs there"
     )
+    p.add_argument(
+        "--make-short-side",
+        type=int,
+        metavar="S",
+        default=None,
+        help="with --make-data: resize them to shorter side S (480: as ImageNet is packed)",
+    )
+    p.add_argument("--make-quality", type=int, default=90, help="with --make-data: JPEG quality")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="decoding threads to try")
     p.add_argument("--batches", type=int, default=40, help="timed batches per iterator")
     p.add_argument("--batch-size", type=int, default=64)
@@ -447,7 +468,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     prefix = args.data[:-4] if args.data.endswith(".rec") else args.data
     if args.make_data:
-        make_data(prefix, args.make_data)
+        make_data(prefix, args.make_data, short_side=args.make_short_side, quality=args.make_quality)
         logger.info("wrote %d images to %s.rec", args.make_data, prefix)
     rows = run(
         prefix, args.threads, args.batches, args.batch_size, args.input_size, args.repeats, args.pipelines

@@ -358,6 +358,10 @@ def test_bench_pipeline_end_to_end(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bench.json", "mini.idx", "mini.rec"]  # no temporary leftovers
     with pytest.raises(SystemExit):
         bench.parse_args(["--data", "x", "--threads", "0"])
+    # --make-short-side: packed as ImageNet is (shorter side exactly S)
+    rec = bench.make_data(str(tmp_path / "s480" / "x"), 4, short_side=480, quality=95)
+    reader = data._RecordReader(rec, dict(data.read_index(rec)))
+    assert [min(data._jpeg_size(reader.read_raw(k)[1])) for k in range(4)] == [480] * 4
 
 
 # ------------------------------------------------------------------ fast Python path internals
