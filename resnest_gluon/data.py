@@ -569,33 +569,14 @@ def _colour_affine(
     AlexNet PCA lighting shift and ``(x - MEAN) / STD`` are all affine in the pixel, and contrast's image
     mean follows the same map; so the whole chain is one matrix, applied in a single pass.
     ``mean_pixel`` is the image's mean RGB; with ``bgr`` the map takes BGR pixels (as OpenCV decodes them)
-    and still gives normalised RGB. Draws from ``rng`` one image at a time (the reference for
-    :func:`_affine_from_draws`, which takes numbers drawn for a whole batch).
+    and still gives normalised RGB. Draws from ``rng`` and builds the map step by step, one image at a
+    time: the reference for :func:`_affine_parts`, which does a whole batch at once.
     """
-    order = alphas = noise = None
-    if jitter > 0:
-        order, alphas = rng.permutation(3).tolist(), rng.uniform(1.0 - jitter, 1.0 + jitter, 3).tolist()
-    if lighting > 0:
-        noise = rng.standard_normal(3).tolist()
-    return _affine_from_draws(mean_pixel, jitter, lighting, order, alphas, noise, bgr)
-
-
-def _affine_from_draws(
-    mean_pixel: Sequence[float],
-    jitter: float,
-    lighting: float,
-    order: Optional[Sequence[int]],
-    alphas: Optional[Sequence[float]],
-    noise: Optional[Sequence[float]],
-    bgr: bool = False,
-) -> np.ndarray:
-    """:func:`_colour_affine` from drawn numbers: the order of the 3 jitter operations, their factors
-    (used when ``jitter > 0``) and 3 standard normal lighting coefficients (used when ``lighting > 0``)."""
-    # Plain Python floats: for 3x3 matrices numpy's per-call overhead would cost more than the pixels.
     m = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     t = [0.0, 0.0, 0.0]
     g0, g1, g2 = _GRAY
     if jitter > 0:
+        order, alphas = rng.permutation(3).tolist(), rng.uniform(1.0 - jitter, 1.0 + jitter, 3).tolist()
         for op, a in zip(order, alphas):
             if op == 0:  # brightness
                 m, t = [[a * v for v in row] for row in m], [a * v for v in t]
@@ -609,12 +590,54 @@ def _affine_from_draws(
                 m = [[a * row[k] + grey_row[k] for k in range(3)] for row in m]
                 t = [a * v + shift for v in t]
     if lighting > 0:
+        noise = rng.standard_normal(3).tolist()
         w = [lighting * z * e for z, e in zip(noise, _EIGVAL_LIST)]
         t = [v + sum(_EIGVEC_LIST[i][k] * w[k] for k in range(3)) for i, v in enumerate(t)]
     rows = [[v / s for v in row] + [(ti - mu) / s] for row, ti, mu, s in zip(m, t, MEAN, STD)]
     if bgr:
         rows = [row[2::-1] + row[3:] for row in rows]
     return np.array(rows, np.float32)
+
+
+def _affine_parts(
+    jitter: float,
+    lighting: float,
+    order: np.ndarray,
+    alphas: np.ndarray,
+    noise: np.ndarray,
+    bgr: bool = False,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`_colour_affine` for ``n`` images at once, before their mean colours are known.
+
+    Every jitter operation maps a pixel to ``a x + 1 (c g . x) + t`` (``g`` the grey weights), and only
+    contrast's shift depends on the image, linearly in its mean colour ``mu``; so image ``i``'s map is
+    ``base[i]`` with ``k[i] @ mu`` (``mu`` in RGB) added to its last column. ``order``, ``alphas``,
+    ``noise`` are ``(n, 3)``. Returns float32 ``base`` ``(n, 3, 4)`` and ``k`` ``(n, 3, 3)``.
+    """
+    n = len(order)
+    g = np.array(_GRAY)
+    m = np.tile(np.eye(3), (n, 1, 1))
+    t, k = np.zeros((n, 3)), np.zeros((n, 3, 3))
+    if jitter > 0:
+        for step in range(3):
+            op, a = order[:, step], alphas[:, step]
+            a1, a3, b3 = a[:, None], a[:, None, None], (1.0 - a)[:, None, None]
+            grey_t = ((1.0 - a) * (t @ g))[:, None]  # contrast and saturation shift t alike
+            new_k = np.where(
+                (op == 1)[:, None, None],
+                a3 * k + b3 * (g @ (m + k))[:, None, :],  # contrast: the grey mean of the image as it is
+                np.where((op == 2)[:, None, None], a3 * k + b3 * (g @ k)[:, None, :], a3 * k),
+            )
+            new_m = np.where((op == 2)[:, None, None], a3 * m + b3 * (g @ m)[:, None, :], a3 * m)
+            t = np.where((op == 0)[:, None], a1 * t, a1 * t + grey_t)
+            m, k = new_m, new_k
+    if lighting > 0:
+        t = t + (lighting * noise * _EIGVAL) @ _EIGVEC.T
+    std, mean = np.array(STD)[:, None], np.array(MEAN)
+    m, k, t = m / std, k / std, (t - mean) / std[:, 0]
+    if bgr:
+        m = m[:, :, ::-1]
+    return np.concatenate([m, t[:, :, None]], axis=2).astype(np.float32), k.astype(np.float32)
 
 
 class _TrainTransform:
@@ -643,17 +666,20 @@ class _TrainTransform:
         self.reduced_decode = reduced_decode
 
     def draw(self, rng: np.random.Generator, n: int) -> List[tuple]:
-        """Every random number of ``n`` images in a few vectorised calls, as Python floats per image."""
+        """Every random number of ``n`` images in a few vectorised calls, and their colour maps but for
+        the image mean (:func:`_affine_parts`); per image ``(areas, log_ratios, (y, x, flip), base, k)``."""
         areas = rng.uniform(self.min_area, 1.0, (n, _CROP_TRIES)).tolist()
         log_ratios = rng.uniform(math.log(3.0 / 4.0), math.log(4.0 / 3.0), (n, _CROP_TRIES)).tolist()
         place = rng.random((n, 3)).tolist()  # y, x, flip
-        order = rng.permuted(np.tile(np.arange(3), (n, 1)), axis=1).tolist()
-        alphas = rng.uniform(1.0 - self.jitter, 1.0 + self.jitter, (n, 3)).tolist()
-        noise = rng.standard_normal((n, 3)).tolist()
-        return list(zip(areas, log_ratios, place, order, alphas, noise))
+        order = rng.permuted(np.tile(np.arange(3), (n, 1)), axis=1)
+        alphas = rng.uniform(1.0 - self.jitter, 1.0 + self.jitter, (n, 3))
+        noise = rng.standard_normal((n, 3))
+        # OpenCV decodes BGR; AutoAugment works on (and hands back) RGB.
+        base, k = _affine_parts(self.jitter, self.lighting, order, alphas, noise, bgr=self.policy is None)
+        return list(zip(areas, log_ratios, place, base, k))
 
     def __call__(self, payload: np.ndarray, draw: tuple, rng: np.random.Generator, where=("", 0)):
-        areas, log_ratios, (py, px, flip), order, alphas, noise = draw
+        areas, log_ratios, (py, px, flip), base, k = draw
         size, factor, img = self.size, 1, None
         hw = _jpeg_size(payload) if self.reduced_decode else None
         if hw is not None:
@@ -669,18 +695,20 @@ class _TrainTransform:
                     break
         if img is None:
             img = _decode(payload, cv2.IMREAD_COLOR, *where)
-            y, x, ch, cw = _crop_box(*img.shape[:2], areas, log_ratios, py, px)
+            if img.shape[:2] != hw:
+                y, x, ch, cw = _crop_box(*img.shape[:2], areas, log_ratios, py, px)
         img = cv2.resize(img[y : y + ch, x : x + cw], (size, size), interpolation=self.interp)
         if self.mirror and flip < 0.5:
             img = cv2.flip(img, 1)
         if self.policy is not None:
             # AutoAugment's colour operations are defined on RGB.
             img = self.policy(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), rng)
-            return img, self._affine(_mean_pixel(img), order, alphas, noise, bgr=False)
-        return img, self._affine(_mean_pixel(img)[::-1], order, alphas, noise, bgr=True)
-
-    def _affine(self, mean_rgb, order, alphas, noise, bgr):
-        return _affine_from_draws(mean_rgb, self.jitter, self.lighting, order, alphas, noise, bgr)
+            mean_rgb = _mean_pixel(img)
+        else:
+            mean_rgb = _mean_pixel(img)[::-1]
+        affine = base.copy()
+        affine[:, 3] += k.dot(mean_rgb)
+        return img, affine
 
 
 def _mean_pixel(img: np.ndarray) -> List[float]:

@@ -1,5 +1,6 @@
 """Input pipelines: shapes, normalisation, labels, sharding, the Python path, AutoAugment, label mixing."""
 
+import itertools
 import math
 import os
 
@@ -382,22 +383,26 @@ class _Replay:
 
 
 def test_batch_draws_give_the_reference_affine():
-    """Numbers drawn for a whole batch give the same colour map as the one-image-at-a-time reference."""
-    tr = data._TrainTransform(32, 0.4, 0.1, False, "bilinear")
-    draws = tr.draw(np.random.default_rng(3), 6)
-    assert len(draws) == 6
+    """Colour maps computed for a whole batch (before the image means are known) equal the
+    one-image-at-a-time reference, for every order of the jitter operations."""
+    rng = np.random.default_rng(3)
+    order = np.array(list(itertools.permutations(range(3))) * 2)
+    alphas, noise = rng.uniform(0.6, 1.4, (12, 3)), rng.standard_normal((12, 3))
     mean = [90.0, 120.0, 30.0]
-    for _, _, _, order, alphas, noise in draws:
-        assert sorted(order) == [0, 1, 2] and all(0.6 <= a <= 1.4 for a in alphas)
-
+    for jitter, lighting in ((0.4, 0.1), (0.0, 0.1), (0.4, 0.0)):
         for bgr in (False, True):
-            np.testing.assert_array_equal(
-                data._affine_from_draws(mean, 0.4, 0.1, order, alphas, noise, bgr),
-                data._colour_affine(mean, 0.4, 0.1, _Replay(order, alphas, noise), bgr),
-            )
+            base, k = data._affine_parts(jitter, lighting, order, alphas, noise, bgr)
+            for i in range(12):
+                reference = _Replay(order[i].tolist(), alphas[i].tolist(), noise[i].tolist())
+                expected = data._colour_affine(mean, jitter, lighting, reference, bgr)
+                got = base[i].copy()
+                got[:, 3] += k[i].dot(mean)
+                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # The draws of a batch are a function of the generator alone.
-    again = tr.draw(np.random.default_rng(3), 6)
-    assert again == draws
+    tr = data._TrainTransform(32, 0.4, 0.1, False, "bilinear")
+    a, b = tr.draw(np.random.default_rng(3), 6), tr.draw(np.random.default_rng(3), 6)
+    assert len(a) == 6 and all(x[:3] == y[:3] for x, y in zip(a, b))
+    assert all(np.array_equal(x[3], y[3]) and np.array_equal(x[4], y[4]) for x, y in zip(a, b))
 
 
 def test_crop_box_bounds_and_fallback():
@@ -437,7 +442,8 @@ def test_reduced_decode_matches_full_decode(monkeypatch):
     real = cv2.imdecode
     monkeypatch.setattr(data.cv2, "imdecode", lambda buf, f: flags.append(f) or real(buf, f))
     # Whole-image crop (area 1, ratio 4/3 fits 640 x 480 exactly), no flip, 64 px output: 480 // 4 >= 64.
-    draw = ([1.0] * 10, [math.log(4 / 3)] * 10, [0.0, 0.0, 0.9], [0, 1, 2], [1.0] * 3, [0.0] * 3)
+    base, k = data._affine_parts(0.0, 0.0, np.array([[0, 1, 2]]), np.ones((1, 3)), np.zeros((1, 3)), bgr=True)
+    draw = ([1.0] * 10, [math.log(4 / 3)] * 10, [0.0, 0.0, 0.9], base[0], k[0])
     fast = data._TrainTransform(64, 0.0, 0.0, False, "bilinear")
     plain = data._TrainTransform(64, 0.0, 0.0, False, "bilinear", reduced_decode=False)
     a, affine_a = fast(payload, draw, None)
@@ -448,7 +454,7 @@ def test_reduced_decode_matches_full_decode(monkeypatch):
     np.testing.assert_allclose(affine_a, affine_b, atol=1e-3)
     # A crop smaller than 2x the output is decoded in full.
     flags.clear()
-    small = ([0.02] * 10, [0.0] * 10, [0.5, 0.5, 0.9], [0, 1, 2], [1.0] * 3, [0.0] * 3)
+    small = ([0.02] * 10, [0.0] * 10, [0.5, 0.5, 0.9], base[0], k[0])
     fast(payload, small, None)
     assert flags == [cv2.IMREAD_COLOR]
 
