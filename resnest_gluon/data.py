@@ -322,7 +322,11 @@ class _RecordReader:
 def _decode(payload: np.ndarray, flags: int, rec_path: str, key: int) -> np.ndarray:
     img = cv2.imdecode(payload, flags)
     if img is None:
-        raise ValueError(f"record {key} of {rec_path!r} is not a decodable image")
+        raise ValueError(
+            f"record {key} of {rec_path!r} is not a decodable image; `python tools/rec_check.py "
+            f"{os.path.splitext(rec_path)[0]}` lists every such record, and tools/im2rec.py repacks the "
+            "images, skipping undecodable files"
+        )
     return img
 
 

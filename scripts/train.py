@@ -224,6 +224,22 @@ def _setup_logging(save_dir: str, primary: bool) -> list:
     return handlers
 
 
+def _batches(data_iter, args: argparse.Namespace):
+    """The batches of ``data_iter``; a record it cannot decode stops the run with a TrainingError."""
+    it = iter(data_iter)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except ValueError as err:
+            raise TrainingError(
+                f"training data: {err}. The checkpoints in {args.save_dir} are intact: --resume continues "
+                "once the data is fixed"
+            ) from err
+        yield batch
+
+
 def train_epoch(net, trainer, loss_fn, args, epoch: int, steps: int, ctx, peak_lr: float, warmup_steps: int):
     """One epoch of ``steps`` updates; returns (mean training loss over all workers, seconds, last lr)."""
     total_steps = args.epochs * steps
@@ -233,7 +249,7 @@ def train_epoch(net, trainer, loss_fn, args, epoch: int, steps: int, ctx, peak_l
     data_iter = make_train_iter(args, epoch)
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not primary, leave=False)
     loss_sum, lr, start = 0.0, 0.0, time.time()
-    for i, batch in enumerate(data_iter):
+    for i, batch in enumerate(_batches(data_iter, args)):
         if i >= steps:  # equal step counts on every worker, whatever the shard sizes
             break
         step = epoch * steps + i

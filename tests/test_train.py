@@ -155,6 +155,23 @@ def test_single_process_run_then_nonfinite_loss_keeps_last_good_checkpoint(data,
     assert all(np.isfinite(v.asnumpy()).all() for v in kept.values())
 
 
+def test_undecodable_training_record_stops_with_a_clear_error(data, tmp_path):
+    labels = make_rec(str(tmp_path / "train"), 16)
+    # Replace record 11 by bytes that are no image (same key, so the index still fits).
+    record = mx.recordio.MXIndexedRecordIO(str(tmp_path / "bad.idx"), str(tmp_path / "bad.rec"), "w")
+    good = mx.recordio.MXIndexedRecordIO(str(tmp_path / "train.idx"), str(tmp_path / "train.rec"), "r")
+    for i in range(16):
+        payload = good.read_idx(i)
+        if i == 11:
+            payload = mx.recordio.pack(mx.recordio.IRHeader(0, float(labels[i]), i, 0), b"no image here")
+        record.write_idx(i, payload)
+    record.close()
+    good.close()
+    argv = base_args(data, rec_train=str(tmp_path / "bad.rec"), save_dir=tmp_path / "run", epochs=1)
+    with pytest.raises(TrainingError, match=r"record 11 of .*bad\.rec.* not a decodable image.*rec_check"):
+        train.main(argv)
+
+
 def test_resume_after_sigkill(data, tmp_path):
     run = tmp_path / "run"
     argv = base_args(data, save_dir=run, epochs=4, batch_size=4)
