@@ -10,7 +10,7 @@ Two back ends give the same :class:`mxnet.io.DataIter` interface:
 
 * ``mx.io.ImageRecordIter`` (C++ decoding threads): the default for validation, an option for training;
 * a Python path (OpenCV decoding and transforms in a pool of threads): the default for training, and the
-  only one for what the C++ iterator cannot do (AutoAugment). It needs well under half the CPU time per
+  only one for what the C++ iterator cannot do (AutoAugment). It needs about 40 % of the CPU time per
   image, because the JPEG decoder bundled in MXNet's pip wheel is about 3x slower than opencv-python's
   (``scripts/bench_pipeline.py`` measures both). Per image it does little besides the decode: crop
   chosen from the JPEG header (decoded at 1/2-1/8 size when the crop allows), one ``cv2.resize`` of the
@@ -407,8 +407,10 @@ class _ThreadIter(_ShardIter):
     def _load(self, positions: np.ndarray, epoch: int, batch: int) -> Tuple[np.ndarray, np.ndarray]:
         data = self._buffers.get()
         label = np.empty(len(positions), np.float32)
-        affines = np.empty((len(positions), 3, 4), np.float32) if self._ctx is not None else None
-        scratch = np.empty(self._shape[1:] + self._shape[:1], np.float32)
+        if self._ctx is None:
+            scratch = np.empty(self._shape[1:] + self._shape[:1], np.float32)
+        else:
+            affines = np.empty((len(positions), 3, 4), np.float32)
         # One generator per batch (seeding one costs as much as a 224 px colour transform), and every
         # random number of the batch drawn in a few vectorised calls: the augmentations depend on
         # (seed, epoch, batch), never on the threads or their timing.
