@@ -158,8 +158,10 @@ def shard_bounds(total: int, num_parts: int = 1, part_index: int = 0) -> Tuple[i
     return begin, min(begin + step, total)
 
 
-def _check_shard(rec_path: str, batch_size: int, num_parts: int, part_index: int) -> Tuple[int, int]:
-    total = num_records(rec_path)
+def _shard(rec_path: str, batch_size: int, num_parts: int, part_index: int) -> List[Tuple[int, int]]:
+    """The ``(key, offset)`` pairs of part ``part_index`` of ``num_parts``, checked against ``batch_size``."""
+    pairs = read_index(rec_path)
+    total = len(pairs)
     begin, end = shard_bounds(total, num_parts, part_index)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -174,7 +176,7 @@ def _check_shard(rec_path: str, batch_size: int, num_parts: int, part_index: int
             f"{num_parts} of {rec_path!r} ({total} records); use a batch size <= {end - begin} "
             "(or fewer workers)"
         )
-    return begin, end
+    return pairs[begin:end]
 
 
 # ------------------------------------------------------------------------------------------ iterators
@@ -369,12 +371,12 @@ class _ThreadIter(_ShardIter):
     _fills_pad = True
 
     def __init__(
-        self, rec_path, keys, transform, batch_size, data_shape, *, shuffle, seed, threads, dtype, ctx=None
+        self, rec_path, shard, transform, batch_size, data_shape, *, shuffle, seed, threads, dtype, ctx=None
     ):
-        super().__init__(batch_size, len(keys), data_shape, dtype)
+        super().__init__(batch_size, len(shard), data_shape, dtype)
         self._ctx = ctx
-        self._reader = _RecordReader(rec_path, dict(read_index(rec_path)))
-        self._keys, self._transform, self._shape = keys, transform, tuple(data_shape)
+        self._reader = _RecordReader(rec_path, dict(shard))
+        self._keys, self._transform, self._shape = [k for k, _ in shard], transform, tuple(data_shape)
         self._shuffle, self._seed, self._threads, self._dtype = shuffle, seed, threads, dtype
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="resnest-data") if threads > 0 else None
         # Batches in flight (threads + 1), the one the caller holds, and one being freed by MXNet.
@@ -753,10 +755,10 @@ def _interp_name(interpolation: str, size: int) -> str:
 _INT31 = 2**31 - 1  # ImageRecordIter's seeds are C ints
 
 
-def _cpp_iter(rec_path, bounds, size, batch_size, num_parts, part_index, threads, dtype, **options):
-    """A :class:`_RecordIter` over the shard ``bounds``, normalised ``size`` x ``size`` crops."""
+def _cpp_iter(rec_path, num_samples, size, batch_size, num_parts, part_index, threads, dtype, **options):
+    """A :class:`_RecordIter` over a shard of ``num_samples`` records: normalised ``size`` px crops."""
     return _RecordIter(
-        bounds[1] - bounds[0],
+        num_samples,
         dtype,
         path_imgrec=rec_path,
         path_imgidx=_idx_path(rec_path),
@@ -857,20 +859,19 @@ def train_iter(
         ``num_samples`` the shard size.
     """
     _check_backend(backend)
-    begin, end = _check_shard(rec_path, batch_size, num_parts, part_index)
+    shard = _shard(rec_path, batch_size, num_parts, part_index)
     if ctx is not None and backend == "cpp":
         raise ValueError("ctx= needs the Python path: use backend='auto' or 'python'")
     if backend != "cpp":
         if opencv_threads is not None:
             cv2.setNumThreads(opencv_threads)
-        keys = [k for k, _ in read_index(rec_path)[begin:end]]
         interp = _interp_name("auto", input_size)
         transform = _TrainTransform(
             input_size, jitter, lighting, auto_aug, interp, reduced_decode, mirror, min_area
         )
         return _ThreadIter(
             rec_path,
-            keys,
+            shard,
             transform,
             batch_size,
             (3, input_size, input_size),
@@ -884,7 +885,7 @@ def train_iter(
         raise ValueError("AutoAugment needs the Python path: use backend='auto' or 'python'")
     return _cpp_iter(
         rec_path,
-        (begin, end),
+        len(shard),
         input_size,
         batch_size,
         num_parts,
@@ -957,7 +958,7 @@ def val_iter(
         As :func:`train_iter`, unshuffled.
     """
     _check_backend(backend)
-    begin, end = _check_shard(rec_path, batch_size, num_parts, part_index)
+    shard = _shard(rec_path, batch_size, num_parts, part_index)
     resize = int(math.ceil(crop_size / 0.875)) if resize is None else int(resize)
     if resize < crop_size:
         raise ValueError(f"resize ({resize}) must be >= crop_size ({crop_size})")
@@ -965,10 +966,9 @@ def val_iter(
     if backend == "python":
         if opencv_threads is not None:
             cv2.setNumThreads(opencv_threads)
-        keys = [k for k, _ in read_index(rec_path)[begin:end]]
         return _ThreadIter(
             rec_path,
-            keys,
+            shard,
             _ValTransform(crop_size, resize, interp),
             batch_size,
             (3, crop_size, crop_size),
@@ -979,7 +979,7 @@ def val_iter(
         )
     return _cpp_iter(
         rec_path,
-        (begin, end),
+        len(shard),
         crop_size,
         batch_size,
         num_parts,
