@@ -174,7 +174,14 @@ def build_net(args: argparse.Namespace, ctx: mx.Context):
     return net
 
 
-def make_train_iter(args: argparse.Namespace, epoch: int):
+def colour_ctx(args: argparse.Namespace, ctx: mx.Context):
+    """Where the Python path's colour jitter, lighting and normalisation run: on the training GPU, so that
+    the CPU only decodes and crops (uint8 goes to the GPU, float16 is made there); on a CPU, in the data
+    threads (faster there than batched operators)."""
+    return ctx if ctx.device_type == "gpu" and args.data_backend != "cpp" else None
+
+
+def make_train_iter(args: argparse.Namespace, epoch: int, ctx: mx.Context):
     """This worker's shard of the training set, reshuffled with a seed per epoch (so a resume repeats it)."""
     return train_iter(
         args.rec_train,
@@ -191,6 +198,7 @@ def make_train_iter(args: argparse.Namespace, epoch: int):
         min_area=args.min_area,
         dtype=args.dtype,
         backend=args.data_backend,
+        ctx=colour_ctx(args, ctx),
     )
 
 
@@ -246,7 +254,7 @@ def train_epoch(net, trainer, loss_fn, args, epoch: int, steps: int, ctx, peak_l
     use_mixup = args.mixup and epoch < args.epochs - args.mixup_off_epoch
     rng = np.random.RandomState(args.seed + 7919 * epoch + dist.rank())
     workers, primary = dist.size(), dist.is_primary()
-    data_iter = make_train_iter(args, epoch)
+    data_iter = make_train_iter(args, epoch, ctx)
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not primary, leave=False)
     loss_sum, lr, start = 0.0, 0.0, time.time()
     for i, batch in enumerate(_batches(data_iter, args)):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -155,6 +156,15 @@ def test_single_process_run_then_nonfinite_loss_keeps_last_good_checkpoint(data,
     assert all(np.isfinite(v.asnumpy()).all() for v in kept.values())
 
 
+def test_colour_step_runs_on_the_training_gpu_only():
+    """On a GPU the Python path's colour step moves there (a Context object needs no GPU to exist);
+    on a CPU, or with the C++ iterator, it stays in the data threads."""
+    gpu_args = train.parse_args(base_args(Path("d"), ctx="gpu"))
+    assert train.colour_ctx(gpu_args, mx.gpu(1)) == mx.gpu(1)
+    assert train.colour_ctx(train.parse_args(base_args(Path("d"))), mx.cpu()) is None
+    assert train.colour_ctx(train.parse_args(base_args(Path("d"), data_backend="cpp")), mx.gpu(0)) is None
+
+
 def test_undecodable_training_record_stops_with_a_clear_error(data, tmp_path):
     labels = make_rec(str(tmp_path / "train"), 16)
     # Replace record 11 by bytes that are no image (same key, so the index still fits).
@@ -239,8 +249,8 @@ out, mode, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 seen, nets = [], []
 make_iter, build_net, train_epoch = train.make_train_iter, train.build_net, train.train_epoch
 
-def record_iter(args, epoch):
-    for batch in make_iter(args, epoch):
+def record_iter(args, epoch, ctx):
+    for batch in make_iter(args, epoch, ctx):
         seen.append((epoch, batch.data[0].asnumpy()))
         yield batch
 
