@@ -1,5 +1,6 @@
-# make demo  - create .venv (pinned), then run the main job on the built-in digits data
-# make test  - create .venv (pinned), lint, then run the test suite
+# make demo  - create .venv (locked), then run the main job on the built-in digits data
+# make test  - create .venv (locked), lint, then run the test suite
+# make lock  - rebuild the environment from the loose requirements and rewrite requirements/lock.txt
 # GPU machines: make MXNET=mxnet-cu112==1.9.1 HOROVOD_GPU_OPERATIONS=NCCL demo   (CUDA 11.2, cuDNN 8, NCCL)
 
 PYTHON ?= python3
@@ -8,22 +9,24 @@ MXNET  ?= mxnet==1.9.1
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip -q --disable-pip-version-check
 CONSTRAINTS = requirements/constraints.txt
+# Every pip call is constrained by the lock (exact versions); `make lock` rebuilds it from $(CONSTRAINTS).
+LOCK   ?= requirements/lock.txt
 HOROVOD_GPU_OPERATIONS ?=
 HOROVOD_ENV = HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 \
               HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
               $(if $(HOROVOD_GPU_OPERATIONS),HOROVOD_GPU_OPERATIONS=$(HOROVOD_GPU_OPERATIONS))
 
-.PHONY: env demo test lint bench clean
+.PHONY: env demo test lint bench clean lock
 
 env: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py requirements/*.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -c $(CONSTRAINTS) -U "pip<25" wheel "setuptools<70" "cmake<4"
-	$(PIP) install -c $(CONSTRAINTS) "$(MXNET)" -r requirements/base.txt -r requirements/dev.txt
-	$(PIP) install -c $(CONSTRAINTS) --no-deps gluoncv==0.10.5.post0
-	$(HOROVOD_ENV) $(PIP) install -c $(CONSTRAINTS) --no-build-isolation horovod==0.28.1
-	$(PIP) install -c $(CONSTRAINTS) --no-deps -e .
+	$(PIP) install -c $(LOCK) -U "pip<25" wheel "setuptools<70" "cmake<4"
+	$(PIP) install -c $(LOCK) "$(MXNET)" -r requirements/base.txt -r requirements/dev.txt
+	$(PIP) install -c $(LOCK) --no-deps gluoncv==0.10.5.post0
+	$(HOROVOD_ENV) $(PIP) install -c $(LOCK) --no-build-isolation horovod==0.28.1
+	$(PIP) install -c $(LOCK) --no-deps -e .
 	$(PY) -c "import mxnet, horovod.mxnet, cv2, resnest_gluon; print('environment ready: mxnet', mxnet.__version__)"
 	touch $@
 
@@ -39,6 +42,16 @@ lint: env
 
 bench: env
 	$(PY) scripts/benchmark.py
+
+lock:
+	rm -rf .venv-lock
+	$(MAKE) env VENV=.venv-lock LOCK=$(CONSTRAINTS)
+	{ echo "# The exact stack that 'make' installs (every pip call is constrained by this file); made by 'make lock'"; \
+	  echo "# from requirements/{base,dev,constraints}.txt in an environment that passed 'make test'."; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude-editable; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
+	@echo "wrote $(LOCK): now run 'make clean test' and commit it if the tests pass"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

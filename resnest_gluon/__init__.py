@@ -1,8 +1,16 @@
 """ResNeSt (Split-Attention Networks, Zhang et al. 2020, arXiv:2004.08955) for MXNet Gluon."""
 
-from .layers import DropBlock, SplitAttentionConv, set_drop_prob
-from .model_zoo import MODELS, get_model, list_models, model_info
-from .resnest import Bottleneck, ResNeSt
+from .models import (
+    MODELS,
+    Bottleneck,
+    DropBlock,
+    ResNeSt,
+    SplitAttentionConv,
+    get_model,
+    list_models,
+    model_info,
+    set_drop_prob,
+)
 
 __version__ = "0.1.0"
 __all__ = [

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .model_zoo import get_model, list_models, model_info
+from .models.zoo import get_model, list_models, model_info
 
 
 def model_table() -> list:

@@ -45,9 +45,10 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import mxnet as mx
 import numpy as np
-from tqdm import tqdm
 
 from resnest_gluon import data
+from resnest_gluon.data import index, transforms
+from resnest_gluon.progress import progress_bar
 
 logger = logging.getLogger("bench_pipeline")
 
@@ -90,7 +91,7 @@ def make_data(
     os.remove(tmp)
     record = mx.recordio.MXIndexedRecordIO(tmp + ".idx", tmp + ".rec", "w")
     try:
-        for i in tqdm(range(count), desc="making images", unit="img", leave=False):
+        for i in progress_bar(range(count), desc="making images", unit="img", leave=False):
             photo = photos[int(rng.integers(len(photos)))]
             scale = rng.uniform(1.0, 1.4)
             big = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -178,9 +179,9 @@ def bench_decode(rec_path: str, size: int, limit: Optional[int] = None, seed: in
                     continue
                 img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
                 if name == "decode_resize":
-                    data._resize_short(img, resize, cv2.INTER_LINEAR)
+                    transforms._resize_short(img, resize, cv2.INTER_LINEAR)
                 else:
-                    data._random_resized_crop(img, size, rng, cv2.INTER_LINEAR)
+                    transforms._random_resized_crop(img, size, rng, cv2.INTER_LINEAR)
             wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
             rows.append(_row(name, 1, len(payloads), wall, cpu, image_size=size))
     finally:
@@ -189,7 +190,7 @@ def bench_decode(rec_path: str, size: int, limit: Optional[int] = None, seed: in
 
 
 def _payloads(rec_path: str, limit: Optional[int] = None) -> List[bytes]:
-    record = mx.recordio.MXIndexedRecordIO(data._idx_path(rec_path), rec_path, "r")
+    record = mx.recordio.MXIndexedRecordIO(index.idx_path(rec_path), rec_path, "r")
     keys = [k for k, _ in data.read_index(rec_path)][:limit]
     payloads = [mx.recordio.unpack(record.read_idx(k))[1] for k in keys]
     record.close()
@@ -209,7 +210,7 @@ def bench_limit(payloads: Sequence[bytes], images: int, size: int, start: int = 
         wall0, cpu0 = time.perf_counter(), _cpu_seconds()
         for i in range(start, start + images):
             img = cv2.imdecode(np.frombuffer(payloads[i % len(payloads)], np.uint8), cv2.IMREAD_COLOR)
-            data._random_resized_crop(img, size, rng, cv2.INTER_LINEAR)
+            transforms._random_resized_crop(img, size, rng, cv2.INTER_LINEAR)
         wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
     finally:
         cv2.setNumThreads(previous)
@@ -340,7 +341,7 @@ def run(
     plan = [("decode", 1)] + [(kind, t) for t in threads for kind in pipelines]
     rows: List[Dict] = []
     payloads = None
-    with tqdm(total=repeats * len(plan), desc="bench_pipeline", disable=not progress) as bar:
+    with progress_bar(total=repeats * len(plan), desc="bench_pipeline", disable=not progress) as bar:
         for _ in range(repeats):
             for kind, t in plan:
                 if kind == "decode":

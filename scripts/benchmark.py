@@ -32,7 +32,7 @@ import mxnet as mx
 import numpy as np
 
 import resnest_gluon
-from resnest_gluon.flops import count_macs, count_params
+from resnest_gluon.models.flops import count_macs, count_params
 
 logger = logging.getLogger("benchmark")
 
@@ -185,13 +185,13 @@ def measure(
     warmup : int
         Untimed calls per candidate before timing.
     """
-    from tqdm import tqdm
+    from resnest_gluon.progress import progress_bar
 
     for cand in candidates.values():
         time_calls(cand["run"], warmup)
     times = {key: [] for key in candidates}
     total = rounds * iters
-    for _ in tqdm(range(total), desc=f"batch {batch_size}", disable=not progress, leave=False):
+    for _ in progress_bar(range(total), desc=f"batch {batch_size}", disable=not progress, leave=False):
         for key, cand in candidates.items():
             times[key] += time_calls(cand["run"], 1)
     return [dict(candidates[key]["record"], **summarize(times[key], batch_size)) for key in candidates]

@@ -7,7 +7,7 @@ import argparse
 import os
 
 from resnest_gluon import get_model, list_models
-from resnest_gluon.convert import load_torch_weights
+from resnest_gluon.models.convert import load_torch_weights
 
 
 def parse_args(argv=None):

@@ -121,7 +121,7 @@ def extract_train(train_tar: str, out: str, wnids: Sequence[str], progress: bool
     dict
         ``extracted`` and ``skipped`` class counts, ``images`` extracted.
     """
-    from tqdm import tqdm
+    from resnest_gluon.progress import progress_bar
 
     known = set(wnids)
     stats = {"extracted": 0, "skipped": 0, "images": 0}
@@ -131,7 +131,7 @@ def extract_train(train_tar: str, out: str, wnids: Sequence[str], progress: bool
         members = [m for m in outer.getmembers() if m.isfile() and m.name.endswith(".tar")]
         if not members:
             raise ValueError(f"{train_tar} holds no per-class .tar files: is it ILSVRC2012_img_train.tar?")
-        for member in tqdm(members, unit="class", disable=not progress, desc="train"):
+        for member in progress_bar(members, unit="class", disable=not progress, desc="train"):
             wnid = os.path.basename(member.name)[:-4]
             if wnid not in known:
                 logger.warning("%s: %s is not one of the devkit classes, ignored", train_tar, member.name)
@@ -159,7 +159,7 @@ def extract_val(
     progress: bool = True,
 ) -> Dict[str, int]:
     """Extract the validation images into ``out/val/<wnid>`` using the ground truth; skipped when done."""
-    from tqdm import tqdm
+    from resnest_gluon.progress import progress_bar
 
     if os.path.exists(_marker(out, "val")):
         return {"images": 0, "skipped": 1}
@@ -167,7 +167,9 @@ def extract_val(
     for wnid, _ in synsets.values():
         os.makedirs(os.path.join(val_dir, wnid), exist_ok=True)
     count = 0
-    with tarfile.open(val_tar, "r|") as tar, tqdm(unit="img", disable=not progress, desc="val") as bar:
+    with tarfile.open(val_tar, "r|") as tar, progress_bar(
+        unit="img", disable=not progress, desc="val"
+    ) as bar:
         for member in tar:
             match = _VAL_NAME.search(os.path.basename(member.name))
             if not member.isfile() or not match:

@@ -26,7 +26,7 @@ import numpy as np
 import resnest_gluon
 from resnest_gluon import deploy
 from resnest_gluon.data import val_iter
-from resnest_gluon.pretrained import load_params_checked
+from resnest_gluon.models.pretrained import load_params_checked
 
 logger = logging.getLogger("quantize")
 

@@ -23,11 +23,10 @@ import time
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
-from tqdm import tqdm
 
 import resnest_gluon
-from resnest_gluon import dist
 from resnest_gluon.data import mixup, num_records, shard_bounds, smooth_one_hot, train_iter, val_iter
+from resnest_gluon.progress import progress_bar
 from resnest_gluon.training import (
     TrainingError,
     append_metrics,
@@ -36,6 +35,7 @@ from resnest_gluon.training import (
     check_labels,
     checkpoint_paths,
     copy_atomic,
+    dist,
     drop_prob_at,
     evaluate,
     latest_checkpoint,
@@ -255,7 +255,7 @@ def train_epoch(net, trainer, loss_fn, args, epoch: int, steps: int, ctx, peak_l
     rng = np.random.RandomState(args.seed + 7919 * epoch + dist.rank())
     workers, primary = dist.size(), dist.is_primary()
     data_iter = make_train_iter(args, epoch, ctx)
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not primary, leave=False)
+    bar = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not primary, leave=False)
     loss_sum, lr, start = 0.0, 0.0, time.time()
     for i, batch in enumerate(_batches(data_iter, args)):
         if i >= steps:  # equal step counts on every worker, whatever the shard sizes

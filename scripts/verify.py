@@ -18,10 +18,9 @@ import time
 import mxnet as mx
 
 import resnest_gluon
-from resnest_gluon import dist
 from resnest_gluon.data import num_records, val_iter
-from resnest_gluon.pretrained import load_params_checked
-from resnest_gluon.training import TrainingError, atomic_json, check_labels, evaluate
+from resnest_gluon.models.pretrained import load_params_checked
+from resnest_gluon.training import TrainingError, atomic_json, check_labels, dist, evaluate
 
 logger = logging.getLogger("resnest_gluon.verify")
 
@@ -36,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--params", help="a .params file (e.g. from scripts/train.py)")
     src.add_argument(
-        "--pretrained", action="store_true", help="the published weights (see resnest_gluon.pretrained)"
+        "--pretrained", action="store_true", help="the published weights (resnest_gluon.models.pretrained)"
     )
     p.add_argument("--classes", type=int, default=1000, help="classes of the model")
     p.add_argument(

@@ -144,7 +144,7 @@ def test_ratios_table_and_chart(bench, tmp_path):
 
 
 def test_flops_match_the_paper():
-    from resnest_gluon.flops import count_macs, count_params
+    from resnest_gluon.models.flops import count_macs, count_params
 
     net = resnest_gluon.get_model("resnest50")
     net.initialize()

@@ -9,8 +9,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from resnest_gluon import autoaugment as aa
 from resnest_gluon import data
+from resnest_gluon.data import autoaugment as aa
+from resnest_gluon.data import cpp_iter, jpeg, python_iter, recordio, transforms
 
 N = 40
 CLASSES = 4
@@ -161,11 +162,11 @@ def test_val_default_resize_and_interpolation(rec):
         data.val_iter(rec, 4, 32, resize=30)
     with pytest.raises(ValueError, match="backend"):
         data.val_iter(rec, 4, 32, backend="gpu")
-    assert data._interp_name("auto", 224) == "bilinear"
-    assert data._interp_name("auto", 320) == "bicubic"
+    assert transforms.interp_name("auto", 224) == "bilinear"
+    assert transforms.interp_name("auto", 320) == "bicubic"
     assert math.ceil(224 / 0.875) == 256
     with pytest.raises(ValueError, match="interpolation"):
-        data._interp_name("nearest", 224)
+        transforms.interp_name("nearest", 224)
 
 
 # ------------------------------------------------------------------------------------ training
@@ -295,7 +296,7 @@ def test_colour_affine_equals_step_by_step():
     """The fused colour matrix == brightness/contrast/saturation, lighting, normalisation one by one."""
     img = np.random.default_rng(5).uniform(0, 255, (9, 11, 3))
     for seed in range(4):
-        affine = data._colour_affine(img.reshape(-1, 3).mean(0), 0.4, 0.1, np.random.default_rng(seed))
+        affine = transforms._colour_affine(img.reshape(-1, 3).mean(0), 0.4, 0.1, np.random.default_rng(seed))
         rng = np.random.default_rng(seed)
         order, alphas = rng.permutation(3), rng.uniform(0.6, 1.4, 3)
         x = img.copy()
@@ -307,7 +308,7 @@ def test_colour_affine_equals_step_by_step():
                 x = a * x + (1 - a) * grey(x).mean()
             else:
                 x = a * x + (1 - a) * grey(x)[..., None]
-        x = x + data._EIGVEC @ (rng.normal(0, 0.1, 3).astype(np.float32) * data._EIGVAL)
+        x = x + transforms._EIGVEC @ (rng.normal(0, 0.1, 3).astype(np.float32) * transforms._EIGVAL)
         x = (x - MEAN) / STD
         got = img @ affine[:, :3].T + affine[:, 3]
         np.testing.assert_allclose(got, x, rtol=1e-4, atol=1e-4)
@@ -326,7 +327,7 @@ def test_python_reader_label_vectors_and_split_records(tmp_path):
     rec.write_idx(1, packed)
     rec.close()
     offsets = dict(data.read_index(prefix + ".rec"))
-    reader = data._RecordReader(prefix + ".rec", offsets)
+    reader = recordio.RecordReader(prefix + ".rec", offsets)
     with open(prefix + ".rec", "rb") as f:
         f.seek(offsets[1])
         assert struct.unpack("<II", f.read(8))[1] >> 29 != 0  # really written in parts
@@ -361,13 +362,13 @@ def test_bench_pipeline_end_to_end(tmp_path):
         bench.parse_args(["--data", "x", "--threads", "0"])
     # --make-short-side: packed as ImageNet is (shorter side exactly S)
     rec = bench.make_data(str(tmp_path / "s480" / "x"), 4, short_side=480, quality=95)
-    reader = data._RecordReader(rec, dict(data.read_index(rec)))
-    assert [min(data._jpeg_size(reader.read_raw(k)[1])) for k in range(4)] == [480] * 4
+    reader = recordio.RecordReader(rec, dict(data.read_index(rec)))
+    assert [min(jpeg.jpeg_size(reader.read_raw(k)[1])) for k in range(4)] == [480] * 4
 
 
 # ------------------------------------------------------------------ fast Python path internals
 class _Replay:
-    """Stands in for a generator and hands :func:`data._colour_affine` exactly these numbers."""
+    """Stands in for a generator and hands :func:`transforms._colour_affine` exactly these numbers."""
 
     def __init__(self, order, alphas, noise):
         self.order, self.alphas, self.noise = order, alphas, noise
@@ -391,15 +392,15 @@ def test_batch_draws_give_the_reference_affine():
     mean = [90.0, 120.0, 30.0]
     for jitter, lighting in ((0.4, 0.1), (0.0, 0.1), (0.4, 0.0)):
         for bgr in (False, True):
-            base, k = data._affine_parts(jitter, lighting, order, alphas, noise, bgr)
+            base, k = transforms._affine_parts(jitter, lighting, order, alphas, noise, bgr)
             for i in range(12):
                 reference = _Replay(order[i].tolist(), alphas[i].tolist(), noise[i].tolist())
-                expected = data._colour_affine(mean, jitter, lighting, reference, bgr)
+                expected = transforms._colour_affine(mean, jitter, lighting, reference, bgr)
                 got = base[i].copy()
                 got[:, 3] += k[i].dot(mean)
                 np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # The draws of a batch are a function of the generator alone.
-    tr = data._TrainTransform(32, 0.4, 0.1, False, "bilinear")
+    tr = transforms.TrainTransform(32, 0.4, 0.1, False, "bilinear")
     a, b = tr.draw(np.random.default_rng(3), 6), tr.draw(np.random.default_rng(3), 6)
     assert len(a) == 6 and all(x[:3] == y[:3] for x, y in zip(a, b))
     assert all(np.array_equal(x[3], y[3]) and np.array_equal(x[4], y[4]) for x, y in zip(a, b))
@@ -411,11 +412,11 @@ def test_crop_box_bounds_and_fallback():
         for _ in range(200):
             areas = rng.uniform(0.08, 1.0, 10).tolist()
             ratios = rng.uniform(math.log(3 / 4), math.log(4 / 3), 10).tolist()
-            y, x, ch, cw = data._crop_box(h, w, areas, ratios, *rng.random(2).tolist())
+            y, x, ch, cw = transforms._crop_box(h, w, areas, ratios, *rng.random(2).tolist())
             assert 0 <= y and y + ch <= h and 0 <= x and x + cw <= w
             assert 0.08 * h * w * 0.9 <= ch * cw <= h * w and 0.7 <= cw / ch <= 1.4
     # Nothing fits (area beyond the image): the largest centred square.
-    assert data._crop_box(40, 100, [2.0] * 10, [0.0] * 10, 0.5, 0.5) == (0, 30, 40, 40)
+    assert transforms._crop_box(40, 100, [2.0] * 10, [0.0] * 10, 0.5, 0.5) == (0, 30, 40, 40)
 
 
 def test_jpeg_size_from_header(tmp_path):
@@ -423,14 +424,14 @@ def test_jpeg_size_from_header(tmp_path):
     img = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
     for params in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_OPTIMIZE, 1]):
         buf = cv2.imencode(".jpg", img, params)[1]
-        assert data._jpeg_size(buf) == (37, 53)
+        assert jpeg.jpeg_size(buf) == (37, 53)
     # An APP segment (as EXIF would add) before the frame header is skipped over.
     jpg = cv2.imencode(".jpg", img)[1].tobytes()
     app = b"\xff\xe1" + (2 + 300).to_bytes(2, "big") + bytes(300)
-    assert data._jpeg_size(np.frombuffer(jpg[:2] + app + jpg[2:], np.uint8)) == (37, 53)
-    assert data._jpeg_size(cv2.imencode(".png", img)[1]) is None
-    assert data._jpeg_size(np.frombuffer(b"\xff\xd8\xff", np.uint8)) is None
-    assert data._jpeg_size(np.frombuffer(jpg[:40], np.uint8)) in (None, (37, 53))  # truncated: no crash
+    assert jpeg.jpeg_size(np.frombuffer(jpg[:2] + app + jpg[2:], np.uint8)) == (37, 53)
+    assert jpeg.jpeg_size(cv2.imencode(".png", img)[1]) is None
+    assert jpeg.jpeg_size(np.frombuffer(b"\xff\xd8\xff", np.uint8)) is None
+    assert jpeg.jpeg_size(np.frombuffer(jpg[:40], np.uint8)) in (None, (37, 53))  # truncated: no crash
 
 
 def test_reduced_decode_matches_full_decode(monkeypatch):
@@ -440,12 +441,14 @@ def test_reduced_decode_matches_full_decode(monkeypatch):
     payload = cv2.imencode(".jpg", smooth, [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
     flags = []
     real = cv2.imdecode
-    monkeypatch.setattr(data.cv2, "imdecode", lambda buf, f: flags.append(f) or real(buf, f))
+    monkeypatch.setattr(transforms.cv2, "imdecode", lambda buf, f: flags.append(f) or real(buf, f))
     # Whole-image crop (area 1, ratio 4/3 fits 640 x 480 exactly), no flip, 64 px output: 480 // 4 >= 64.
-    base, k = data._affine_parts(0.0, 0.0, np.array([[0, 1, 2]]), np.ones((1, 3)), np.zeros((1, 3)), bgr=True)
+    base, k = transforms._affine_parts(
+        0.0, 0.0, np.array([[0, 1, 2]]), np.ones((1, 3)), np.zeros((1, 3)), bgr=True
+    )
     draw = ([1.0] * 10, [math.log(4 / 3)] * 10, [0.0, 0.0, 0.9], base[0], k[0])
-    fast = data._TrainTransform(64, 0.0, 0.0, False, "bilinear")
-    plain = data._TrainTransform(64, 0.0, 0.0, False, "bilinear", reduced_decode=False)
+    fast = transforms.TrainTransform(64, 0.0, 0.0, False, "bilinear")
+    plain = transforms.TrainTransform(64, 0.0, 0.0, False, "bilinear", reduced_decode=False)
     a, affine_a = fast(payload, draw, None)
     b, affine_b = plain(payload, draw, None)
     assert flags == [cv2.IMREAD_REDUCED_COLOR_4, cv2.IMREAD_COLOR]
@@ -498,9 +501,9 @@ def test_colour_step_on_context_equals_worker_threads(rec):
 def test_default_backends(rec):
     """Training defaults to the Python path (40 % of the C++ iterator's CPU per image with the pip wheel),
     validation to the C++ ImageRecordIter."""
-    assert isinstance(data.train_iter(rec, 8, 32), data._ThreadIter)
-    assert isinstance(data.train_iter(rec, 8, 32, backend="cpp"), data._RecordIter)
-    assert isinstance(data.val_iter(rec, 8, 32), data._RecordIter)
+    assert isinstance(data.train_iter(rec, 8, 32), python_iter.ThreadIter)
+    assert isinstance(data.train_iter(rec, 8, 32, backend="cpp"), cpp_iter.RecordIter)
+    assert isinstance(data.val_iter(rec, 8, 32), cpp_iter.RecordIter)
 
 
 def test_python_path_sets_opencv_threads(rec):

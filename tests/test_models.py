@@ -1,5 +1,6 @@
 """The model family: published parameter layout, forward/backward, hybridize, export, options."""
 
+import gzip
 import json
 import os
 
@@ -11,11 +12,12 @@ from mxnet import autograd
 import resnest_gluon
 from resnest_gluon import get_model, list_models, model_info
 
-MANIFEST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "param_manifest.json")
+# The exact keys and shapes of the published .params files (a copy of the project's reference data).
+MANIFEST = os.path.join(os.path.dirname(__file__), "data", "param_manifest.json.gz")
 
 
 def load_manifest():
-    with open(MANIFEST) as f:
+    with gzip.open(MANIFEST, "rt") as f:
         return json.load(f)
 
 

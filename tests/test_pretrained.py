@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from resnest_gluon import get_model, pretrained
-from resnest_gluon.convert import load_torch_weights
+from resnest_gluon import get_model
+from resnest_gluon.models import pretrained
+from resnest_gluon.models.convert import load_torch_weights
 
 
 def trained_like(name, **kwargs):

@@ -244,7 +244,7 @@ import numpy as np
 spec = importlib.util.spec_from_file_location("train", {train!r})
 train = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train)
-from resnest_gluon import dist
+from resnest_gluon.training import dist
 out, mode, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 seen, nets = [], []
 make_iter, build_net, train_epoch = train.make_train_iter, train.build_net, train.train_epoch

@@ -718,7 +718,7 @@ def pack_list(
     -------
     PackStats
     """
-    from tqdm import tqdm
+    from resnest_gluon.progress import progress_bar
 
     stem = os.path.splitext(lst_path)[0]
     stats = PackStats(lst_path, stem + ".rec", report=stem + ".skipped.tsv")
@@ -730,7 +730,9 @@ def pack_list(
     writer = RecordWriter(stem + ".rec", stem + ".idx")
     try:
         results = _ordered_results(items, root, opts, pool, chunk_size)
-        with tqdm(total=len(items), unit="img", disable=not progress, desc=os.path.basename(stem)) as bar:
+        with progress_bar(
+            total=len(items), unit="img", disable=not progress, desc=os.path.basename(stem)
+        ) as bar:
             for item, payload, note in results:
                 if payload is not None:
                     try:

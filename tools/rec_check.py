@@ -185,7 +185,7 @@ def check_rec(
         ``width``), ``shorter_side`` (min/max, when decoded), ``undecodable`` (count and examples),
         ``errors`` (everything that makes the pair unusable), ``warnings``.
     """
-    from tqdm import tqdm
+    from resnest_gluon.progress import progress_bar
 
     size = os.path.getsize(rec_path)
     errors: List[str] = []
@@ -224,7 +224,7 @@ def check_rec(
         )
         pool = ctx.Pool(num_workers)
     try:
-        with open(rec_path, "rb") as f, tqdm(
+        with open(rec_path, "rb") as f, progress_bar(
             total=size, unit="B", unit_scale=True, disable=not progress, desc=os.path.basename(rec_path)
         ) as bar:
             try:

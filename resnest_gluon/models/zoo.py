@@ -114,14 +114,14 @@ def get_model(
     name : str
         One of :func:`list_models`.
     pretrained : bool or str
-        True loads the published weights from ``root`` (see :mod:`resnest_gluon.pretrained`);
+        True loads the published weights from ``root`` (see :mod:`resnest_gluon.models.pretrained`);
         a path loads that ``.params`` file. Either way the parameters are checked against the model.
     root : str, optional
         Folder of pretrained files (default ``$RESNEST_GLUON_HOME`` or ``~/.mxnet/models``).
     ctx : mx.Context, optional
         Where to put loaded parameters (default CPU).
     **kwargs
-        Any :class:`~resnest_gluon.resnest.ResNeSt` argument, e.g. ``classes``, ``dropblock_prob``,
+        Any :class:`~resnest_gluon.models.resnest.ResNeSt` argument, e.g. ``classes``, ``dropblock_prob``,
         ``final_drop``, ``norm_layer``, ``norm_kwargs``, ``output_stride``, ``features_only``.
         DropBlock starts at 0 unless ``dropblock_prob`` is given (the row's value is the training recipe's;
         ``resnest_gluon.set_drop_prob`` changes it at any time).

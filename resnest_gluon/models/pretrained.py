@@ -126,7 +126,7 @@ def load_pretrained(
             raise FileNotFoundError(
                 f"pretrained weights for {name} not found at {path}. Download "
                 f"{RELEASE_URL}{os.path.basename(path)[:-7]}.zip, unzip it into {os.path.dirname(path)} "
-                f"(or set RESNEST_GLUON_HOME), or call resnest_gluon.pretrained.download({name!r})."
+                f"(or set RESNEST_GLUON_HOME), or call resnest_gluon.models.pretrained.download({name!r})."
             )
         actual = file_sha1(path)
         if actual != _sha1(name):

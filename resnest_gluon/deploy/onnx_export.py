@@ -1,0 +1,159 @@
+"""ONNX export (MXNet's exporter, then a clean-up pass), operator checks and onnxruntime helpers."""
+
+import logging
+import os
+import tempfile
+from typing import Iterable, Sequence, Set
+
+import mxnet as mx
+import numpy as np
+from mxnet.gluon import HybridBlock
+
+from .graph import export
+
+logger = logging.getLogger(__name__)
+
+# ONNX operators the ResNeSt graph may contain, all of which TensorRT's ONNX parser (onnx-tensorrt 8.x,
+# docs/operators.md) supports with float inputs. Deliberately narrow: anything else (ScatterND from a
+# swapaxes, random ops from DropBlock, Loop, NonZero, ...) fails the check, so a new op is a conscious choice.
+TENSORRT_ONNX_OPS = frozenset(
+    {
+        "Add",
+        "AveragePool",
+        "BatchNormalization",
+        "Cast",
+        "Concat",
+        "Constant",
+        "Conv",
+        "Div",
+        "Flatten",
+        "Gemm",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "Identity",
+        "MatMul",
+        "MaxPool",
+        "Mul",
+        "Pad",
+        "ReduceMean",
+        "ReduceSum",
+        "Relu",
+        "Reshape",
+        "Shape",
+        "Sigmoid",
+        "Slice",
+        "Softmax",
+        "Split",
+        "Squeeze",
+        "Sub",
+        "Sum",
+        "Transpose",
+        "Unsqueeze",
+    }
+)
+
+
+def export_onnx(
+    net: HybridBlock,
+    path: str,
+    input_shape: Sequence[int],
+    dynamic_batch: bool = False,
+    check_ops: bool = True,
+) -> str:
+    """Exports ``net`` to an ONNX file with MXNet's exporter (``mx.onnx.export_model``, onnx < 1.16).
+
+    Parameters
+    ----------
+    net : HybridBlock
+        An initialised model; DropBlock layers are switched off first.
+    path : str
+        Output ``.onnx`` file.
+    input_shape : sequence of int
+        ``(batch, 3, height, width)``.
+    dynamic_batch : bool
+        Leave the batch dimension symbolic.
+    check_ops : bool
+        Raise if the graph has operators outside :data:`TENSORRT_ONNX_OPS` (see :func:`check_onnx_ops`).
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    out_dir = os.path.dirname(os.path.abspath(path))
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".onnx-") as tmp:
+        sym_file, params_file = export(net, os.path.join(tmp, "net"), input_shape)
+        tmp_onnx = os.path.join(tmp, "net.onnx")
+        kwargs = {}
+        if dynamic_batch:
+            kwargs = dict(dynamic=True, dynamic_input_shapes=[(None, *tuple(input_shape)[1:])])
+        mx.onnx.export_model(sym_file, params_file, [tuple(input_shape)], [np.float32], tmp_onnx, **kwargs)
+        _fix_onnx(tmp_onnx)
+        if check_ops:
+            check_onnx_ops(tmp_onnx)
+        os.replace(tmp_onnx, path)
+    logger.info("exported %s", path)
+    return path
+
+
+# The highest opset MXNet 1.9.1's translations are written for; it stamps the model with onnx's newest
+# opset instead, where e.g. Split needs ``num_outputs`` and onnxruntime then rejects the graph.
+MXNET_ONNX_OPSET = 13
+
+
+def _fix_onnx(path: str) -> None:
+    """Stamps the opset the graph was translated for and keeps weights out of the graph inputs.
+
+    Weights listed as inputs are treated as overridable by onnxruntime and TensorRT (no constant
+    folding, and TensorRT asks for them at run time), so only the real inputs are kept.
+    """
+    import onnx
+
+    model = onnx.load(path)
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = MXNET_ONNX_OPSET
+    weights = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def onnx_ops(path: str) -> Set[str]:
+    """The set of operator types in the ONNX graph at ``path``."""
+    import onnx
+
+    return {node.op_type for node in onnx.load(path).graph.node}
+
+
+def check_onnx_ops(path: str, allowed: Iterable[str] = TENSORRT_ONNX_OPS) -> Set[str]:
+    """Returns the operator set of ``path``; raises ``ValueError`` naming any operator not in ``allowed``."""
+    ops = onnx_ops(path)
+    bad = ops - set(allowed)
+    if bad:
+        raise ValueError(
+            f"{path} contains ONNX operators outside the TensorRT-parsable set: {sorted(bad)}; "
+            "rewrite the layer that produces them (e.g. swapaxes -> ScatterND) or extend TENSORRT_ONNX_OPS "
+            "after checking onnx-tensorrt supports them"
+        )
+    return ops
+
+
+def load_onnx(path: str, threads: int = 0):
+    """An onnxruntime CPU session for ``path`` (``threads`` = 0: onnxruntime's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session_or_path, x: np.ndarray) -> np.ndarray:
+    """Runs an onnxruntime session (or an ``.onnx`` path) on ``x`` and returns the first output."""
+    session = load_onnx(session_or_path) if isinstance(session_or_path, str) else session_or_path
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]

@@ -1,0 +1,19 @@
+"""The ResNeSt family: ``layers`` (SplitAttentionConv, DropBlock), ``resnest`` (the network), ``zoo`` (the
+registry: get_model, list_models, model_info), ``pretrained`` (published weights), ``convert`` (PyTorch
+importer) and ``flops`` (parameter and multiply-add counts)."""
+
+from .layers import DropBlock, SplitAttentionConv, set_drop_prob
+from .resnest import Bottleneck, ResNeSt
+from .zoo import MODELS, get_model, list_models, model_info
+
+__all__ = [
+    "Bottleneck",
+    "DropBlock",
+    "MODELS",
+    "ResNeSt",
+    "SplitAttentionConv",
+    "get_model",
+    "list_models",
+    "model_info",
+    "set_drop_prob",
+]

@@ -1,0 +1,37 @@
+"""Pieces of the ResNeSt training recipe (Zhang et al., arXiv:2004.08955, section 5.1), kept apart from
+``scripts/train.py`` so that they can be tested and reused.
+
+``schedule`` (learning rate, DropBlock ramp, weight decay), ``checks`` (inputs checked before any work),
+``evaluation`` (top-k counts, BatchNorm statistics across workers), ``rundir`` (args, metrics, curves),
+``checkpoints`` and ``dist`` (Horovod or a single process).
+"""
+
+from . import dist
+from .checkpoints import checkpoint_paths, latest_checkpoint, prune_checkpoints, save_checkpoint, save_params
+from .checks import TrainingError, check_labels
+from .evaluation import average_aux_states, evaluate, topk_counts
+from .rundir import append_metrics, atomic_json, copy_atomic, plot_curves, read_metrics, truncate_metrics
+from .schedule import drop_prob_at, lr_at, no_weight_decay
+
+__all__ = [
+    "TrainingError",
+    "append_metrics",
+    "atomic_json",
+    "average_aux_states",
+    "check_labels",
+    "checkpoint_paths",
+    "copy_atomic",
+    "dist",
+    "drop_prob_at",
+    "evaluate",
+    "latest_checkpoint",
+    "lr_at",
+    "no_weight_decay",
+    "plot_curves",
+    "prune_checkpoints",
+    "read_metrics",
+    "save_checkpoint",
+    "save_params",
+    "topk_counts",
+    "truncate_metrics",
+]

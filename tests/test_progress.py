@@ -1,0 +1,29 @@
+"""Progress bars: live on a terminal, a line now and then in a file or a pipe."""
+
+import io
+
+from resnest_gluon.progress import progress_bar
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_file_gets_whole_lines_not_carriage_returns():
+    out = io.StringIO()
+    for _ in progress_bar(range(1000), file=out, desc="work", log_interval=3600):
+        pass
+    text = out.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    # the first and the final state, nothing per step
+    assert 1 <= len(lines) <= 3, lines
+    assert lines[-1].startswith("work") and "1000/1000" in lines[-1]
+
+
+def test_a_terminal_gets_the_live_bar():
+    out = _Terminal()
+    for _ in progress_bar(range(50), file=out, desc="work", mininterval=0, miniters=1):
+        pass
+    assert out.getvalue().count("\r") >= 50
