@@ -25,21 +25,33 @@ arXiv:2004.08955), whose training resizes the shorter side to 480 px before rand
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
+import io
 import logging
 import math
 import multiprocessing
 import os
 import queue
 import random
+import signal
 import struct
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from resnest_gluon.data.lst import ListItem, read_list, repeated_indices
+from resnest_gluon.interrupts import (
+    exit_status,
+    exit_with_parent,
+    stop_message,
+    stop_on_sigterm,
+    worker_signals,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +67,8 @@ MAX_RECORD_BYTES = (1 << 29) - 1
 OPENCV_MAX_PIXELS = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
 DEFAULT_EXTS = (".jpeg", ".jpg", ".png")
 SKIP_EXIT_STATUS = 2
+#: A run that skips more than this share of its list lines replaces no earlier pair (wrong ROOT or list?).
+MAX_SKIPPED = 0.5
 
 _REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 _REDUCED_GRAY = {
@@ -66,12 +80,8 @@ _REDUCED_GRAY = {
 _PLAIN_SOF = (0xC0, 0xC1, 0xC2)
 
 
-class ListItem(NamedTuple):
-    """One line of a ``.lst`` file."""
-
-    index: int
-    path: str
-    labels: Tuple[float, ...]
+class PackError(Exception):
+    """Packing refused or given up: an earlier ``.rec``/``.idx`` is untouched, and no new one is left."""
 
 
 class SkipImage(Exception):
@@ -79,13 +89,64 @@ class SkipImage(Exception):
 
 
 # ----------------------------------------------------------------------------------------------- lists
-def list_images(root: str, recursive: bool = False, exts: Sequence[str] = DEFAULT_EXTS) -> List[ListItem]:
+class ListingError(OSError):
+    """A folder cannot be listed completely; no list is written."""
+
+
+def _folder_key(path: str) -> Tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _unreadable(err: OSError) -> None:
+    raise ListingError(
+        f"cannot read folder {err.filename}: {err.strerror}; its images would be left out (and, with "
+        "--recursive, every later class would shift its label): fix its permissions or move it away"
+    )
+
+
+def _walk(root: str, problems: List[Tuple[str, str]]) -> Iterator[Tuple[str, List[str]]]:
+    """``(folder, sorted file names)`` of every folder under ``root``, following symlinks but entering each
+    real folder once (a symlink loop or a second link to a folder is reported in ``problems``)."""
+    seen = {_folder_key(root): "."}
+    for path, dirs, files in os.walk(root, followlinks=True, onerror=_unreadable):
+        keep = []
+        for name in sorted(dirs):
+            full = os.path.join(path, name)
+            key = _folder_key(full)
+            if key in seen:
+                problems.append((os.path.relpath(full, root), f"same folder as {seen[key]}: listed once"))
+                continue
+            seen[key] = os.path.relpath(full, root)
+            keep.append(name)
+        dirs[:] = keep
+        yield path, sorted(files)
+
+
+def _image_files(
+    root: str, folder: str, names: Sequence[str], exts: set, problems: List[Tuple[str, str]]
+) -> Iterator[str]:
+    """Paths of the image files among ``names``; image names that are no readable file go to ``problems``."""
+    for name in names:
+        fpath = os.path.join(folder, name)
+        if os.path.splitext(name)[1].lower() not in exts:
+            continue
+        if os.path.isfile(fpath):
+            yield fpath
+        elif os.path.islink(fpath):
+            problems.append((os.path.relpath(fpath, root), "broken or looping symlink"))
+
+
+def list_images(
+    root: str, recursive: bool = False, exts: Sequence[str] = DEFAULT_EXTS
+) -> Tuple[List[ListItem], List[Tuple[str, str]]]:
     """List the images under ``root`` the way MXNet's ``im2rec.py --list`` does.
 
     With ``recursive``, folders are walked in sorted order and every folder that holds an image gets the
     next label (0, 1, ...) the first time it is met, so for the usual ``root/<class>/<image>`` layout the
-    labels are the sorted class names numbered from 0. Without it, only the files directly in ``root`` are
-    listed, all with label 0.
+    labels are the sorted class names numbered from 0. Symlinks are followed, but every real folder is
+    entered once (a symlink loop would otherwise repeat the tree until the path is too long). Without
+    ``recursive``, only the files directly in ``root`` are listed, all with label 0.
 
     Parameters
     ----------
@@ -98,31 +159,37 @@ def list_images(root: str, recursive: bool = False, exts: Sequence[str] = DEFAUL
 
     Returns
     -------
-    list of ListItem
+    items : list of ListItem
         In walk order, indices 0..N-1.
+    problems : list of (path, reason)
+        What was left out: broken or looping file symlinks, folders met a second time.
+
+    Raises
+    ------
+    ListingError
+        ``root`` does not exist, or a folder under it cannot be read.
     """
     exts = {e.lower() for e in exts}
     items: List[ListItem] = []
+    problems: List[Tuple[str, str]] = []
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"image folder {root!r} does not exist")
+        raise ListingError(f"image folder {root} does not exist")
     if recursive:
         labels: Dict[str, int] = {}
-        for path, dirs, files in os.walk(root, followlinks=True):
-            dirs.sort()
-            files.sort()
-            for fname in files:
-                fpath = os.path.join(path, fname)
-                if os.path.splitext(fname)[1].lower() in exts and os.path.isfile(fpath):
-                    label = labels.setdefault(path, len(labels))
-                    items.append(ListItem(len(items), os.path.relpath(fpath, root), (float(label),)))
+        for path, files in _walk(root, problems):
+            for fpath in _image_files(root, path, files, exts, problems):
+                label = labels.setdefault(path, len(labels))
+                items.append(ListItem(len(items), os.path.relpath(fpath, root), (float(label),)))
         for path, label in labels.items():
             logger.info("%s %d", os.path.relpath(path, root), label)
     else:
-        for fname in sorted(os.listdir(root)):
-            fpath = os.path.join(root, fname)
-            if os.path.splitext(fname)[1].lower() in exts and os.path.isfile(fpath):
-                items.append(ListItem(len(items), os.path.relpath(fpath, root), (0.0,)))
-    return items
+        try:
+            names = sorted(os.listdir(root))
+        except OSError as err:
+            _unreadable(err)
+        for fpath in _image_files(root, root, names, exts, problems):
+            items.append(ListItem(len(items), os.path.relpath(fpath, root), (0.0,)))
+    return items, problems
 
 
 def _atomic_write_text(path: str, text: str) -> None:
@@ -191,38 +258,6 @@ def split_lists(
             write_list(path, part)
             written.append(path)
     return written
-
-
-def read_list(path: str) -> Tuple[List[ListItem], List[Tuple[int, str, str]]]:
-    """Read a ``.lst`` file.
-
-    Returns
-    -------
-    items : list of ListItem
-        The well-formed lines, in file order.
-    bad : list of (line_number, line, reason)
-        Lines that could not be parsed (they are reported as skipped, as the reference skips them).
-    """
-    items, bad = [], []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = [p.strip() for p in line.strip().split("\t")]
-            if len(parts) < 3:
-                bad.append((number, line.rstrip("\n"), "needs index, label(s) and path separated by tabs"))
-                continue
-            try:
-                index = int(parts[0])
-                labels = tuple(float(p) for p in parts[1:-1])
-            except ValueError as e:
-                bad.append((number, line.rstrip("\n"), f"cannot parse numbers: {e}"))
-                continue
-            if index < 0:
-                bad.append((number, line.rstrip("\n"), "index must be >= 0"))
-                continue
-            items.append(ListItem(index, parts[-1], labels))
-    return items, bad
 
 
 def find_lists(prefix: str) -> List[str]:
@@ -312,10 +347,17 @@ class RecordWriter:
         # here would only slow the run down
         for f in (self._rec, self._idx):
             f.close()
-        if os.path.exists(self.idx_path):
-            os.remove(self.idx_path)
-        os.replace(self.rec_path + ".tmp", self.rec_path)
-        os.replace(self.idx_path + ".tmp", self.idx_path)
+        # a Ctrl-C or SIGTERM between the renames would leave a .rec without its .idx: held until done
+        stops = {signal.SIGINT, signal.SIGTERM}
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, stops) if hasattr(signal, "pthread_sigmask") else None
+        try:
+            if os.path.exists(self.idx_path):
+                os.remove(self.idx_path)
+            os.replace(self.rec_path + ".tmp", self.rec_path)
+            os.replace(self.idx_path + ".tmp", self.idx_path)
+        finally:
+            if held is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def abort(self) -> None:
         """Close and delete the temporary files."""
@@ -339,6 +381,7 @@ class ImageInfo:
     sof: int = 0  # JPEG start-of-frame marker
     orientation: int = 1  # EXIF orientation (1 = as stored)
     truncated: bool = False
+    corrupt: str = ""  # what is wrong with a file that is complete but damaged
 
 
 def _exif_orientation(seg: bytes) -> int:
@@ -365,7 +408,8 @@ def jpeg_info(data: bytes) -> ImageInfo:
 
     A file is flagged ``truncated`` when its last scan is not followed by an end-of-image marker (0xFFD9
     cannot occur inside entropy-coded data, so this is exact for files without trailing junk); OpenCV would
-    otherwise decode such files with a grey bottom and only a warning.
+    otherwise decode such files with a grey bottom and only a warning. A file that has its end but whose
+    header has a segment running past it is ``corrupt`` (garbage in the header), not truncated.
     """
     info = ImageInfo("jpeg")
     pos, n = 2, len(data)
@@ -401,8 +445,10 @@ def jpeg_info(data: bytes) -> ImageInfo:
         elif marker == 0xE1 and seg[:6] == b"Exif\0\0":
             info.orientation = _exif_orientation(seg)
         pos += 2 + length
-    last_scan = data.rfind(b"\xff\xda")
-    info.truncated = cut or (last_scan >= 0 and data.rfind(b"\xff\xd9") < last_scan)
+    last_scan, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    info.truncated = (cut and end < 0) or (last_scan >= 0 and end < last_scan)
+    if cut and not info.truncated:  # the file has its end: a segment length is garbage, not the file short
+        info.corrupt = "a marker segment runs past the end of the file"
     return info
 
 
@@ -481,6 +527,8 @@ def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool]:
     info = image_info(data)
     if info.truncated:
         raise SkipImage(f"truncated {info.kind.upper()} file (no end-of-image marker)")
+    if info.corrupt:
+        raise SkipImage(f"corrupt {info.kind.upper()} file ({info.corrupt})")
     if info.width * info.height > OPENCV_MAX_PIXELS:
         raise SkipImage(
             f"image too large: {info.width}x{info.height} pixels exceeds OpenCV's limit of "
@@ -583,8 +631,10 @@ def make_record(item: ListItem, root: str, opts: EncodeOptions) -> Tuple[Optiona
 
 
 # --------------------------------------------------------------------------------------------- packing
-def _worker_loop(root: str, opts: EncodeOptions, tasks, results) -> None:
+def _worker_loop(root: str, opts: EncodeOptions, tasks, results, parent: int) -> None:
     """Encode chunks from ``tasks`` until a None arrives; results go out as ``(chunk number, records)``."""
+    worker_signals()
+    exit_with_parent(parent)
     # one OpenCV thread per process: the workers already fill every core
     cv2.setNumThreads(1)
     while True:
@@ -605,8 +655,9 @@ class EncoderPool:
         )
         self.num_workers = num_workers
         self.tasks, self.results = ctx.Queue(), ctx.Queue()
+        parent = os.getpid()
         self.procs = [
-            ctx.Process(target=_worker_loop, args=(root, opts, self.tasks, self.results), daemon=True)
+            ctx.Process(target=_worker_loop, args=(root, opts, self.tasks, self.results, parent), daemon=True)
             for _ in range(num_workers)
         ]
         for proc in self.procs:
@@ -693,11 +744,14 @@ def pack_list(
     num_workers: int = 1,
     progress: bool = True,
     chunk_size: int = 16,
+    max_skipped: float = MAX_SKIPPED,
 ) -> PackStats:
     """Pack the images of one ``.lst`` file into ``<stem>.rec`` and ``<stem>.idx`` next to it.
 
     Records are written in list order. Images that cannot be packed are left out and listed with their
-    reason in ``<stem>.skipped.tsv`` (removed when nothing was skipped).
+    reason in ``<stem>.skipped.tsv`` (removed when nothing was skipped). The new pair replaces the old one
+    only at the end, and only when at least one record was written and at most ``max_skipped`` of the
+    list's lines were skipped.
 
     Parameters
     ----------
@@ -713,16 +767,25 @@ def pack_list(
         Show a tqdm bar with images/s.
     chunk_size : int
         Images per task sent to a worker.
+    max_skipped : float
+        Largest share of skipped lines that still replaces the old pair.
 
     Returns
     -------
     PackStats
+
+    Raises
+    ------
+    PackError
+        When the list or root is unusable (see :func:`check_inputs`) or too much was skipped; the old pair
+        is then untouched.
     """
     from resnest_gluon.progress import progress_bar
 
     stem = os.path.splitext(lst_path)[0]
     stats = PackStats(lst_path, stem + ".rec", report=stem + ".skipped.tsv")
     items, bad = read_list(lst_path)
+    check_inputs(lst_path, root, items, bad)
     skipped: List[Tuple[str, str, str]] = [(f"line {n}", line, reason) for n, line, reason in bad]
     start = time.perf_counter()
     # fork the workers before tqdm starts its monitor thread
@@ -744,6 +807,15 @@ def pack_list(
                 elif note == "copied":
                     stats.copied += 1
                 bar.update(1)
+        lines = len(items) + len(bad)
+        if skipped:
+            _write_report(stats.report, skipped)
+        if writer.count == 0 or len(skipped) > max_skipped * lines:
+            raise PackError(
+                f"{lst_path}: {len(skipped)} of its {lines} lines were skipped (reasons in {stats.report}), "
+                f"so {stats.rec} and its .idx were not replaced. Is {root} the folder the list was made "
+                f"from? (--max-skipped {max_skipped:g} is the share of skipped lines accepted)"
+            )
         writer.commit()
     except BaseException:
         writer.abort()
@@ -754,16 +826,50 @@ def pack_list(
     stats.written = writer.count
     stats.skipped = len(skipped)
     stats.seconds = time.perf_counter() - start
-    if skipped:
-        lines = ["index\tpath\treason\n"] + ["\t".join(row) + "\n" for row in skipped]
-        _atomic_write_text(stats.report, "".join(lines))
-        for index, path, reason in skipped[:10]:
-            logger.warning("skipped %s (%s): %s", path, index, reason)
-    else:
+    if not skipped:
         if os.path.exists(stats.report):
             os.remove(stats.report)
         stats.report = None
     return stats
+
+
+def check_inputs(lst_path: str, root: str, items: List[ListItem], bad: list) -> None:
+    """Refuse, before anything is written, a list that cannot give a usable record file.
+
+    Raises
+    ------
+    PackError
+        ``root`` is no folder, the list has no usable line or repeats an index (readers would keep one
+        record per key and silently drop the others), or none of its first files exists under ``root``.
+    """
+    if not os.path.isdir(root):
+        raise PackError(f"image folder {root} does not exist")
+    if not items:
+        raise PackError(f"{lst_path} has no usable line ({len(bad)} malformed): nothing to pack")
+    repeated = repeated_indices(items)
+    if repeated:
+        shown = ", ".join(f"{index} ({n} times)" for index, n in sorted(repeated.items())[:5])
+        raise PackError(
+            f"{lst_path} repeats {len(repeated)} indices, e.g. {shown}: every record needs its own key (two "
+            "lists joined together?). Make one list with --list, or renumber the first column"
+        )
+    probe = items[:64]
+    if not any(os.path.exists(os.path.join(root, item.path)) for item in probe):
+        raise PackError(
+            f"none of the first {len(probe)} files of {lst_path} exists under {root} (e.g. "
+            f"{os.path.join(root, probe[0].path)}): is ROOT the folder the list was made from?"
+        )
+
+
+def _write_report(path: str, rows: List[Tuple[str, str, str]]) -> None:
+    """``index, path, reason`` as tab-separated values; a field holding a tab or a quote is quoted."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(("index", "path", "reason"))
+    writer.writerows(rows)
+    _atomic_write_text(path, buf.getvalue())
+    for index, where, reason in rows[:10]:
+        logger.warning("skipped %s (%s): %s", where, index, reason)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -812,12 +918,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--encoding", type=str, default=".jpg", choices=[".jpg", ".png"], help="record format"
     )
     rgroup.add_argument("--pack-label", action="store_true", help="store every label of multi-label lines")
+    rgroup.add_argument(
+        "--max-skipped",
+        type=float,
+        default=MAX_SKIPPED,
+        help="largest share of list lines that may be skipped; above it (or with no record at all) the "
+        "earlier .rec/.idx are kept and the exit status is 1",
+    )
     rgroup.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if not args.check and args.root is None:
         parser.error("ROOT (the image folder) is required unless --check is given")
     if args.resize < 0 or args.num_thread < 1:
         parser.error("--resize must be >= 0 and --num-thread >= 1")
+    if not 0.0 <= args.max_skipped <= 1.0:
+        parser.error("--max-skipped must be between 0 and 1")
     if args.encoding == ".jpg" and not 1 <= args.quality <= 100:
         parser.error("--quality must be 1-100 for JPEG")
     if args.encoding == ".png" and not 0 <= args.quality <= 9:
@@ -841,25 +956,44 @@ def _load_rec_check():
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the tool; returns the exit status (0 ok, 1 error, 2 some images skipped)."""
+    """Run the tool; returns the exit status (0 ok, 1 error, 2 some images skipped or left out of a list,
+    130 / 143 stopped by SIGINT / SIGTERM). On 1, 130 and 143 no earlier file was replaced."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     if args.check:
         return _load_rec_check().main([args.prefix])
-    if args.list:
-        items = list_images(args.root, args.recursive, args.exts)
-        if not items:
-            logger.error("no files with extensions %s under %s", " ".join(args.exts), args.root)
-            return 1
-        written = split_lists(
-            items, args.prefix, args.shuffle, args.chunks, args.train_ratio, args.test_ratio
-        )
-        logger.info("listed %d images in %s", len(items), ", ".join(written))
-        return 0
+    stop_on_sigterm()
+    try:
+        return _make_lists(args) if args.list else _pack(args)
+    except (ListingError, PackError) as err:
+        logger.error("error: %s", err)
+        return 1
+    except KeyboardInterrupt as err:
+        logger.error(stop_message("im2rec", err, "earlier files are untouched, no temporary file is left"))
+        return exit_status(err)
+
+
+def _make_lists(args: argparse.Namespace) -> int:
+    items, problems = list_images(args.root, args.recursive, args.exts)
+    for path, reason in problems:
+        logger.warning("left out %s: %s", path, reason)
+    if not items:
+        logger.error("error: no files with extensions %s under %s", " ".join(args.exts), args.root)
+        return 1
+    written = split_lists(items, args.prefix, args.shuffle, args.chunks, args.train_ratio, args.test_ratio)
+    logger.info("listed %d images in %s", len(items), ", ".join(written))
+    if problems:
+        logger.warning("left out %d entries of %s (listed above)", len(problems), args.root)
+        return SKIP_EXIT_STATUS
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.root):
+        raise PackError(f"image folder {args.root} does not exist")
     lists = find_lists(args.prefix)
     if not lists:
-        logger.error("no .lst file starts with %s: create one with --list first", args.prefix)
-        return 1
+        raise PackError(f"no .lst file starts with {args.prefix}: create one with --list first")
     opts = EncodeOptions(
         resize=args.resize,
         center_crop=args.center_crop,
@@ -873,7 +1007,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     status = 0
     for lst in lists:
         logger.info("creating %s from %s (images in %s)", os.path.splitext(lst)[0] + ".rec", lst, args.root)
-        stats = pack_list(lst, args.root, opts, args.num_thread, progress=not args.no_progress)
+        stats = pack_list(
+            lst, args.root, opts, args.num_thread, progress=not args.no_progress, max_skipped=args.max_skipped
+        )
         logger.info(
             "wrote %d records (%d copied unchanged) to %s in %.1f s (%.0f images/s)",
             stats.written,

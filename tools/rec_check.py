@@ -127,6 +127,8 @@ def check_image(image: bytes) -> Tuple[Optional[str], Optional[Tuple[int, int]]]
         return str(e), None
     if info.truncated:
         return f"truncated {info.kind.upper()} image", None
+    if info.corrupt:
+        return f"corrupt {info.kind.upper()} image ({info.corrupt})", None
     # an 1/8-size decode still runs the whole entropy decoder, at a fraction of the cost
     flag = cv2.IMREAD_REDUCED_COLOR_8 if info.kind == "jpeg" else cv2.IMREAD_UNCHANGED
     img = cv2.imdecode(np.frombuffer(image, np.uint8), flag)

@@ -1,0 +1,84 @@
+"""Stopping cleanly: SIGTERM handled like Ctrl-C, one line instead of a traceback, workers that die with
+their parent.
+
+``timeout``, Slurm, docker and horovodrun stop a job with SIGTERM, whose default action kills a Python
+process without running any ``finally``: temporary files stay behind. :func:`stop_on_sigterm` makes it
+raise :class:`Stopped` (a ``KeyboardInterrupt``) instead, so the clean-up that runs on Ctrl-C runs on
+SIGTERM too. Nothing here runs at import.
+"""
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+
+__all__ = ["Stopped", "stop_on_sigterm", "stop_message", "exit_status", "exit_with_parent", "worker_signals"]
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM (after :func:`stop_on_sigterm`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises :class:`Stopped` in the main thread, as SIGINT raises KeyboardInterrupt."""
+    signal.signal(signal.SIGTERM, _raise_stopped)
+
+
+def _signum(err: KeyboardInterrupt) -> int:
+    return getattr(err, "signum", signal.SIGINT)
+
+
+def exit_status(err: KeyboardInterrupt) -> int:
+    """The shell's status for a process ended by the signal: 130 for SIGINT, 143 for SIGTERM."""
+    return 128 + _signum(err)
+
+
+def stop_message(tool: str, err: KeyboardInterrupt, what: str) -> str:
+    """``"<tool>: stopped by SIGTERM; <what>"``: the one line printed instead of a traceback."""
+    return f"{tool}: stopped by {signal.Signals(_signum(err)).name}; {what}"
+
+
+def worker_signals() -> None:
+    """In a forked worker: Ctrl-C (sent to the whole process group) is the parent's business, and SIGTERM
+    (how the parent stops its workers) ends the worker at once, without a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
+    """Make this (worker) process end when ``parent_pid`` dies, even by SIGKILL.
+
+    On Linux the kernel sends SIGKILL when the parent goes (``prctl(PR_SET_PDEATHSIG)``); elsewhere a
+    daemon thread polls ``os.getppid()``. Without this, a worker blocked on its task queue would be
+    re-parented to PID 1 and wait forever.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:  # the parent died before the request was armed
+        os._exit(1)
+    if armed:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
