@@ -7,6 +7,7 @@ raise :class:`Stopped` (a ``KeyboardInterrupt``) instead, so the clean-up that r
 SIGTERM too. Nothing here runs at import.
 """
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -14,7 +15,15 @@ import sys
 import threading
 import time
 
-__all__ = ["Stopped", "stop_on_sigterm", "stop_message", "exit_status", "exit_with_parent", "worker_signals"]
+__all__ = [
+    "Stopped",
+    "exit_status",
+    "exit_with_parent",
+    "held_signals",
+    "stop_message",
+    "stop_on_sigterm",
+    "worker_signals",
+]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -34,6 +43,32 @@ def _raise_stopped(signum, frame):
 def stop_on_sigterm() -> None:
     """From now on SIGTERM raises :class:`Stopped` in the main thread, as SIGINT raises KeyboardInterrupt."""
     signal.signal(signal.SIGTERM, _raise_stopped)
+
+
+@contextlib.contextmanager
+def held_signals():
+    """Hold SIGINT and SIGTERM back during a few steps that must not be cut apart (renames of a pair of
+    files, a checkpoint); a signal that arrived meanwhile is delivered when the block ends.
+
+    Handlers, not a signal mask: CPython runs every handler in the main thread, but any thread of the
+    process (MXNet's, a thread pool's) may receive the signal, so masking the main thread holds nothing.
+    Main thread only (elsewhere the steps run unprotected).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {
+        signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def _signum(err: KeyboardInterrupt) -> int:

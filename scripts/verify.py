@@ -19,7 +19,8 @@ import mxnet as mx
 
 import resnest_gluon
 from resnest_gluon.data import num_records, val_iter
-from resnest_gluon.models.pretrained import load_params_checked
+from resnest_gluon.interrupts import exit_status, stop_message, stop_on_sigterm
+from resnest_gluon.models.pretrained import UnreadableParams, load_params_checked
 from resnest_gluon.training import TrainingError, atomic_json, check_labels, dist, evaluate
 
 logger = logging.getLogger("resnest_gluon.verify")
@@ -79,6 +80,8 @@ def main(argv=None) -> dict:
     else:
         try:
             load_params_checked(net, args.params, ctx)
+        except UnreadableParams as err:
+            raise TrainingError(str(err)) from err
         except ValueError as err:
             raise TrainingError(f"{err} (is --model / --classes right?)") from err
     if args.dtype == "float16":
@@ -95,9 +98,13 @@ def main(argv=None) -> dict:
         threads=args.threads,
         resize=args.resize,
         dtype=args.dtype,
+        backend="python",  # names an undecodable record; the C++ iterator dies of SIGFPE on it
     )
     tic = time.time()
-    counts = evaluate(net, data, ctx, args.dtype)
+    try:
+        counts = evaluate(net, data, ctx, args.dtype)
+    except ValueError as err:  # an undecodable record, named
+        raise TrainingError(f"validation data: {err}") from err
     mx.nd.waitall()
     counts = dist.allreduce_sum(mx.nd.array(counts, dtype="float64"), name="verify").asnumpy()
     seconds = time.time() - tic  # after the sum: the slowest worker's time
@@ -127,8 +134,12 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     try:
         main()
     except TrainingError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as err:
+        print(stop_message("verify.py", err, "no result was written"), file=sys.stderr)
+        sys.exit(exit_status(err))

@@ -34,7 +34,6 @@ import multiprocessing
 import os
 import queue
 import random
-import signal
 import struct
 import sys
 import time
@@ -48,6 +47,7 @@ from resnest_gluon.data.lst import ListItem, read_list, repeated_indices
 from resnest_gluon.interrupts import (
     exit_status,
     exit_with_parent,
+    held_signals,
     stop_message,
     stop_on_sigterm,
     worker_signals,
@@ -348,16 +348,11 @@ class RecordWriter:
         for f in (self._rec, self._idx):
             f.close()
         # a Ctrl-C or SIGTERM between the renames would leave a .rec without its .idx: held until done
-        stops = {signal.SIGINT, signal.SIGTERM}
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, stops) if hasattr(signal, "pthread_sigmask") else None
-        try:
+        with held_signals():
             if os.path.exists(self.idx_path):
                 os.remove(self.idx_path)
             os.replace(self.rec_path + ".tmp", self.rec_path)
             os.replace(self.idx_path + ".tmp", self.idx_path)
-        finally:
-            if held is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def abort(self) -> None:
         """Close and delete the temporary files."""
