@@ -18,7 +18,7 @@ import time
 __all__ = [
     "Stopped",
     "exit_status",
-    "exit_with_parent",
+    "ParentWatch",
     "held_signals",
     "stop_message",
     "stop_on_sigterm",
@@ -92,28 +92,42 @@ def worker_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
-    """Make this (worker) process end when ``parent_pid`` dies, even by SIGKILL.
+_prctl = None
 
-    On Linux the kernel sends SIGKILL when the parent goes (``prctl(PR_SET_PDEATHSIG)``); elsewhere a
-    daemon thread polls ``os.getppid()``. Without this, a worker blocked on its task queue would be
-    re-parented to PID 1 and wait forever.
-    """
-    armed = False
-    if sys.platform.startswith("linux"):
+
+def _load_prctl():
+    """libc's ``prctl``, looked up once, in the parent: ``dlopen`` in a child forked from a threaded
+    process can deadlock on a loader lock another thread held at the fork."""
+    global _prctl
+    if _prctl is None and sys.platform.startswith("linux"):
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
         except (OSError, AttributeError):
-            armed = False
-    if os.getppid() != parent_pid:  # the parent died before the request was armed
-        os._exit(1)
-    if armed:
-        return
+            _prctl = False
+    return _prctl
 
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(poll_seconds)
-        os._exit(1)
 
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+class ParentWatch:
+    """Built in the parent, called first thing in each worker: the worker then ends when the parent dies,
+    even by SIGKILL, instead of waiting forever on its task queue, re-parented to PID 1.
+
+    On Linux the kernel sends the worker SIGKILL when the parent goes (``prctl(PR_SET_PDEATHSIG)``);
+    elsewhere a daemon thread polls ``os.getppid()``.
+    """
+
+    def __init__(self, poll_seconds: float = 1.0):
+        self.parent_pid, self.poll_seconds = os.getpid(), poll_seconds
+        _load_prctl()
+
+    def __call__(self) -> None:
+        prctl = _load_prctl()
+        armed = bool(prctl) and prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        if os.getppid() != self.parent_pid:  # the parent died before the request was armed
+            os._exit(1)
+        if not armed:
+            threading.Thread(target=self._watch, name="parent-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while os.getppid() == self.parent_pid:
+            time.sleep(self.poll_seconds)
+        os._exit(1)

@@ -36,8 +36,9 @@ import queue
 import random
 import struct
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
@@ -45,8 +46,8 @@ import numpy as np
 
 from resnest_gluon.data.lst import ListItem, read_list, repeated_indices
 from resnest_gluon.interrupts import (
+    ParentWatch,
     exit_status,
-    exit_with_parent,
     held_signals,
     stop_message,
     stop_on_sigterm,
@@ -471,6 +472,7 @@ class EncodeOptions:
     pass_through: bool = False
     pack_label: bool = False
     no_upscale: bool = False
+    skip_corrupt: bool = False
 
 
 def target_size(height: int, width: int, resize: int) -> Tuple[int, int]:
@@ -500,7 +502,7 @@ def _reduce_factor(info: ImageInfo, opts: EncodeOptions) -> int:
     return 1
 
 
-def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool]:
+def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool, str]:
     """Turn the bytes of one image file into the image bytes of its record.
 
     Returns
@@ -508,7 +510,9 @@ def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool]:
     image : bytes
         Encoded image (or the input itself when copied).
     copied : bool
-        True when ``data`` was passed through unchanged.
+        True when ``data`` was passed through unchanged (not decoded, so not checked for corrupt data).
+    warning : str
+        libjpeg's complaint about corrupt data in a JPEG it could still decode ('' when none).
 
     Raises
     ------
@@ -518,7 +522,7 @@ def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool]:
     if not data:
         raise SkipImage("empty file")
     if opts.pass_through:
-        return data, True
+        return data, True, ""
     info = image_info(data)
     if info.truncated:
         raise SkipImage(f"truncated {info.kind.upper()} file (no end-of-image marker)")
@@ -532,14 +536,16 @@ def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool]:
     short = min(info.width, info.height)
     small = bool(info.width) and (opts.resize <= 0 or short <= opts.resize)
     if opts.no_upscale and small and _copyable(info, opts):
-        return data, True
+        return data, True, ""
 
     factor = _reduce_factor(info, opts)
     if factor > 1:
         flag = (_REDUCED_COLOR if opts.color == 1 else _REDUCED_GRAY)[factor]
     else:
         flag = {1: cv2.IMREAD_COLOR, 0: cv2.IMREAD_GRAYSCALE, -1: cv2.IMREAD_UNCHANGED}[opts.color]
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    img, warning = imdecode_noting(np.frombuffer(data, np.uint8), flag)
+    if img is not None and warning and opts.skip_corrupt:
+        raise SkipImage(f"corrupt JPEG data (libjpeg: {warning})")
     if img is None or img.size == 0:
         if info.kind == "other":
             raise SkipImage("not an image OpenCV can decode (unknown format)")
@@ -565,7 +571,47 @@ def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool]:
     ok, buf = cv2.imencode(opts.encoding, img, params)
     if not ok:
         raise SkipImage(f"OpenCV cannot encode the image as {opts.encoding}")
-    return buf.tobytes(), False
+    return buf.tobytes(), False, warning
+
+
+_STDERR_SINK = None
+# libjpeg's warnings that mean damaged data (jerror.h: JWRN_EXTRANEOUS_DATA, JWRN_HIT_MARKER, ...)
+_CORRUPT_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file")
+
+
+def imdecode_noting(buf: np.ndarray, flags: int) -> Tuple[Optional[np.ndarray], str]:
+    """``cv2.imdecode`` plus libjpeg's "Corrupt JPEG data: ..." warning, when it printed one.
+
+    Such a JPEG (valid markers, damaged entropy-coded data) decodes with garbage blocks and no error:
+    the warning libjpeg prints on the C stderr is OpenCV's only sign of it (Pillow's decoder prints
+    nothing at all), so file descriptor 2 is caught for the duration of the call; any other output is
+    passed on. File descriptors are process-wide: call this from one thread only (the main thread, or a
+    worker process).
+    """
+    global _STDERR_SINK
+    if _STDERR_SINK is None or _STDERR_SINK[0] != os.getpid():  # one per process, never shared by a fork
+        _STDERR_SINK = os.getpid(), tempfile.TemporaryFile(buffering=0)
+    sink = _STDERR_SINK[1].fileno()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(sink, 2)
+    try:
+        img = cv2.imdecode(buf, flags)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    size = os.lseek(sink, 0, os.SEEK_CUR)
+    if not size:
+        return img, ""
+    text = os.pread(sink, size, 0).decode("utf-8", "replace")
+    os.ftruncate(sink, 0)
+    os.lseek(sink, 0, os.SEEK_SET)
+    lines = text.splitlines()
+    warnings = [line.strip() for line in lines if line.startswith(_CORRUPT_WARNINGS)]
+    others = "".join(line + "\n" for line in lines if not line.startswith(_CORRUPT_WARNINGS))
+    if others:
+        os.write(2, others.encode())
+    return img, warnings[0] if warnings else ""
 
 
 def _copyable(info: ImageInfo, opts: EncodeOptions) -> bool:
@@ -597,7 +643,7 @@ def _resize(img: np.ndarray, info: ImageInfo, factor: int, resize: int, cropped:
     return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
 
 
-def make_record(item: ListItem, root: str, opts: EncodeOptions) -> Tuple[Optional[bytes], str]:
+def make_record(item: ListItem, root: str, opts: EncodeOptions) -> Tuple[Optional[bytes], str, str]:
     """Read, encode and pack one list item.
 
     Returns
@@ -606,6 +652,8 @@ def make_record(item: ListItem, root: str, opts: EncodeOptions) -> Tuple[Optiona
         Packed header + image, or None when skipped.
     note : str
         ``'copied'``, ``'encoded'`` or the reason for skipping.
+    warning : str
+        What libjpeg said about a JPEG it decoded despite corrupt data ('' for none).
     """
     path = os.path.join(root, item.path)
     try:
@@ -617,19 +665,19 @@ def make_record(item: ListItem, root: str, opts: EncodeOptions) -> Tuple[Optiona
                 data = f.read()
         except OSError as e:
             raise SkipImage(f"cannot read file: {e.strerror or e}") from None
-        image, copied = encode_image(data, opts)
-        return header + image, "copied" if copied else "encoded"
+        image, copied, warning = encode_image(data, opts)
+        return header + image, "copied" if copied else "encoded", warning
     except SkipImage as e:
-        return None, str(e)
+        return None, str(e), ""
     except (cv2.error, struct.error, ValueError, MemoryError) as e:
-        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
+        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}", ""
 
 
 # --------------------------------------------------------------------------------------------- packing
-def _worker_loop(root: str, opts: EncodeOptions, tasks, results, parent: int) -> None:
+def _worker_loop(root: str, opts: EncodeOptions, tasks, results, watch: ParentWatch) -> None:
     """Encode chunks from ``tasks`` until a None arrives; results go out as ``(chunk number, records)``."""
     worker_signals()
-    exit_with_parent(parent)
+    watch()
     # one OpenCV thread per process: the workers already fill every core
     cv2.setNumThreads(1)
     while True:
@@ -650,7 +698,7 @@ class EncoderPool:
         )
         self.num_workers = num_workers
         self.tasks, self.results = ctx.Queue(), ctx.Queue()
-        parent = os.getpid()
+        parent = ParentWatch()
         self.procs = [
             ctx.Process(target=_worker_loop, args=(root, opts, self.tasks, self.results, parent), daemon=True)
             for _ in range(num_workers)
@@ -670,7 +718,7 @@ class EncoderPool:
                         "Try fewer --num-thread."
                     ) from None
 
-    def imap(self, chunks: List[List[ListItem]]) -> Iterator[List[Tuple[Optional[bytes], str]]]:
+    def imap(self, chunks: List[List[ListItem]]) -> Iterator[List[Tuple[Optional[bytes], str, str]]]:
         """Results of each chunk, in order, keeping at most 4 chunks per worker in flight."""
         window = 4 * self.num_workers
         submitted, buffered = 0, {}
@@ -702,17 +750,15 @@ def _start_pool(root: str, opts: EncodeOptions, num_workers: int) -> Optional[En
 
 def _ordered_results(
     items: List[ListItem], root: str, opts: EncodeOptions, pool: Optional[EncoderPool], chunk_size: int
-) -> Iterator[Tuple[ListItem, Optional[bytes], str]]:
+) -> Iterator[Tuple[ListItem, Tuple[Optional[bytes], str, str]]]:
     """Encode items (on ``pool`` when given), yielding results in list order with bounded memory."""
     if pool is None:
         for item in items:
-            payload, note = make_record(item, root, opts)
-            yield item, payload, note
+            yield item, make_record(item, root, opts)
         return
     chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
     for chunk, records in zip(chunks, pool.imap(chunks)):
-        for item, (payload, note) in zip(chunk, records):
-            yield item, payload, note
+        yield from zip(chunk, records)
 
 
 @dataclass
@@ -726,6 +772,8 @@ class PackStats:
     skipped: int = 0
     seconds: float = 0.0
     report: Optional[str] = None
+    #: (index, path, libjpeg's warning) of JPEGs packed despite corrupt data
+    corrupt: List[Tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -791,7 +839,9 @@ def pack_list(
         with progress_bar(
             total=len(items), unit="img", disable=not progress, desc=os.path.basename(stem)
         ) as bar:
-            for item, payload, note in results:
+            for item, (payload, note, warning) in results:
+                if payload is not None and warning:
+                    stats.corrupt.append((str(item.index), item.path, warning))
                 if payload is not None:
                     try:
                         writer.write(item.index, payload)
@@ -914,6 +964,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     rgroup.add_argument("--pack-label", action="store_true", help="store every label of multi-label lines")
     rgroup.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="skip JPEGs whose data libjpeg calls corrupt (packed with a warning by default)",
+    )
+    rgroup.add_argument(
         "--max-skipped",
         type=float,
         default=MAX_SKIPPED,
@@ -998,6 +1053,7 @@ def _pack(args: argparse.Namespace) -> int:
         pass_through=args.pass_through,
         pack_label=args.pack_label,
         no_upscale=args.no_upscale,
+        skip_corrupt=args.skip_corrupt,
     )
     status = 0
     for lst in lists:
@@ -1013,6 +1069,13 @@ def _pack(args: argparse.Namespace) -> int:
             stats.seconds,
             stats.images_per_second,
         )
+        for index, path, warning in stats.corrupt[:10]:
+            logger.warning("packed %s (%s) despite corrupt JPEG data: %s", path, index, warning)
+        if stats.corrupt:
+            logger.warning(
+                "%d JPEGs have corrupt data (garbage blocks in the image); --skip-corrupt leaves them out",
+                len(stats.corrupt),
+            )
         if stats.skipped:
             logger.warning("skipped %d images; paths and reasons in %s", stats.skipped, stats.report)
             status = SKIP_EXIT_STATUS
