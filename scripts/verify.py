@@ -21,7 +21,7 @@ import resnest_gluon
 from resnest_gluon.data import num_records, val_iter
 from resnest_gluon.interrupts import exit_status, stop_message, stop_on_sigterm
 from resnest_gluon.models.pretrained import UnreadableParams, load_params_checked
-from resnest_gluon.training import TrainingError, atomic_json, check_labels, dist, evaluate
+from resnest_gluon.training import TrainingError, atomic_json, check_labels, dist, evaluate, writable_dir
 
 logger = logging.getLogger("resnest_gluon.verify")
 
@@ -66,6 +66,8 @@ def main(argv=None) -> dict:
         raise TrainingError(f"parameter file {args.params} does not exist")
     dist.init()
     primary = dist.is_primary()
+    if args.json and primary:  # before the work, not after it
+        writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
     ctx = mx.gpu(dist.local_rank()) if args.ctx == "gpu" else mx.cpu()
     crop = args.crop_size or resnest_gluon.model_info(args.model)["crop_size"]
     try:
