@@ -510,3 +510,23 @@ def test_damaged_jpegs_are_told_apart(packed, tmp_path):
     assert proc.returncode == 1 and result["undecodable"]["count"] == 1
     assert result["undecodable"]["examples"][0]["reason"].startswith("corrupt JPEG image (a marker segment")
     assert result["corrupt_data"]["count"] == 1 and result["corrupt_data"]["examples"][0]["id"] == 2
+
+
+def test_unwritable_output_folder_and_unreadable_rec_are_one_line_errors(packed, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    prefix = copy_pair(str(packed / "data"), str(out / "data"), (".lst", ".rec", ".idx"))
+    good = contents(prefix)
+    out.chmod(0o555)
+    try:
+        proc = run(IM2REC, prefix, packed / "img", "--no-progress", prefix=without_dac())
+        assert proc.returncode == 1 and "Permission denied" in one_line(proc)
+        assert contents(prefix) == good and not leftovers(out)
+    finally:
+        out.chmod(0o755)
+    os.chmod(prefix + ".rec", 0)
+    try:
+        proc = run(REC_CHECK, prefix, prefix=without_dac())
+        assert proc.returncode == 1 and "Permission denied" in one_line(proc)
+    finally:
+        os.chmod(prefix + ".rec", 0o644)

@@ -328,7 +328,12 @@ class RecordWriter:
     def __init__(self, rec_path: str, idx_path: str):
         self.rec_path, self.idx_path = rec_path, idx_path
         self._rec = open(rec_path + ".tmp", "wb")
-        self._idx = open(idx_path + ".tmp", "w")
+        try:
+            self._idx = open(idx_path + ".tmp", "w")
+        except BaseException:
+            self._rec.close()
+            os.remove(rec_path + ".tmp")
+            raise
         self.pos = 0
         self.count = 0
 
@@ -1015,7 +1020,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stop_on_sigterm()
     try:
         return _make_lists(args) if args.list else _pack(args)
-    except (ListingError, PackError) as err:
+    except (ListingError, PackError, OSError) as err:  # OSError: an unwritable output folder, a full disk
         logger.error("error: %s", err)
         return 1
     except KeyboardInterrupt as err:

@@ -439,6 +439,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt as err:
         print(stop_message("rec_check", err, "nothing checked to the end"), file=sys.stderr)
         return exit_status(err)
+    except OSError as err:  # an unreadable file
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     return 0 if report["ok"] else 1
 
