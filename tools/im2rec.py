@@ -66,6 +66,9 @@ _REDUCED_GRAY = {
 _PLAIN_SOF = (0xC0, 0xC1, 0xC2)
 
 
+CLASSES_SUFFIX = ".classes.txt"  # PREFIX.classes.txt: the class names in label order, one per line
+
+
 class ListItem(NamedTuple):
     """One line of a ``.lst`` file."""
 
@@ -123,6 +126,16 @@ def list_images(root: str, recursive: bool = False, exts: Sequence[str] = DEFAUL
             if os.path.splitext(fname)[1].lower() in exts and os.path.isfile(fpath):
                 items.append(ListItem(len(items), os.path.relpath(fpath, root), (0.0,)))
     return items
+
+
+def class_names(items: Iterable[ListItem], root: str) -> List[str]:
+    """The class names in label order: each label's folder relative to ``root`` (``root``'s own name for
+    the files directly in it), as ``scripts/train.py --class-names`` and ``scripts/predict.py`` read them."""
+    names: Dict[int, str] = {}
+    for item in items:
+        folder = os.path.dirname(item.path) or os.path.basename(os.path.normpath(root))
+        names.setdefault(int(item.labels[0]), folder.replace(os.sep, "/"))
+    return [names[label] for label in sorted(names)]
 
 
 def _atomic_write_text(path: str, text: str) -> None:
@@ -854,7 +867,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         written = split_lists(
             items, args.prefix, args.shuffle, args.chunks, args.train_ratio, args.test_ratio
         )
-        logger.info("listed %d images in %s", len(items), ", ".join(written))
+        # one names file for all the lists of this prefix (train/val/test splits and chunks alike)
+        names_path = args.prefix + CLASSES_SUFFIX
+        _atomic_write_text(names_path, "".join(name + "\n" for name in class_names(items, args.root)))
+        logger.info("listed %d images in %s; class names in %s", len(items), ", ".join(written), names_path)
         return 0
     lists = find_lists(args.prefix)
     if not lists:
