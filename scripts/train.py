@@ -223,7 +223,8 @@ def check_finetune_args(args: argparse.Namespace) -> None:
             f"--freeze-stages {args.freeze_stages} is out of range: {args.model} has {stages} stages, so "
             f"pass 0 (the stem only) to {stages} (the whole backbone)"
         )
-    if isinstance(args.pretrained, str) and not os.path.isfile(args.pretrained):
+    # (a resumed run has the weights in its checkpoint: the file is only needed if there is none)
+    if isinstance(args.pretrained, str) and not args.resume and not os.path.isfile(args.pretrained):
         raise TrainingError(
             f"--pretrained {args.pretrained} does not exist; pass a .params file, or --pretrained alone "
             f"for the published weights of {args.model}"
