@@ -242,7 +242,21 @@ def load_onnx_model(args) -> Model:
         session = load_onnx(args.onnx, threads=args.threads)
     except Exception as err:  # onnxruntime raises its own exception types
         raise PredictError(f"--onnx {args.onnx} cannot be loaded: {err}") from err
-    return Model(lambda x: run_onnx(session, x), _default_crop(args), None)
+    shape = session.get_inputs()[0].shape
+    fixed = shape[0] if isinstance(shape[0], int) else None  # an export without a dynamic batch
+    crop = args.crop_size or (shape[-1] if isinstance(shape[-1], int) else _default_crop(args))
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        if fixed is None:
+            return run_onnx(session, x)
+        parts = []
+        for i in range(0, len(x), fixed):
+            part = x[i : i + fixed]
+            padded = np.concatenate([part, np.zeros((fixed - len(part),) + part.shape[1:], part.dtype)])
+            parts.append(run_onnx(session, padded)[: len(part)])
+        return np.concatenate(parts)
+
+    return Model(forward, crop, None)
 
 
 # Every way of running a model; a new backend (e.g. OpenVINO) is one more loader here and one more flag.
