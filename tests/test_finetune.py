@@ -361,3 +361,34 @@ def test_ema_on_two_workers_matches_and_rank0_weights_are_broadcast(small_data, 
     assert row["val_top1"] == pytest.approx(single["top1"]) and row["val_top1_ema"] == pytest.approx(
         single["top1"]
     )
+
+
+def test_accumulated_gradients_are_the_sum_in_a_static_graph():
+    """--accumulate relies on grad_req='add' in a hybridized static_alloc graph: the gradient after two
+    backward passes is the sum of the two batches' gradients."""
+    x1, x2 = mx.nd.random.uniform(shape=(2, 3, 32, 32)), mx.nd.random.uniform(shape=(2, 3, 32, 32))
+    nets = [fresh(4), fresh(4)]
+    for key, param in nets[1]._collect_params_with_prefix().items():
+        param.set_data(nets[0]._collect_params_with_prefix()[key].data())
+    for req, net in zip(("write", "add"), nets):
+        for param in net.collect_params().values():
+            if param.grad_req != "null":
+                param.grad_req = req
+        net.hybridize(static_alloc=True, static_shape=True)
+    summed = {}
+    for x in (x1, x2):  # write: one batch at a time
+        with mx.autograd.record():
+            nets[0](x).sum().backward()
+        for key, param in nets[0]._collect_params_with_prefix().items():
+            if param.grad_req != "null":
+                summed[key] = summed.get(key, 0) + param.grad().asnumpy()
+    for x in (x1, x2):
+        with mx.autograd.record():
+            nets[1](x).sum().backward()
+    grads = {
+        k: p.grad().asnumpy()
+        for k, p in nets[1]._collect_params_with_prefix().items()
+        if p.grad_req != "null"
+    }
+    for key in ("conv1.0.weight", "layer4.0.conv3.weight", "fc.weight"):
+        np.testing.assert_allclose(grads[key], summed[key], rtol=1e-4, atol=1e-5, err_msg=key)
