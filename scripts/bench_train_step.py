@@ -14,6 +14,11 @@ import statistics
 import time
 from typing import Callable, Dict
 
+# Before MXNet loads: it reads its OpenMP thread count once (see resnest_gluon.threads).
+from resnest_gluon import threads
+
+THREADS = threads.configure()
+
 import mxnet as mx
 from mxnet import autograd, gluon
 

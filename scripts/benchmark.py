@@ -28,6 +28,11 @@ import tempfile
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
+# Before MXNet loads: it reads its OpenMP thread count once (see resnest_gluon.threads).
+from resnest_gluon import threads
+
+THREADS = threads.configure()
+
 import mxnet as mx
 import numpy as np
 
@@ -508,6 +513,7 @@ def environment() -> Dict:
         numpy=np.__version__,
         python=platform.python_version(),
         cpu_count=os.cpu_count(),
+        omp_threads=THREADS,
         processor=platform.processor() or platform.machine(),
         mkldnn=bool(mx.runtime.Features().is_enabled("MKLDNN")),
     )

@@ -20,6 +20,11 @@ import os
 import time
 from typing import Dict
 
+# Before MXNet loads: it reads its OpenMP thread count once (see resnest_gluon.threads).
+from resnest_gluon import threads
+
+THREADS = threads.configure()
+
 import mxnet as mx
 import numpy as np
 

@@ -25,6 +25,11 @@ import os
 import sys
 import time
 
+# Before MXNet loads: it reads its OpenMP thread count once (see resnest_gluon.threads).
+from resnest_gluon import threads
+
+THREADS = threads.configure(reserve=threads.argv_int("--data-threads", 4))
+
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
@@ -513,6 +518,7 @@ def _run(args, workers: int, primary: bool) -> dict:
             os.path.join(args.save_dir, "args.json"),
             dict(
                 vars(args),
+                omp_threads=THREADS,
                 workers=workers,
                 total_batch=total_batch,
                 peak_lr=peak_lr,

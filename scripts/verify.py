@@ -15,6 +15,11 @@ import os
 import sys
 import time
 
+# Before MXNet loads: it reads its OpenMP thread count once (see resnest_gluon.threads).
+from resnest_gluon import threads
+
+THREADS = threads.configure()
+
 import mxnet as mx
 
 import resnest_gluon
@@ -111,6 +116,7 @@ def main(argv=None) -> dict:
         images=int(counts[2]),
         images_in_index=total,
         workers=dist.size(),
+        omp_threads=THREADS,
         seconds=seconds,
         images_per_sec=counts[2] / seconds,
     )

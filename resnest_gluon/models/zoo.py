@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Union
 
 import mxnet as mx
 
+from ..threads import warn_if_idle
 from .resnest import ResNeSt
 
 __all__ = ["MODELS", "get_model", "list_models", "model_info"]
@@ -133,6 +134,7 @@ def get_model(
     """
     cfg = {k: v for k, v in model_info(name).items() if k not in _META}
     cfg.update(kwargs)
+    warn_if_idle()
     net = ResNeSt(**cfg)
     net.model_name, net.crop_size = name, MODELS[name]["crop_size"]
     if pretrained:
