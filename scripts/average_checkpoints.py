@@ -62,8 +62,8 @@ def main(argv=None) -> dict:
     epochs = best_epochs(rows, args.best, saved=on_disk)
     if len(epochs) < args.best:
         raise TrainingError(
-            f"{args.run_dir} has {len(epochs)} validated checkpoint(s) on disk (epochs {on_disk}), fewer than "
-            f"--best {args.best}: lower --best, or train with --keep-best {args.best}"
+            f"{args.run_dir} has {len(epochs)} validated checkpoint(s) on disk (epochs {on_disk}), "
+            f"fewer than --best {args.best}: lower --best, or train with --keep-best {args.best}"
         )
     averaged = average_params([checkpoint_paths(args.run_dir, model, e)[0] for e in epochs])
     tmp = args.out + ".tmp"

@@ -218,7 +218,8 @@ def test_errors_before_any_work(folder, tmp_path):
     with pytest.raises(predict.PredictError, match="names 2 classes but the model has 3"):
         predict.main([str(folder / "images" / "val")] + run + ["--class-names", str(names)])
     params = str(folder / "run" / "resnest14-best.params")
-    with pytest.raises(predict.PredictError, match=r"fc\.(weight|bias).*\(are --model and --classes right\?\)"):
+    mismatch = r"fc\.(weight|bias).*\(are --model and --classes right\?\)"
+    with pytest.raises(predict.PredictError, match=mismatch):
         predict.main(
             [str(folder / "images" / "val"), "--params", params, "--model", "resnest14", "--classes", "5"]
         )
