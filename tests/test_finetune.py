@@ -255,6 +255,25 @@ def test_ema_bias_correction_and_swap():
     np.testing.assert_array_equal(first.shadow["weight"].asnumpy(), 5.0)
 
 
+def test_ema_restores_from_its_file(tmp_path):
+    net = mx.gluon.nn.Dense(2, in_units=3)
+    net.initialize()
+    ema = EMA(net, 0.9)
+    for value in (1.0, 3.0):
+        net.weight.set_data(mx.nd.full((2, 3), value))
+        ema.update()
+    with ema.applied():
+        save_params(net, str(tmp_path / "ema.params"))
+    restored = EMA(net, 0.9)
+    restored.load(str(tmp_path / "ema.params"), ema.updates)
+    net.weight.set_data(mx.nd.full((2, 3), 7.0))
+    restored.update()
+    ema.update()  # the same next step: the same average and the same bias correction
+    np.testing.assert_allclose(restored.shadow["weight"].asnumpy(), ema.shadow["weight"].asnumpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="not this model's EMA file"):
+        EMA(fresh(4), 0.9).load(str(tmp_path / "ema.params"), 2)
+
+
 def test_ema_keep_best_accumulate_resume_and_average(small_data, tmp_path):
     start = str(tmp_path / "start.params")
     save_params(fresh(4), start)
