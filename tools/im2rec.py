@@ -130,7 +130,8 @@ def list_images(root: str, recursive: bool = False, exts: Sequence[str] = DEFAUL
 
 def class_names(items: Iterable[ListItem], root: str) -> List[str]:
     """The class names in label order: each label's folder relative to ``root`` (``root``'s own name for
-    the files directly in it), as ``scripts/train.py --class-names`` and ``scripts/predict.py`` read them."""
+    the files directly in it), as ``scripts/train.py --class-names`` and ``scripts/predict.py`` read them.
+    ``--list --recursive`` writes them to ``PREFIX.classes.txt``."""
     names: Dict[int, str] = {}
     for item in items:
         folder = os.path.dirname(item.path) or os.path.basename(os.path.normpath(root))
@@ -867,10 +868,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         written = split_lists(
             items, args.prefix, args.shuffle, args.chunks, args.train_ratio, args.test_ratio
         )
-        # one names file for all the lists of this prefix (train/val/test splits and chunks alike)
-        names_path = args.prefix + CLASSES_SUFFIX
-        _atomic_write_text(names_path, "".join(name + "\n" for name in class_names(items, args.root)))
-        logger.info("listed %d images in %s; class names in %s", len(items), ", ".join(written), names_path)
+        logger.info("listed %d images in %s", len(items), ", ".join(written))
+        if args.recursive:  # labels are folders: one names file for all the lists (splits, chunks) of PREFIX
+            names_path = args.prefix + CLASSES_SUFFIX
+            _atomic_write_text(names_path, "".join(name + "\n" for name in class_names(items, args.root)))
+            logger.info("class names in label order in %s", names_path)
         return 0
     lists = find_lists(args.prefix)
     if not lists:

@@ -1,4 +1,5 @@
-"""Class names in label order: one per line, the files ``tools/im2rec.py --list`` writes beside its lists.
+"""Class names in label order, one per line: the ``PREFIX.classes.txt`` that ``tools/im2rec.py --list
+--recursive`` writes beside its lists.
 
 The published ImageNet models use :func:`imagenet_class_names`: the 1,000 leaf synsets as ``WNID words``
 in sorted-WNID order, the labels ``scripts/prepare_imagenet.py`` gives (taken from gluoncv's
@@ -30,7 +31,7 @@ def read_class_names(path: str) -> List[str]:
 
 
 def class_names_beside(rec_path: str) -> Optional[str]:
-    """The ``.classes.txt`` that ``tools/im2rec.py --list`` wrote for ``rec_path``, or None.
+    """The ``.classes.txt`` that ``tools/im2rec.py --list --recursive`` wrote for ``rec_path``, or None.
 
     ``PREFIX.rec`` has ``PREFIX.classes.txt``; the lists of ``--train-ratio``/``--test-ratio``/``--chunks``
     (``PREFIX_train``, ``PREFIX_val``, ``PREFIX_test``, ``PREFIX_0`` ...) share that of ``PREFIX``.
