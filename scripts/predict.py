@@ -27,6 +27,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+# Before MXNet loads: it reads its OpenMP thread count once (see resnest_gluon.threads).
+from resnest_gluon import threads
+
+threads.configure()
+
 import mxnet as mx
 import numpy as np
 
