@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--epoch", type=int, default=0, help="with --symbol: the number in PREFIX-NNNN.params")
     src.add_argument("--onnx", metavar="FILE", help="an .onnx file, run with onnxruntime")
     p.add_argument("--model", help="one of resnest_gluon.list_models() (with --params or --pretrained)")
-    p.add_argument("--classes", type=int, default=None, help="classes of --params (default: 1000)")
+    p.add_argument("--classes", type=int, default=None, help="classes of --params (None: 1000)")
     p.add_argument(
         "--class-names", help="names in label order, one per line (default: the run's, or ImageNet's)"
     )
