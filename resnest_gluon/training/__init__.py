@@ -3,10 +3,11 @@
 
 ``schedule`` (learning rate, DropBlock ramp, weight decay), ``checks`` (inputs checked before any work),
 ``evaluation`` (top-k counts, BatchNorm statistics across workers), ``rundir`` (args, metrics, curves),
-``checkpoints`` and ``dist`` (Horovod or a single process).
+``checkpoints``, ``dist`` (Horovod or a single process) and ``amp`` (float16 loss scaling).
 """
 
 from . import dist
+from .amp import LossScaler
 from .checkpoints import checkpoint_paths, latest_checkpoint, prune_checkpoints, save_checkpoint, save_params
 from .checks import TrainingError, check_labels
 from .evaluation import average_aux_states, evaluate, topk_counts
@@ -14,6 +15,7 @@ from .rundir import append_metrics, atomic_json, copy_atomic, plot_curves, read_
 from .schedule import drop_prob_at, lr_at, no_weight_decay
 
 __all__ = [
+    "LossScaler",
     "TrainingError",
     "append_metrics",
     "atomic_json",
