@@ -274,9 +274,10 @@ def _batches(data_iter, args: argparse.Namespace):
         yield batch
 
 
-def _checked_loss(summed, workers: int, where: str, lr: float, args, bar) -> float:
-    """The mean loss over workers of a step (``summed`` over them on the device), read now; a non-finite
-    one stops the run on every worker at the same step (they all read the same sum)."""
+def _checked_loss(pending, args, bar) -> float:
+    """The mean loss over workers of a step, read now (``pending`` holds it summed over workers on the
+    device); a non-finite one stops the run, on every worker at the same step (they read the same sum)."""
+    summed, workers, where, lr = pending
     mean_loss = summed.asscalar() / workers
     if not np.isfinite(mean_loss):
         bar.close()
@@ -293,18 +294,33 @@ def train_epoch(
 ):
     """One epoch of ``steps`` updates; returns (mean training loss over all workers, seconds, last lr).
 
-    The host does not wait for the step it has just queued: a step's loss, summed over workers on the
-    device, is read during the next step (its forward and backward already queued), so the optimizer
-    update, the Horovod calls and the next batch overlap the device's work. ``scaler`` (an
-    :class:`~resnest_gluon.training.amp.LossScaler`, float16) scales the loss and skips overflowed steps.
+    On a GPU the host does not wait for the step it has just queued: a step's loss, summed over workers
+    on the device, is read during the next step (whose forward and backward are queued by then), so the
+    optimizer update, the Horovod calls and the next batch overlap the device's work. On a CPU, where
+    host and device are the same cores, the loss is read before the update (as MXNet's MKLDNN arrays and
+    Horovod's CPU allreduce, left to overlap, let workers' weights drift apart by a rounding error).
+    ``scaler`` (a :class:`~resnest_gluon.training.LossScaler`, float16) scales the loss and skips
+    overflowed steps.
     """
     total_steps = args.epochs * steps
     use_mixup = args.mixup and epoch < args.epochs - args.mixup_off_epoch
     rng = np.random.RandomState(args.seed + 7919 * epoch + dist.rank())
     workers, primary = dist.size(), dist.is_primary()
+    overlap = args.ctx == "gpu"
     data_iter = make_train_iter(args, epoch, ctx)
     bar = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not primary, leave=False)
-    loss_sum, lr, start, pending = 0.0, 0.0, time.time(), None
+    loss_sum, lr, start, done, pending = 0.0, 0.0, time.time(), 0, None
+
+    def read(pending):
+        nonlocal loss_sum, done
+        loss_sum += _checked_loss(pending, args, bar)
+        done += 1
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{loss_sum / done:.3f}",
+            img_s=f"{done * args.batch_size * workers / (time.time() - start):.0f}",
+        )
+
     for i, batch in enumerate(_batches(data_iter, args)):
         if i >= steps:  # equal step counts on every worker, whatever the shard sizes
             break
@@ -325,26 +341,24 @@ def train_epoch(
         with autograd.record():
             output = net(data.astype(args.dtype, copy=False))
             loss = loss_fn(output.astype("float32", copy=False), target)
-        (loss * scaler.scale if scaler is not None else loss).backward()
+            scaled = loss * scaler.scale if scaler is not None else loss
+        scaled.backward()
         if pending is not None:
-            # The previous step's loss: computed before this step's forward began, so reading it waits
-            # for nothing the device still has to do. (Read before this step's "loss" allreduce: Horovod
+            # The previous step's loss: done before this step's forward began, so reading it waits for
+            # nothing the device still has to do. (Read before this step's "loss" allreduce: Horovod
             # allows one tensor of a name in flight.)
-            loss_sum += _checked_loss(*pending, args, bar)
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{loss_sum / i:.3f}",
-                img_s=f"{i * args.batch_size * workers / (time.time() - start):.0f}",
-            )
+            read(pending)
         summed = dist.allreduce_sum(loss.mean().reshape((1,)), name="loss")
         pending = (summed, workers, f"epoch {epoch + 1}, step {i + 1} of {steps} (update {step + 1})", lr)
+        if not overlap:
+            read(pending)
+            pending = None
         if scaler is not None:
             scaler.step(trainer, args.batch_size)  # skipped when a gradient overflowed
         else:
             trainer.step(args.batch_size)
     if pending is not None:  # the last step's loss, checked before anything is saved
-        loss_sum += _checked_loss(*pending, args, bar)
-        bar.update(1)
+        read(pending)
     mx.nd.waitall()
     seconds = time.time() - start
     bar.close()

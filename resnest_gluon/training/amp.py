@@ -33,8 +33,8 @@ class LossScaler:
     max_scale : float
         The scale never grows past this.
 
-    Use ``(loss * scaler.scale).backward()``, then ``scaler.step(trainer, batch_size)`` instead of
-    ``trainer.step(batch_size)``.
+    Multiply the loss by :attr:`scale` inside ``autograd.record()``, call ``backward()`` on the product,
+    then ``scaler.step(trainer, batch_size)`` instead of ``trainer.step(batch_size)``.
     """
 
     def __init__(
