@@ -208,7 +208,7 @@ def test_nonfinite_loss_on_the_standin_gpu_saves_nothing_bad(data, tmp_path):
     assert len(read_metrics(str(run / "metrics.jsonl"))) == 1
 
 
-def test_verify_on_the_standin_gpu(data, tmp_path):
+def test_verify_on_the_standin_gpu(data, tmp_path, monkeypatch):
     train, verify = load_script("train"), load_script("verify")
     run = tmp_path / "run"
     with standin() as checker:
@@ -221,6 +221,20 @@ def test_verify_on_the_standin_gpu(data, tmp_path):
     assert mx.cpu(1) in checker.contexts
     assert on_gpu["images"] == on_cpu["images"] == 12
     assert on_gpu["top1"] == pytest.approx(on_cpu["top1"]) and on_gpu["top5"] == pytest.approx(on_cpu["top5"])
+
+    # --pretrained builds the model once, straight onto the device (published weights stood in for)
+    built, real = [], verify.resnest_gluon.get_model
+
+    def get_model(name, pretrained=False, ctx=None, **kw):
+        built.append((pretrained, ctx))
+        net = real(name, **kw)
+        net.load_parameters(params, ctx=ctx)
+        return net
+
+    monkeypatch.setattr(verify.resnest_gluon, "get_model", get_model)
+    with standin():
+        pretrained = verify.main(args[:6] + ["--pretrained"] + args[8:] + ["--ctx", "gpu"])
+    assert built == [(True, mx.cpu(1))] and pretrained["top1"] == pytest.approx(on_cpu["top1"])
 
 
 # ----------------------------------------------------------------------------------------- GPU choice
