@@ -316,9 +316,10 @@ def train_epoch(
         loss_sum += _checked_loss(pending, args, bar)
         done += 1
         bar.update(1)
-        bar.set_postfix(
+        bar.set_postfix(  # no refresh: the bar redraws at its own interval (a line per 30 s in a log)
             loss=f"{loss_sum / done:.3f}",
             img_s=f"{done * args.batch_size * workers / (time.time() - start):.0f}",
+            refresh=False,
         )
 
     for i, batch in enumerate(_batches(data_iter, args)):

@@ -171,11 +171,13 @@ def train_args(data, run, **kw):
     ],
     ids=["python-path+mixup+dropblock", "no-hybridize", "cpp-iterator"],
 )
-def test_train_one_worker_on_the_standin_gpu(data, tmp_path, options):
+def test_train_one_worker_on_the_standin_gpu(data, tmp_path, options, capsys):
     train = load_script("train")
     run = tmp_path / "run"
     with standin() as checker:
         result = train.main(train_args(data, run, **options))
+        # off a terminal the progress bar writes a line when it starts, not one per step (4 steps here)
+        assert capsys.readouterr().err.count("epoch 1/2:") == 1
         assert mx.cpu(1) in checker.contexts and checker.calls > 1000
         # the training arrays lived on the stand-in GPU: the saved parameters load back onto it
         params = mx.nd.load(str(run / "resnest14-0002.params"))
