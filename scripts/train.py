@@ -371,12 +371,13 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     check_args(args)
     dist.init()
+    ctx = dist.worker_context(args.ctx)  # every worker stops here alike if one has no GPU
     workers, primary = dist.size(), dist.is_primary()
     if primary:
         os.makedirs(args.save_dir, exist_ok=True)
     handlers = _setup_logging(args.save_dir, primary)
     try:
-        return _run(args, workers, primary)
+        return _run(args, ctx, workers, primary)
     finally:
         root = logging.getLogger("resnest_gluon")
         for handler in handlers:
@@ -384,8 +385,7 @@ def main(argv=None) -> dict:
             handler.close()
 
 
-def _run(args, workers: int, primary: bool) -> dict:
-    ctx = dist.worker_context(args.ctx)  # every worker stops here alike if one has no GPU
+def _run(args, ctx: mx.Context, workers: int, primary: bool) -> dict:
     crop_size = args.crop_size or resnest_gluon.model_info(args.model)["crop_size"]
 
     # Data: sizes from the indexes, labels checked before any compute.

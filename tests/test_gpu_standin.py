@@ -255,6 +255,15 @@ def test_worker_context_one_visible_gpu_or_one_per_local_rank(monkeypatch):
             dist.worker_context("gpu")
 
 
+def test_train_without_gpu_stops_before_writing(tmp_path):
+    """--ctx gpu (the default) on a machine without one: the error comes before the run directory."""
+    train = load_script("train")
+    with standin(gpus=0):
+        with pytest.raises(TrainingError, match="have no GPU of their own.*pass --ctx cpu"):
+            train.main(["--rec-train", str(tmp_path / "t.rec"), "--save-dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
 WORKER = "standin-worker"
 
 
