@@ -24,8 +24,9 @@ import mxnet as mx
 
 import resnest_gluon
 from resnest_gluon.data import num_records, val_iter
-from resnest_gluon.models.pretrained import load_params_checked
-from resnest_gluon.training import TrainingError, atomic_json, check_labels, dist, evaluate
+from resnest_gluon.interrupts import exit_status, stop_message, stop_on_sigterm
+from resnest_gluon.models.pretrained import UnreadableParams, load_params_checked
+from resnest_gluon.training import TrainingError, atomic_json, check_labels, dist, evaluate, writable_dir
 
 logger = logging.getLogger("resnest_gluon.verify")
 
@@ -75,6 +76,8 @@ def main(argv=None) -> dict:
         raise TrainingError(f"parameter file {args.params} does not exist")
     dist.init()
     primary = dist.is_primary()
+    if args.json and primary:  # before the work, not after it
+        writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
     ctx = dist.worker_context(args.ctx)
     crop = args.crop_size or resnest_gluon.model_info(args.model)["crop_size"]
     try:
@@ -89,6 +92,8 @@ def main(argv=None) -> dict:
         net = resnest_gluon.get_model(args.model, classes=args.classes)
         try:
             load_params_checked(net, args.params, ctx)
+        except UnreadableParams as err:
+            raise TrainingError(str(err)) from err
         except ValueError as err:
             raise TrainingError(f"{err} (is --model / --classes right?)") from err
     if args.dtype == "float16":
@@ -105,11 +110,15 @@ def main(argv=None) -> dict:
         threads=args.threads,
         resize=args.resize,
         dtype="float32",  # evaluate() casts on the device
+        backend="python",  # names an undecodable record; the C++ iterator dies of SIGFPE on it
     )
     # Warm up (graph building, cuDNN's autotuning) on a batch of the evaluated shape before timing.
     net(mx.nd.zeros((batch, 3, crop, crop), ctx=ctx, dtype=args.dtype)).wait_to_read()
     tic = time.time()
-    counts = evaluate(net, data, ctx, args.dtype)
+    try:
+        counts = evaluate(net, data, ctx, args.dtype)
+    except ValueError as err:  # an undecodable record, named
+        raise TrainingError(f"validation data: {err}") from err
     mx.nd.waitall()
     counts = dist.allreduce_sum(mx.nd.array(counts, dtype="float64"), name="verify").asnumpy()
     seconds = time.time() - tic  # after the sum: the slowest worker's time
@@ -140,8 +149,12 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     try:
         main()
     except TrainingError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as err:
+        print(stop_message("verify.py", err, "no result was written"), file=sys.stderr)
+        sys.exit(exit_status(err))
