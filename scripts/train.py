@@ -40,6 +40,7 @@ from resnest_gluon.data.class_names import class_names_beside, read_class_names
 from resnest_gluon.interrupts import exit_status, held_signals, stop_message, stop_on_sigterm
 from resnest_gluon.progress import progress_bar
 from resnest_gluon.training import (
+    LossScaler,
     TrainingError,
     append_metrics,
     atomic_json,
@@ -127,8 +128,27 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--crop-size", type=int, default=None, help="validation crop (default: the model's paper crop)"
     )
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="float16: GPU only")
-    p.add_argument("--ctx", choices=("cpu", "gpu"), default="gpu", help="device; gpu uses mx.gpu(local_rank)")
+    p.add_argument(
+        "--ctx",
+        choices=("cpu", "gpu"),
+        default="gpu",
+        help="device; gpu uses mx.gpu(local_rank), or gpu(0) when a worker sees exactly one GPU",
+    )
     p.add_argument("--no-cuda", action="store_true", help="same as --ctx cpu")
+    p.add_argument(
+        "--loss-scale",
+        type=float,
+        default=2.0**16,
+        help="float16: initial dynamic loss scale (halved and the step skipped when gradients overflow, "
+        "doubled after 2000 good steps)",
+    )
+    p.add_argument(
+        "--gradient-predivide-factor",
+        type=float,
+        default=1.0,
+        help="Horovod: divide gradients by this before the sum over workers and by workers/this after "
+        "(keeps a float16 sum over many workers in range)",
+    )
     p.add_argument("--eval-frequency", type=int, default=1, help="validate every N epochs (and at the end)")
     p.add_argument("--save-dir", default=None, help="run directory (default: runs/<model>)")
     p.add_argument("--keep", type=int, default=3, help="epoch checkpoints to keep (plus <model>-best.params)")
@@ -204,11 +224,11 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if args.dtype == "float16" and args.ctx != "gpu":
         raise TrainingError("--dtype float16 needs --ctx gpu (MXNet's CPU kernels are float32)")
-    if args.ctx == "gpu" and mx.context.num_gpus() == 0:
-        raise TrainingError("--ctx gpu but MXNet sees no GPU: install mxnet-cu112, or pass --ctx cpu")
     for name in ("epochs", "batch_size", "val_batch_size", "classes", "eval_frequency", "keep", "input_size"):
         if getattr(args, name) < 1:
             raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.loss_scale <= 0 or args.gradient_predivide_factor <= 0:
+        raise TrainingError("--loss-scale and --gradient-predivide-factor must be positive")
     if not 0.0 <= args.label_smoothing < 1.0:
         raise TrainingError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if args.mixup_off_epoch < 0 or args.warmup_epochs < 0:
@@ -316,8 +336,9 @@ def build_net(args: argparse.Namespace, ctx: mx.Context):
 def colour_ctx(args: argparse.Namespace, ctx: mx.Context):
     """Where the Python path's colour jitter, lighting and normalisation run: on the training GPU, so that
     the CPU only decodes and crops (uint8 goes to the GPU, float16 is made there); on a CPU, in the data
-    threads (faster there than batched operators)."""
-    return ctx if ctx.device_type == "gpu" and args.data_backend != "cpp" else None
+    threads (faster there than batched operators). Decided by ``--ctx``, not by ``ctx``'s device type,
+    so that the tests' stand-in GPU (a second CPU context) takes the GPU path."""
+    return ctx if args.ctx == "gpu" and args.data_backend != "cpp" else None
 
 
 def make_train_iter(args: argparse.Namespace, epoch: int, ctx: mx.Context):
@@ -335,7 +356,7 @@ def make_train_iter(args: argparse.Namespace, epoch: int, ctx: mx.Context):
         lighting=args.lighting,
         mirror=not args.no_mirror,
         min_area=args.min_area,
-        dtype=args.dtype,
+        dtype="float32",  # float16 is made on the device (the loop casts), not by the CPU threads
         backend=args.data_backend,
         ctx=colour_ctx(args, ctx),
     )
@@ -349,7 +370,7 @@ def make_val_iter(args: argparse.Namespace, crop_size: int):
         num_parts=dist.size(),
         part_index=dist.rank(),
         threads=args.data_threads,
-        dtype=args.dtype,
+        dtype="float32",  # evaluate() casts on the device
         backend="python",  # names an undecodable record; the C++ iterator dies of SIGFPE on it
     )
 
@@ -404,18 +425,65 @@ def _batches(data_iter, args: argparse.Namespace):
         yield batch
 
 
+def _checked_loss(pending, args, bar) -> float:
+    """The mean loss over workers of a step, read now (``pending`` holds it summed over workers on the
+    device); a non-finite one stops the run, on every worker at the same step (they read the same sum)."""
+    summed, workers, where, lr = pending
+    mean_loss = summed.asscalar() / workers
+    if not np.isfinite(mean_loss):
+        bar.close()
+        raise TrainingError(
+            f"non-finite loss ({mean_loss}) at {where}; nothing was saved after the last checkpoint. Lower "
+            f"--lr (now {lr:.4g}) or check the data; --resume continues from the last good checkpoint in "
+            f"{args.save_dir}"
+        )
+    return mean_loss
+
+
 def train_epoch(
-    net, trainer, loss_fn, args, epoch: int, steps: int, ctx, peak_lr: float, warmup_steps: int, ema=None
+    net,
+    trainer,
+    loss_fn,
+    args,
+    epoch: int,
+    steps: int,
+    ctx,
+    peak_lr: float,
+    warmup_steps: int,
+    scaler=None,
+    ema=None,
 ):
     """One epoch of ``steps`` batches (``steps / --accumulate`` updates); returns (mean training loss over
-    all workers, seconds, last lr)."""
+    all workers, seconds, last lr).
+
+    On a GPU the host does not wait for the step it has just queued: a step's loss, summed over workers
+    on the device, is read during the next step (whose forward and backward are queued by then), so the
+    optimizer update, the Horovod calls and the next batch overlap the device's work. On a CPU, where
+    host and device are the same cores, the loss is read before the update (as MXNet's MKLDNN arrays and
+    Horovod's CPU allreduce, left to overlap, let workers' weights drift apart by a rounding error).
+    ``scaler`` (a :class:`~resnest_gluon.training.LossScaler`, float16) scales the loss and skips
+    overflowed steps; ``ema`` (an :class:`~resnest_gluon.training.ema.EMA`) follows every update.
+    """
     total_steps = args.epochs * steps // args.accumulate
     use_mixup = args.mixup and epoch < args.epochs - args.mixup_off_epoch
     rng = np.random.RandomState(args.seed + 7919 * epoch + dist.rank())
     workers, primary = dist.size(), dist.is_primary()
+    overlap = args.ctx == "gpu"
     data_iter = make_train_iter(args, epoch, ctx)
     bar = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not primary, leave=False)
-    loss_sum, lr, start = 0.0, 0.0, time.time()
+    loss_sum, lr, start, done, pending = 0.0, 0.0, time.time(), 0, None
+
+    def read(pending):
+        nonlocal loss_sum, done
+        loss_sum += _checked_loss(pending, args, bar)
+        done += 1
+        bar.update(1)
+        bar.set_postfix(  # no refresh: the bar redraws at its own interval (a line per 30 s in a log)
+            loss=f"{loss_sum / done:.3f}",
+            img_s=f"{done * args.batch_size * workers / (time.time() - start):.0f}",
+            refresh=False,
+        )
+
     for i, batch in enumerate(_batches(data_iter, args)):
         if i >= steps:  # equal step counts on every worker, whatever the shard sizes
             break
@@ -423,7 +491,7 @@ def train_epoch(
         lr = lr_at(step, peak_lr, warmup_steps, total_steps)
         trainer.set_learning_rate(lr)
         label = batch.label[0]
-        label_np = label.asnumpy()
+        label_np = label.asnumpy()  # a CPU array from the iterator: no wait for the device
         if ((label_np < 0) | (label_np >= args.classes)).any():
             raise TrainingError(
                 f"a training label ({label_np[(label_np < 0) | (label_np >= args.classes)][0]:g}) is outside "
@@ -436,28 +504,29 @@ def train_epoch(
         with autograd.record():
             output = net(data.astype(args.dtype, copy=False))
             loss = loss_fn(output.astype("float32", copy=False), target)
-        loss.backward()
-        # One small allreduce per step: every worker sees the same loss and stops together on a bad one.
-        mean_loss = dist.allreduce_sum(loss.mean().reshape((1,)), name="loss").asscalar() / workers
-        if not np.isfinite(mean_loss):
-            bar.close()
-            raise TrainingError(
-                f"non-finite loss ({mean_loss}) at epoch {epoch + 1}, step {i + 1} of {steps} "
-                f"(update {step + 1}); the parameters were not updated with it. Lower --lr (now {lr:.4g}) or "
-                f"check the data; --resume continues from the last good checkpoint in {args.save_dir}"
-            )
+            scaled = loss * scaler.scale if scaler is not None else loss
+        scaled.backward()
+        if pending is not None:
+            # The previous step's loss: done before this step's forward began, so reading it waits for
+            # nothing the device still has to do. (Read before this step's "loss" allreduce: Horovod
+            # allows one tensor of a name in flight.)
+            read(pending)
+        summed = dist.allreduce_sum(loss.mean().reshape((1,)), name="loss")
+        pending = (summed, workers, f"epoch {epoch + 1}, step {i + 1} of {steps} (update {step + 1})", lr)
+        if not overlap:
+            read(pending)
+            pending = None
         if (i + 1) % args.accumulate == 0:
-            trainer.step(args.batch_size * args.accumulate)
+            if scaler is not None:
+                scaler.step(trainer, args.batch_size * args.accumulate)  # skipped when a gradient overflowed
+            else:
+                trainer.step(args.batch_size * args.accumulate)
             if args.accumulate > 1:
                 net.collect_params().zero_grad()
             if ema is not None:
                 ema.update()
-        loss_sum += mean_loss
-        bar.update(1)
-        bar.set_postfix(
-            loss=f"{mean_loss:.3f}",
-            img_s=f"{(i + 1) * args.batch_size * workers / (time.time() - start):.0f}",
-        )
+    if pending is not None:  # the last step's loss, checked before anything is saved
+        read(pending)
     mx.nd.waitall()
     seconds = time.time() - start
     bar.close()
@@ -469,6 +538,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     check_args(args)
     dist.init()
+    ctx = dist.worker_context(args.ctx)  # every worker stops here alike if one has no GPU
     workers, primary = dist.size(), dist.is_primary()
     if primary:
         writable_dir(args.save_dir, "--save-dir")
@@ -476,7 +546,7 @@ def main(argv=None) -> dict:
             check_run_dir(args.save_dir, args.model, args.classes)
     handlers = _setup_logging(args.save_dir, primary)
     try:
-        return _run(args, workers, primary)
+        return _run(args, ctx, workers, primary)
     finally:
         root = logging.getLogger("resnest_gluon")
         for handler in handlers:
@@ -484,8 +554,7 @@ def main(argv=None) -> dict:
             handler.close()
 
 
-def _run(args, workers: int, primary: bool) -> dict:
-    ctx = mx.gpu(dist.local_rank()) if args.ctx == "gpu" else mx.cpu()
+def _run(args, ctx: mx.Context, workers: int, primary: bool) -> dict:
     crop_size = args.crop_size or resnest_gluon.model_info(args.model)["crop_size"]
 
     # Data: sizes from the indexes, labels checked before any compute.
@@ -569,7 +638,8 @@ def _run(args, workers: int, primary: bool) -> dict:
     )
     if args.no_wd:
         no_weight_decay(net.collect_params())
-    trainer = dist.make_trainer(net.collect_params(), "nag", optimizer_params)
+    trainer = dist.make_trainer(net.collect_params(), "nag", optimizer_params, args.gradient_predivide_factor)
+    scaler = LossScaler(args.loss_scale) if args.dtype == "float16" else None
 
     rows, best_top1 = [], -1.0
     if start_epoch > 0:
@@ -631,7 +701,7 @@ def _run(args, workers: int, primary: bool) -> dict:
         if max_drop > 0:
             resnest_gluon.set_drop_prob(net, drop)  # clears the cached graph; the next call rebuilds it
         train_loss, train_seconds, lr = train_epoch(
-            net, trainer, loss_fn, args, epoch, steps, ctx, peak_lr, warmup_steps, ema
+            net, trainer, loss_fn, args, epoch, steps, ctx, peak_lr, warmup_steps, scaler=scaler, ema=ema
         )
         # BN statistics differ per worker: average them so every worker holds the same model
         average_aux_states(net, dist.allreduce_sum, workers)
@@ -646,6 +716,8 @@ def _run(args, workers: int, primary: bool) -> dict:
             dropblock_prob=drop,
             mixup=bool(args.mixup and epoch < args.epochs - args.mixup_off_epoch),
             workers=workers,
+            loss_scale=None if scaler is None else scaler.scale,
+            skipped_steps=0 if scaler is None else scaler.skipped,
         )
         if ema is not None:
             row.update(val_top1_ema=None, val_top5_ema=None)

@@ -51,7 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--resize", type=int, default=None, help="shorter side before cropping (default crop/0.875)"
     )
     p.add_argument("--batch-size", type=int, default=32, help="images per worker and batch")
-    p.add_argument("--ctx", choices=("cpu", "gpu"), default="cpu", help="device; gpu uses mx.gpu(local_rank)")
+    p.add_argument(
+        "--ctx",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="device; gpu uses mx.gpu(local_rank), or gpu(0) when a worker sees exactly one GPU",
+    )
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="float16: GPU only")
     p.add_argument("--threads", type=int, default=4, help="decoding threads per worker")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -73,7 +78,7 @@ def main(argv=None) -> dict:
     primary = dist.is_primary()
     if args.json and primary:  # before the work, not after it
         writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
-    ctx = mx.gpu(dist.local_rank()) if args.ctx == "gpu" else mx.cpu()
+    ctx = dist.worker_context(args.ctx)
     crop = args.crop_size or resnest_gluon.model_info(args.model)["crop_size"]
     try:
         total = num_records(args.rec_val)
@@ -81,10 +86,10 @@ def main(argv=None) -> dict:
         raise TrainingError(f"validation file {args.rec_val}: {err}") from err
     check_labels(args.rec_val, args.classes)
 
-    net = resnest_gluon.get_model(args.model, classes=args.classes)
     if args.pretrained:
         net = resnest_gluon.get_model(args.model, pretrained=True, classes=args.classes, ctx=ctx)
     else:
+        net = resnest_gluon.get_model(args.model, classes=args.classes)
         try:
             load_params_checked(net, args.params, ctx)
         except UnreadableParams as err:
@@ -104,9 +109,11 @@ def main(argv=None) -> dict:
         part_index=dist.rank(),
         threads=args.threads,
         resize=args.resize,
-        dtype=args.dtype,
+        dtype="float32",  # evaluate() casts on the device
         backend="python",  # names an undecodable record; the C++ iterator dies of SIGFPE on it
     )
+    # Warm up (graph building, cuDNN's autotuning) on a batch of the evaluated shape before timing.
+    net(mx.nd.zeros((batch, 3, crop, crop), ctx=ctx, dtype=args.dtype)).wait_to_read()
     tic = time.time()
     try:
         counts = evaluate(net, data, ctx, args.dtype)

@@ -226,3 +226,17 @@ def test_dropblock_in_float16(tmp_path):
     env = dict(os.environ, MXNET_MKLDNN_ENABLED="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_dropblock_gradient_is_its_mask():
+    """The gradient is the output's own scaling (dropped units 0, kept ones count / kept), and no gradient
+    flows through the random mask: it takes no backward pass of its own."""
+    block = DropBlock(0.3, 3)
+    block.hybridize()
+    x = mx.nd.random.uniform(0.5, 1.5, shape=(2, 4, 11, 11))
+    x.attach_grad()
+    with autograd.record(train_mode=True):
+        y = block(x)
+    y.backward()
+    np.testing.assert_allclose(x.grad.asnumpy(), (y / x).asnumpy(), rtol=1e-6)
+    assert (x.grad == 0).asnumpy().any()

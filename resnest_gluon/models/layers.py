@@ -152,24 +152,28 @@ class DropBlock(HybridBlock):
         # 1 when training, 0 at inference: dropout of ones gives 0 or 2 in training, exactly 1 otherwise.
         # (A constant, not a slice of x: MKLDNN's slice of a blocked layout crashes in MXNet 1.9.1.)
         training = F.abs(F.Dropout(F.ones(shape=(1, 1, 1, 1)), p=0.5) - 1)
-        # Seed rate so that about drop_prob of the units fall in a dropped block (the paper's gamma).
+        # Seed rate so that about drop_prob of the units fall in a dropped block (the paper's gamma); times
+        # the flag, so that at inference no seed falls and the mask is all ones (no full-size pass for it).
         shape = F.cast(F.shape_array(x), "float32")
         hw = F.slice_axis(shape, axis=0, begin=2, end=4)
         valid = F.maximum(hw - (bs - 1), 1.0)
-        gamma = self.drop_prob / (bs * bs) * F.prod(hw) / F.prod(valid)
-        # The mask is computed in float32 whatever x's dtype (float16 training casts it at the end).
-        noise = F.cast(F.random.uniform_like(x), "float32")
-        seed = F.broadcast_lesser(noise, gamma.reshape((1, 1, 1, 1)))
-        seed = F.broadcast_mul(seed, training)
+        gamma = training * (self.drop_prob / (bs * bs) * F.prod(hw) / F.prod(valid)).reshape((1, 1, 1, 1))
+        # The 0/1 mask in x's dtype (exact in float16; half the bytes of float32), only the kept count in
+        # float32. The mask takes no gradient: without BlockGrad, backward runs through the whole chain.
+        noise = F.random.uniform_like(x)
+        corner = F.slice(noise, begin=(0, 0, 0, 0), end=(1, 1, 1, 1))  # noise is plain memory, unlike x
+        gamma = F.amp_multicast(gamma, corner, num_outputs=2, cast_narrow=True)[0]
         pad = bs // 2
+        seed = F.broadcast_lesser(noise, gamma)
         mask = 1 - F.Pooling(seed, kernel=(bs, bs), stride=(1, 1), pad=(pad, pad), pool_type="max")
-        # Rescale per sample so the expected activation is unchanged.
-        count = F.prod(F.slice_axis(shape, axis=0, begin=1, end=4))
-        kept = F.maximum(F.sum(mask, axis=(1, 2, 3), keepdims=True), 1.0)
-        scale = F.broadcast_div(count.reshape((1, 1, 1, 1)), kept)
-        factor = 1 + F.broadcast_mul(training, F.broadcast_mul(mask, scale) - 1)
-        factor, x = F.amp_multicast(factor, x, num_outputs=2, cast_narrow=True)
-        return x * factor
+        # Rescale per sample by 1 / (share of units kept) so the expected activation is unchanged (exactly 1
+        # at inference). The share as a global average pool then a mean over channels: a quarter of the time
+        # of MXNet's sum over three axes on a CPU.
+        count = F.prod(F.slice_axis(shape, axis=0, begin=1, end=4)).reshape((1, 1, 1, 1))
+        share = F.Pooling(F.amp_cast(mask, dtype="float32"), kernel=(1, 1), global_pool=True, pool_type="avg")
+        share = F.broadcast_maximum(F.mean(share, axis=(1, 2, 3), keepdims=True), 1 / count)
+        scale = F.amp_multicast(1 / share, corner, num_outputs=2, cast_narrow=True)[0]
+        return x * F.BlockGrad(F.broadcast_mul(mask, scale))
 
 
 def set_drop_prob(net: HybridBlock, drop_prob: float) -> int:

@@ -4,10 +4,11 @@
 ``schedule`` (learning rate, DropBlock ramp, weight decay), ``checks`` (inputs checked before any work),
 ``evaluation`` (top-k counts, BatchNorm statistics across workers), ``rundir`` (args, metrics, curves),
 ``checkpoints``, ``dist`` (Horovod or a single process), ``finetune`` (a backbone from another run's weights,
-frozen stages) and ``ema`` (a moving average of the weights).
+frozen stages), ``ema`` (a moving average of the weights) and ``amp`` (float16 loss scaling).
 """
 
 from . import dist
+from .amp import LossScaler
 from .checkpoints import (
     best_epochs,
     checkpoint_paths,
@@ -32,6 +33,7 @@ from .rundir import (
 from .schedule import drop_prob_at, lr_at, no_weight_decay
 
 __all__ = [
+    "LossScaler",
     "TrainingError",
     "append_metrics",
     "atomic_json",

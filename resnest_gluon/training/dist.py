@@ -12,6 +12,8 @@ from typing import Optional
 import mxnet as mx
 from mxnet import gluon
 
+from .checks import TrainingError
+
 __all__ = [
     "init",
     "launched_by_horovod",
@@ -24,6 +26,7 @@ __all__ = [
     "allreduce_sum",
     "barrier",
     "make_trainer",
+    "worker_context",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,7 +126,46 @@ def barrier(name: str = "barrier") -> None:
         _hvd.allreduce(mx.nd.zeros((1,)), average=False, name=name).asnumpy()
 
 
-def make_trainer(params, optimizer: str, optimizer_params: dict) -> gluon.Trainer:
+def worker_context(ctx: str) -> mx.Context:
+    """This worker's device for ``--ctx cpu|gpu``: ``mx.cpu()``, or the GPU of its local rank.
+
+    With exactly one GPU visible (a cluster that gives each process its own GPU through
+    ``CUDA_VISIBLE_DEVICES``, as Slurm and Kubernetes do) that GPU is ``gpu(0)`` whatever the local rank.
+    Otherwise local rank ``r`` takes ``gpu(r)``, which must exist. Call it on every worker after
+    :func:`init`: the workers compare what they see (one small allreduce), so that all of them stop
+    together rather than some blocking in their first broadcast while the others fail.
+
+    Raises
+    ------
+    TrainingError
+        On every worker, naming the GPUs each one sees, when any worker has no GPU of its own.
+    """
+    if ctx == "cpu":
+        return mx.cpu()
+    if ctx != "gpu":
+        raise ValueError(f"ctx must be 'cpu' or 'gpu', got {ctx!r}")
+    gpus = mx.context.num_gpus()
+    seen = [(gpus, local_rank())]
+    if is_distributed():
+        mine = mx.nd.zeros((2, size()))
+        mine[:, rank()] = mx.nd.array([gpus, local_rank()])
+        seen = [tuple(col) for col in allreduce_sum(mine, name="gpus").asnumpy().astype(int).T.tolist()]
+    bad = [r for r, (n, local) in enumerate(seen) if n == 0 or (n > 1 and local >= n)]
+    if bad:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        per_rank = ", ".join(f"rank {r} (local {local}): {n}" for r, (n, local) in enumerate(seen))
+        raise TrainingError(
+            f"--ctx gpu: rank(s) {', '.join(map(str, bad))} have no GPU of their own. GPUs each rank sees: "
+            f"{per_rank} (here CUDA_VISIBLE_DEVICES={visible}). A worker takes gpu(local rank), or gpu(0) "
+            "when it sees exactly one: start at most as many workers per machine as it has GPUs "
+            "(horovodrun -H host:N), install mxnet-cu112 if MXNet sees none, or pass --ctx cpu"
+        )
+    return mx.gpu(0) if gpus == 1 else mx.gpu(local_rank())
+
+
+def make_trainer(
+    params, optimizer: str, optimizer_params: dict, gradient_predivide_factor: float = 1.0
+) -> gluon.Trainer:
     """A ``hvd.DistributedTrainer`` (gradients averaged over workers) or a local ``gluon.Trainer``.
 
     Parameters
@@ -134,7 +176,15 @@ def make_trainer(params, optimizer: str, optimizer_params: dict) -> gluon.Traine
         An MXNet optimizer name, e.g. ``"nag"`` (SGD with Nesterov momentum).
     optimizer_params : dict
         Its arguments, e.g. ``learning_rate``, ``momentum``, ``wd``, ``multi_precision``.
+    gradient_predivide_factor : float
+        Horovod's: gradients are divided by it before the sum over workers and by
+        ``size / gradient_predivide_factor`` after, so that a sum of many float16 gradients stays in range
+        (``size()`` divides before the sum entirely). Ignored with one worker.
     """
+    if gradient_predivide_factor <= 0:
+        raise ValueError(f"gradient_predivide_factor must be positive, got {gradient_predivide_factor}")
     if _hvd is not None:
-        return _hvd.DistributedTrainer(params, optimizer, optimizer_params)
+        return _hvd.DistributedTrainer(
+            params, optimizer, optimizer_params, gradient_predivide_factor=gradient_predivide_factor
+        )
     return gluon.Trainer(params, optimizer, optimizer_params, kvstore=None)
