@@ -74,8 +74,7 @@ def quantize_checkpoint(
             )
     net = resnest_gluon.get_model(model, classes=classes)
     load_params_checked(net, params, mx.cpu())
-    deploy.prepare_for_inference(net)
-    net.hybridize(static_alloc=True, static_shape=True)
+    deploy.prepare_for_inference(net)  # the fused float32 graph a user gets
     fp32 = top1(net, rec_val, batch_size, input_size)
     calib = val_iter(rec_calib, batch_size, input_size)
     qnet = deploy.quantize(net, calib, calib_batches, out, calib_mode=calib_mode)

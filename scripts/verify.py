@@ -23,6 +23,7 @@ THREADS = threads.configure()
 import mxnet as mx
 
 import resnest_gluon
+from resnest_gluon import deploy
 from resnest_gluon.data import num_records, val_iter
 from resnest_gluon.models.pretrained import load_params_checked
 from resnest_gluon.training import TrainingError, atomic_json, check_labels, dist, evaluate
@@ -88,7 +89,7 @@ def main(argv=None) -> dict:
             raise TrainingError(f"{err} (is --model / --classes right?)") from err
     if args.dtype == "float16":
         net.cast("float16")
-    net.hybridize(static_alloc=True, static_shape=True)
+    deploy.prepare_for_inference(net)  # oneDNN-fused on a CPU, the plain graph on a GPU
 
     batch = min(args.batch_size, max(1, -(-total // dist.size()) if dist.size() > 1 else total))
     data = val_iter(
