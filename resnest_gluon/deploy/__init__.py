@@ -15,8 +15,20 @@ model where a good one was.
 from .graph import export, fusion_available, is_fused, load_exported, net_context, prepare_for_inference
 from .int8 import calibration_batches, quantize, rec_calibration_iter
 from .onnx_export import TENSORRT_ONNX_OPS, check_onnx_ops, export_onnx, load_onnx, onnx_ops, run_onnx
+from .openvino_export import (
+    export_openvino,
+    load_openvino,
+    openvino_capabilities,
+    resolve_precision,
+    run_openvino,
+)
 
 __all__ = [
+    "run_openvino",
+    "resolve_precision",
+    "openvino_capabilities",
+    "load_openvino",
+    "export_openvino",
     "TENSORRT_ONNX_OPS",
     "calibration_batches",
     "check_onnx_ops",
