@@ -353,7 +353,9 @@ def run(
         peers += [("gluoncv", p) for p in (GLUONCV_PEERS.get(name, []) if compare_gluoncv else [])]
         for impl, model in peers:
             ours = impl == "resnest_gluon"
-            for i, mode in enumerate(modes + (["imperative"] if imperative and model == name else [])):
+            for i, mode in enumerate(
+                modes + (["imperative"] if imperative and ours and model == name else [])
+            ):
                 net = build_net(
                     model, impl=impl, ctx=ctx, dtype=dtype, keep_dropblock=ours and keep_dropblock
                 )
@@ -579,7 +581,7 @@ def format_ratios(rows: Iterable[Dict]) -> str:
 
 
 def plot(records: Iterable[Dict], path: str, batch_size: int = 1) -> Optional[str]:
-    """Accuracy vs latency (the paper's Figure 1) with our hybridized latency at ``batch_size``.
+    """Accuracy vs latency (the paper's Figure 1) with our baseline's latency at ``batch_size``.
 
     Only records with a published top-1 are drawn; returns ``path``, or None if there is nothing to draw.
     """
@@ -591,10 +593,7 @@ def plot(records: Iterable[Dict], path: str, batch_size: int = 1) -> Optional[st
     points = [
         r
         for r in records
-        if r["impl"] == "resnest_gluon"
-        and r["mode"] == "hybridized"
-        and r["batch_size"] == batch_size
-        and r.get("top1") is not None
+        if r.get("baseline") and r["batch_size"] == batch_size and r.get("top1") is not None
     ]
     if not points:
         logger.warning("no model with a published top-1 at batch %d: no chart drawn", batch_size)
