@@ -305,6 +305,7 @@ def run(
     onnx: bool = False,
     quantize_rec: Optional[str] = None,
     calib_batches: int = 5,
+    calib_modes: Sequence[str] = ("naive",),
     rounds: int = 1,
     keep_dropblock: bool = False,
     fuse: bool = True,
@@ -379,11 +380,13 @@ def run(
         if onnx:
             session = _onnx_session(source, size)
             derived["onnx"] = (partial(onnx_runner, session), dict(cpu, impl="onnxruntime", mode="graph"))
-        if quantize_rec:
-            qnet = deploy.quantize(cpu_copy(name, source), calib, len(calib), batch_size=calib[0].shape[0])
-            derived["int8"] = (
+        for calib_mode in calib_modes if quantize_rec else ():
+            qnet = deploy.quantize(
+                cpu_copy(name, source), calib, len(calib), batch_size=len(calib[0]), calib_mode=calib_mode
+            )
+            derived[f"int8-{calib_mode}"] = (
                 partial(mxnet_runner, qnet, ctx=mx.cpu(), dtype="float32"),
-                dict(cpu, impl="resnest_gluon-int8", mode="int8", dtype="int8"),
+                dict(cpu, impl="resnest_gluon-int8", mode="int8", dtype="int8", calib_mode=calib_mode),
             )
         for precision in openvino:
             compiled = _openvino_model(source, size, precision, calib)
@@ -508,7 +511,8 @@ def ratios(records: Iterable[Dict]) -> List[Dict]:
 
 def label(r: Dict) -> str:
     """A record's path, e.g. ``resnest50 (resnest_gluon, fused)`` or ``resnest50 (openvino, bf16)``."""
-    return f"{r['model']} ({r['impl']}, {r['mode']})"
+    calib = f", {r['calib_mode']} calibration" if r.get("calib_mode") else ""
+    return f"{r['model']} ({r['impl']}, {r['mode']}{calib})"
 
 
 def _paired_ratio(mine: Dict, other: Dict) -> Optional[Dict]:
@@ -819,6 +823,13 @@ def parse_args(argv=None):
     )
     p.add_argument("--calib-batches", type=int, default=5, help="calibration batches (of 8) for INT8 paths")
     p.add_argument(
+        "--calib-mode",
+        nargs="+",
+        default=["naive"],
+        choices=["naive", "entropy"],
+        help="MXNet INT8 calibration(s) to time (one INT8 row each)",
+    )
+    p.add_argument(
         "--openvino",
         nargs="*",
         choices=["f32", "bf16", "int8"],
@@ -908,6 +919,7 @@ def main(argv=None) -> List[Dict]:
         onnx=args.onnx,
         quantize_rec=args.quantize,
         calib_batches=args.calib_batches,
+        calib_modes=args.calib_mode,
         rounds=args.rounds,
         keep_dropblock=args.keep_dropblock,
         fuse=not args.no_fuse,

@@ -214,8 +214,14 @@ def test_quantize_script_end_to_end(tmp_path):
         "--calib-batches",
         "2",
     ]
-    result = script.main(argv + ["--json", str(tmp_path / "q.json")])
+    result = script.main(argv + ["--json", str(tmp_path / "q.json"), "--calib-mode", "naive", "entropy"])
     assert result["val_images"] == 20
+    assert [p["path"] for p in result["paths"]] == [
+        "mxnet float32 (fused)",
+        "mxnet int8 (naive calibration)",
+        "mxnet int8 (entropy calibration)",
+    ]
+    assert result["paths"][1]["top1"] == result["int8_top1"] and result["calib_mode"] == "naive"
     assert 0 <= result["int8_top1"] <= 100 and 0 <= result["float32_top1"] <= 100
     assert result["top1_drop"] == pytest.approx(result["float32_top1"] - result["int8_top1"])
     assert os.path.isfile(out + "-symbol.json") and os.path.isfile(out + "-0000.params")
