@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import tempfile
+import textwrap
 import time
 from functools import partial
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
@@ -689,10 +690,10 @@ def plot_paths(records: Iterable[Dict], path: str, title: str = "") -> Optional[
                 va="center",
                 fontsize=7,
             )
-        ax.set_xlabel(f"images/s, batch {bs} (median; label: ours / it, call by call)")
+        ax.set_xlabel(f"images/s at batch {bs} (median); label: ours / it")
         ax.set_xlim(0, max(r["img_per_sec"] for r in rows) * 1.8)
         ax.grid(True, axis="x", alpha=0.3)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle("\n".join(textwrap.fill(line, 130) for line in title.splitlines()), fontsize=9)
     fig.tight_layout()
     _atomic_save(lambda tmp: fig.savefig(tmp, dpi=110, format=os.path.splitext(path)[1][1:] or "png"), path)
     plt.close(fig)
