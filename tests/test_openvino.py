@@ -52,7 +52,7 @@ def digits():
                 loss = loss_fn(net(x), y)
             loss.backward()
             trainer.step(32)
-    return net, images[val], data.target[val], [images[train[i : i + 32]] for i in range(0, 320, 32)]
+    return net, images[val], data.target[val], [images[train[i : i + 32]] for i in range(0, 128, 32)]
 
 
 def top1(logits, labels):
