@@ -44,7 +44,7 @@ def prepare_for_inference(net: HybridBlock, fuse: Optional[bool] = None) -> Hybr
        DropBlock still builds its random mask (more than half of ResNeSt-50's CPU time at batch 1).
     2. ``hybridize(static_alloc=True, static_shape=True)``.
     3. On a CPU with oneDNN (MKLDNN), the graph is partitioned for the ``MKLDNN`` backend, which fuses
-       convolution + BatchNorm + ReLU (+ residual add): 1.4x the plain graph's speed for ResNeSt-50. The
+       convolution + BatchNorm + ReLU (+ residual add): 1.1-1.4x the plain graph's speed for ResNeSt-50. The
        outputs equal the plain graph's to float rounding (tested to 1e-4). On a GPU the plain graph is used.
 
     Parameters
