@@ -183,8 +183,12 @@ def extract_val(
                     f"{member.name}: ground truth ID {label_id} is not a leaf synset of meta.mat"
                 )
             dest = os.path.join(val_dir, synsets[label_id][0], os.path.basename(member.name))
-            with open(dest + ".tmp", "wb") as f:
-                shutil.copyfileobj(tar.extractfile(member), f)
+            try:
+                with open(dest + ".tmp", "wb") as f:
+                    shutil.copyfileobj(tar.extractfile(member), f)
+            except BaseException:  # Ctrl-C, SIGTERM, a full disk: no half-written image left
+                os.remove(dest + ".tmp")
+                raise
             os.replace(dest + ".tmp", dest)
             count += 1
             bar.update(1)
@@ -303,9 +307,24 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run; returns 0, or 2 when some images could not be packed (listed in ``<split>.skipped.tsv``)."""
+    """Run; returns 0, 2 when some images could not be packed (listed in ``<split>.skipped.tsv``), 1 on an
+    error, 130 / 143 when stopped by SIGINT / SIGTERM (finished steps are kept: a rerun continues)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
+    from resnest_gluon.interrupts import exit_status, stop_message, stop_on_sigterm
+
+    stop_on_sigterm()
+    try:
+        return _run(args)
+    except (ValueError, tarfile.TarError, _load_im2rec().PackError) as err:
+        logger.error("error: %s", err)
+        return 1
+    except KeyboardInterrupt as err:
+        logger.error(stop_message("prepare_imagenet", err, "finished steps are kept: run it again to go on"))
+        return exit_status(err)
+
+
+def _run(args: argparse.Namespace) -> int:
     summary = prepare(
         args.out,
         args.train_tar,

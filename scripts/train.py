@@ -31,6 +31,7 @@ from mxnet import autograd, gluon
 
 import resnest_gluon
 from resnest_gluon.data import mixup, num_records, shard_bounds, smooth_one_hot, train_iter, val_iter
+from resnest_gluon.interrupts import exit_status, held_signals, stop_message, stop_on_sigterm
 from resnest_gluon.progress import progress_bar
 from resnest_gluon.training import (
     TrainingError,
@@ -38,6 +39,7 @@ from resnest_gluon.training import (
     atomic_json,
     average_aux_states,
     check_labels,
+    check_run_dir,
     checkpoint_paths,
     copy_atomic,
     dist,
@@ -51,6 +53,8 @@ from resnest_gluon.training import (
     read_metrics,
     save_checkpoint,
     truncate_metrics,
+    writable_dir,
+    write_metrics,
 )
 
 logger = logging.getLogger("resnest_gluon.train")
@@ -216,7 +220,24 @@ def make_val_iter(args: argparse.Namespace, crop_size: int):
         part_index=dist.rank(),
         threads=args.data_threads,
         dtype=args.dtype,
+        backend="python",  # names an undecodable record; the C++ iterator dies of SIGFPE on it
     )
+
+
+def validate(net, val_data, ctx, args: argparse.Namespace, epoch: int, n_val: int):
+    """Top-1 and top-5 (%) over all workers; an undecodable record stops the run with a TrainingError
+    (the epoch's checkpoint is already saved)."""
+    try:
+        counts = evaluate(net, val_data, ctx, args.dtype)
+    except ValueError as err:
+        raise TrainingError(
+            f"validation data: {err}. Epoch {epoch} is saved in {args.save_dir}: --resume continues once "
+            "the data is fixed"
+        ) from err
+    counts = dist.allreduce_sum(mx.nd.array(counts, dtype="float64"), name="val").asnumpy()
+    if int(counts[2]) != n_val:
+        logger.warning("validated %d images, the index lists %d", int(counts[2]), n_val)
+    return 100.0 * counts[0] / counts[2], 100.0 * counts[1] / counts[2]
 
 
 def _setup_logging(save_dir: str, primary: bool) -> list:
@@ -312,7 +333,9 @@ def main(argv=None) -> dict:
     dist.init()
     workers, primary = dist.size(), dist.is_primary()
     if primary:
-        os.makedirs(args.save_dir, exist_ok=True)
+        writable_dir(args.save_dir, "--save-dir")
+        if args.resume:
+            check_run_dir(args.save_dir, args.model, args.classes)
     handlers = _setup_logging(args.save_dir, primary)
     try:
         return _run(args, workers, primary)
@@ -451,20 +474,12 @@ def _run(args, workers: int, primary: bool) -> dict:
         )
         # BN statistics differ per worker: average them so every worker holds the same model
         average_aux_states(net, dist.allreduce_sum, workers)
-        top1 = top5 = None
-        last = epoch + 1 == args.epochs
-        if val_data is not None and ((epoch + 1) % args.eval_frequency == 0 or last):
-            counts = evaluate(net, val_data, ctx, args.dtype)
-            counts = dist.allreduce_sum(mx.nd.array(counts, dtype="float64"), name="val").asnumpy()
-            if int(counts[2]) != n_val:
-                logger.warning("validated %d images, the index lists %d", int(counts[2]), n_val)
-            top1, top5 = 100.0 * counts[0] / counts[2], 100.0 * counts[1] / counts[2]
         row = dict(
             epoch=epoch + 1,
             lr=lr,
             train_loss=train_loss,
-            val_top1=top1,
-            val_top5=top5,
+            val_top1=None,
+            val_top5=None,
             samples_per_sec=steps * total_batch / train_seconds,
             time=time.time() - tic,
             dropblock_prob=drop,
@@ -472,15 +487,27 @@ def _run(args, workers: int, primary: bool) -> dict:
             workers=workers,
         )
         if primary:
-            # the metrics line first: a kill before the checkpoint lands leaves a line that --resume drops
-            append_metrics(metrics_path, row)
-            rows.append(row)
-            params_path = save_checkpoint(net, trainer, args.save_dir, args.model, epoch + 1)
-            if top1 is not None and top1 > best_top1:
-                best_top1 = top1
-                copy_atomic(params_path, os.path.join(args.save_dir, f"{args.model}-best.params"))
-            prune_checkpoints(args.save_dir, args.model, args.keep)
-            plot_curves(rows, os.path.join(args.save_dir, "curves.png"), f"{args.model}, {workers} worker(s)")
+            # metrics line, then checkpoint, both before validation: a crash there loses no epoch, and a
+            # kill before the checkpoint lands leaves a line that --resume drops
+            with held_signals():
+                append_metrics(metrics_path, row)
+                rows.append(row)
+                params_path = save_checkpoint(net, trainer, args.save_dir, args.model, epoch + 1)
+        top1 = top5 = None
+        last = epoch + 1 == args.epochs
+        if val_data is not None and ((epoch + 1) % args.eval_frequency == 0 or last):
+            top1, top5 = validate(net, val_data, ctx, args, epoch + 1, n_val)
+            row.update(val_top1=top1, val_top5=top5, time=time.time() - tic)
+        if primary:
+            with held_signals():
+                if top1 is not None:
+                    write_metrics(metrics_path, rows)
+                    if top1 > best_top1:
+                        best_top1 = top1
+                        copy_atomic(params_path, os.path.join(args.save_dir, f"{args.model}-best.params"))
+                prune_checkpoints(args.save_dir, args.model, args.keep)
+                title = f"{args.model}, {workers} worker(s)"
+                plot_curves(rows, os.path.join(args.save_dir, "curves.png"), title)
             logger.info(
                 "epoch %d/%d  loss %.4f  lr %.4g  val top-1 %s top-5 %s  %.1f img/s  %.1fs",
                 epoch + 1,
@@ -505,8 +532,13 @@ def _run(args, workers: int, primary: bool) -> dict:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     try:
         main()
     except TrainingError as err:
         print(f"error (rank {dist.rank()}): {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as err:
+        what = "every checkpoint saved is complete: --resume continues"
+        print(stop_message(f"train.py (rank {dist.rank()})", err, what), file=sys.stderr)
+        sys.exit(exit_status(err))

@@ -27,8 +27,9 @@ import mxnet as mx
 import resnest_gluon
 from resnest_gluon import deploy
 from resnest_gluon.data import num_records, val_iter
-from resnest_gluon.models.pretrained import load_params_checked
-from resnest_gluon.training import TrainingError, atomic_json, check_labels, dist, evaluate
+from resnest_gluon.interrupts import exit_status, stop_message, stop_on_sigterm
+from resnest_gluon.models.pretrained import UnreadableParams, load_params_checked
+from resnest_gluon.training import TrainingError, atomic_json, check_labels, dist, evaluate, writable_dir
 
 logger = logging.getLogger("resnest_gluon.verify")
 
@@ -112,6 +113,8 @@ def main(argv=None) -> dict:
         raise TrainingError(f"parameter file {args.params} does not exist")
     dist.init()
     primary = dist.is_primary()
+    if args.json and primary:  # before the work, not after it
+        writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
     ctx = mx.gpu(dist.local_rank()) if args.ctx == "gpu" else mx.cpu()
     crop = args.crop_size or resnest_gluon.model_info(args.model)["crop_size"]
     try:
@@ -126,6 +129,8 @@ def main(argv=None) -> dict:
     else:
         try:
             load_params_checked(net, args.params, ctx)
+        except UnreadableParams as err:
+            raise TrainingError(str(err)) from err
         except ValueError as err:
             raise TrainingError(f"{err} (is --model / --classes right?)") from err
     if args.dtype == "float16":
@@ -146,9 +151,13 @@ def main(argv=None) -> dict:
         threads=args.threads,
         resize=args.resize,
         dtype=args.dtype,
+        backend="python",  # names an undecodable record; the C++ iterator dies of SIGFPE on it
     )
     tic = time.time()
-    counts = evaluate(net, data, ctx, args.dtype)
+    try:
+        counts = evaluate(net, data, ctx, args.dtype)
+    except ValueError as err:  # an undecodable record, named
+        raise TrainingError(f"validation data: {err}") from err
     mx.nd.waitall()
     counts = dist.allreduce_sum(mx.nd.array(counts, dtype="float64"), name="verify").asnumpy()
     seconds = time.time() - tic  # after the sum: the slowest worker's time
@@ -181,8 +190,12 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     try:
         main()
     except TrainingError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as err:
+        print(stop_message("verify.py", err, "no result was written"), file=sys.stderr)
+        sys.exit(exit_status(err))

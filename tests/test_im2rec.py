@@ -315,7 +315,10 @@ def test_bad_list_lines_are_reported(tmp_path):
     root = tmp_path / "img"
     _write(str(root / "x.jpg"), _jpeg_bytes(_photo(20, 20, 1)))
     (tmp_path / "l.lst").write_text("0\t1.0\tx.jpg\nnot a line\n1\tabc\tx.jpg\n2\t0\tmissing.jpg\n")
-    assert im2rec.main([str(tmp_path / "l"), str(root), "--no-progress"]) == 2
+    # 3 of 4 lines skipped: more than --max-skipped's default half, so nothing is written
+    assert im2rec.main([str(tmp_path / "l"), str(root), "--no-progress"]) == 1
+    assert not (tmp_path / "l.rec").exists() and not (tmp_path / "l.idx").exists()
+    assert im2rec.main([str(tmp_path / "l"), str(root), "--no-progress", "--max-skipped", "0.8"]) == 2
     report = (tmp_path / "l.skipped.tsv").read_text()
     assert "line 2" in report and "line 3" in report and "missing.jpg" in report
     assert len(_mx_records(str(tmp_path / "l"))) == 1
@@ -337,8 +340,7 @@ def test_interrupted_run_keeps_previous_files(images, tmp_path, monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(im2rec, "make_record", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        im2rec.main([prefix, images, "--resize", "32", "--no-progress"])
+    assert im2rec.main([prefix, images, "--resize", "32", "--no-progress"]) == 130
     assert {ext: open(prefix + ext, "rb").read() for ext in (".rec", ".idx")} == before
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
     assert rec_check.main([prefix, "--no-decode"]) == 0

@@ -25,7 +25,9 @@ arXiv:2004.08955), whose training resizes the shorter side to 480 px before rand
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
+import io
 import logging
 import math
 import multiprocessing
@@ -34,12 +36,23 @@ import queue
 import random
 import struct
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from resnest_gluon.data.lst import ListItem, read_list, repeated_indices
+from resnest_gluon.interrupts import (
+    ParentWatch,
+    exit_status,
+    held_signals,
+    stop_message,
+    stop_on_sigterm,
+    worker_signals,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +68,8 @@ MAX_RECORD_BYTES = (1 << 29) - 1
 OPENCV_MAX_PIXELS = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
 DEFAULT_EXTS = (".jpeg", ".jpg", ".png")
 SKIP_EXIT_STATUS = 2
+#: A run that skips more than this share of its list lines replaces no earlier pair (wrong ROOT or list?).
+MAX_SKIPPED = 0.5
 
 _REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 _REDUCED_GRAY = {
@@ -66,12 +81,8 @@ _REDUCED_GRAY = {
 _PLAIN_SOF = (0xC0, 0xC1, 0xC2)
 
 
-class ListItem(NamedTuple):
-    """One line of a ``.lst`` file."""
-
-    index: int
-    path: str
-    labels: Tuple[float, ...]
+class PackError(Exception):
+    """Packing refused or given up: an earlier ``.rec``/``.idx`` is untouched, and no new one is left."""
 
 
 class SkipImage(Exception):
@@ -79,13 +90,64 @@ class SkipImage(Exception):
 
 
 # ----------------------------------------------------------------------------------------------- lists
-def list_images(root: str, recursive: bool = False, exts: Sequence[str] = DEFAULT_EXTS) -> List[ListItem]:
+class ListingError(OSError):
+    """A folder cannot be listed completely; no list is written."""
+
+
+def _folder_key(path: str) -> Tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _unreadable(err: OSError) -> None:
+    raise ListingError(
+        f"cannot read folder {err.filename}: {err.strerror}; its images would be left out (and, with "
+        "--recursive, every later class would shift its label): fix its permissions or move it away"
+    )
+
+
+def _walk(root: str, problems: List[Tuple[str, str]]) -> Iterator[Tuple[str, List[str]]]:
+    """``(folder, sorted file names)`` of every folder under ``root``, following symlinks but entering each
+    real folder once (a symlink loop or a second link to a folder is reported in ``problems``)."""
+    seen = {_folder_key(root): "."}
+    for path, dirs, files in os.walk(root, followlinks=True, onerror=_unreadable):
+        keep = []
+        for name in sorted(dirs):
+            full = os.path.join(path, name)
+            key = _folder_key(full)
+            if key in seen:
+                problems.append((os.path.relpath(full, root), f"same folder as {seen[key]}: listed once"))
+                continue
+            seen[key] = os.path.relpath(full, root)
+            keep.append(name)
+        dirs[:] = keep
+        yield path, sorted(files)
+
+
+def _image_files(
+    root: str, folder: str, names: Sequence[str], exts: set, problems: List[Tuple[str, str]]
+) -> Iterator[str]:
+    """Paths of the image files among ``names``; image names that are no readable file go to ``problems``."""
+    for name in names:
+        fpath = os.path.join(folder, name)
+        if os.path.splitext(name)[1].lower() not in exts:
+            continue
+        if os.path.isfile(fpath):
+            yield fpath
+        elif os.path.islink(fpath):
+            problems.append((os.path.relpath(fpath, root), "broken or looping symlink"))
+
+
+def list_images(
+    root: str, recursive: bool = False, exts: Sequence[str] = DEFAULT_EXTS
+) -> Tuple[List[ListItem], List[Tuple[str, str]]]:
     """List the images under ``root`` the way MXNet's ``im2rec.py --list`` does.
 
     With ``recursive``, folders are walked in sorted order and every folder that holds an image gets the
     next label (0, 1, ...) the first time it is met, so for the usual ``root/<class>/<image>`` layout the
-    labels are the sorted class names numbered from 0. Without it, only the files directly in ``root`` are
-    listed, all with label 0.
+    labels are the sorted class names numbered from 0. Symlinks are followed, but every real folder is
+    entered once (a symlink loop would otherwise repeat the tree until the path is too long). Without
+    ``recursive``, only the files directly in ``root`` are listed, all with label 0.
 
     Parameters
     ----------
@@ -98,31 +160,37 @@ def list_images(root: str, recursive: bool = False, exts: Sequence[str] = DEFAUL
 
     Returns
     -------
-    list of ListItem
+    items : list of ListItem
         In walk order, indices 0..N-1.
+    problems : list of (path, reason)
+        What was left out: broken or looping file symlinks, folders met a second time.
+
+    Raises
+    ------
+    ListingError
+        ``root`` does not exist, or a folder under it cannot be read.
     """
     exts = {e.lower() for e in exts}
     items: List[ListItem] = []
+    problems: List[Tuple[str, str]] = []
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"image folder {root!r} does not exist")
+        raise ListingError(f"image folder {root} does not exist")
     if recursive:
         labels: Dict[str, int] = {}
-        for path, dirs, files in os.walk(root, followlinks=True):
-            dirs.sort()
-            files.sort()
-            for fname in files:
-                fpath = os.path.join(path, fname)
-                if os.path.splitext(fname)[1].lower() in exts and os.path.isfile(fpath):
-                    label = labels.setdefault(path, len(labels))
-                    items.append(ListItem(len(items), os.path.relpath(fpath, root), (float(label),)))
+        for path, files in _walk(root, problems):
+            for fpath in _image_files(root, path, files, exts, problems):
+                label = labels.setdefault(path, len(labels))
+                items.append(ListItem(len(items), os.path.relpath(fpath, root), (float(label),)))
         for path, label in labels.items():
             logger.info("%s %d", os.path.relpath(path, root), label)
     else:
-        for fname in sorted(os.listdir(root)):
-            fpath = os.path.join(root, fname)
-            if os.path.splitext(fname)[1].lower() in exts and os.path.isfile(fpath):
-                items.append(ListItem(len(items), os.path.relpath(fpath, root), (0.0,)))
-    return items
+        try:
+            names = sorted(os.listdir(root))
+        except OSError as err:
+            _unreadable(err)
+        for fpath in _image_files(root, root, names, exts, problems):
+            items.append(ListItem(len(items), os.path.relpath(fpath, root), (0.0,)))
+    return items, problems
 
 
 def _atomic_write_text(path: str, text: str) -> None:
@@ -193,38 +261,6 @@ def split_lists(
     return written
 
 
-def read_list(path: str) -> Tuple[List[ListItem], List[Tuple[int, str, str]]]:
-    """Read a ``.lst`` file.
-
-    Returns
-    -------
-    items : list of ListItem
-        The well-formed lines, in file order.
-    bad : list of (line_number, line, reason)
-        Lines that could not be parsed (they are reported as skipped, as the reference skips them).
-    """
-    items, bad = [], []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = [p.strip() for p in line.strip().split("\t")]
-            if len(parts) < 3:
-                bad.append((number, line.rstrip("\n"), "needs index, label(s) and path separated by tabs"))
-                continue
-            try:
-                index = int(parts[0])
-                labels = tuple(float(p) for p in parts[1:-1])
-            except ValueError as e:
-                bad.append((number, line.rstrip("\n"), f"cannot parse numbers: {e}"))
-                continue
-            if index < 0:
-                bad.append((number, line.rstrip("\n"), "index must be >= 0"))
-                continue
-            items.append(ListItem(index, parts[-1], labels))
-    return items, bad
-
-
 def find_lists(prefix: str) -> List[str]:
     """The ``.lst`` files the reference would pack for ``prefix``.
 
@@ -292,7 +328,12 @@ class RecordWriter:
     def __init__(self, rec_path: str, idx_path: str):
         self.rec_path, self.idx_path = rec_path, idx_path
         self._rec = open(rec_path + ".tmp", "wb")
-        self._idx = open(idx_path + ".tmp", "w")
+        try:
+            self._idx = open(idx_path + ".tmp", "w")
+        except BaseException:
+            self._rec.close()
+            os.remove(rec_path + ".tmp")
+            raise
         self.pos = 0
         self.count = 0
 
@@ -312,10 +353,12 @@ class RecordWriter:
         # here would only slow the run down
         for f in (self._rec, self._idx):
             f.close()
-        if os.path.exists(self.idx_path):
-            os.remove(self.idx_path)
-        os.replace(self.rec_path + ".tmp", self.rec_path)
-        os.replace(self.idx_path + ".tmp", self.idx_path)
+        # a Ctrl-C or SIGTERM between the renames would leave a .rec without its .idx: held until done
+        with held_signals():
+            if os.path.exists(self.idx_path):
+                os.remove(self.idx_path)
+            os.replace(self.rec_path + ".tmp", self.rec_path)
+            os.replace(self.idx_path + ".tmp", self.idx_path)
 
     def abort(self) -> None:
         """Close and delete the temporary files."""
@@ -339,6 +382,7 @@ class ImageInfo:
     sof: int = 0  # JPEG start-of-frame marker
     orientation: int = 1  # EXIF orientation (1 = as stored)
     truncated: bool = False
+    corrupt: str = ""  # what is wrong with a file that is complete but damaged
 
 
 def _exif_orientation(seg: bytes) -> int:
@@ -365,7 +409,8 @@ def jpeg_info(data: bytes) -> ImageInfo:
 
     A file is flagged ``truncated`` when its last scan is not followed by an end-of-image marker (0xFFD9
     cannot occur inside entropy-coded data, so this is exact for files without trailing junk); OpenCV would
-    otherwise decode such files with a grey bottom and only a warning.
+    otherwise decode such files with a grey bottom and only a warning. A file that has its end but whose
+    header has a segment running past it is ``corrupt`` (garbage in the header), not truncated.
     """
     info = ImageInfo("jpeg")
     pos, n = 2, len(data)
@@ -401,8 +446,10 @@ def jpeg_info(data: bytes) -> ImageInfo:
         elif marker == 0xE1 and seg[:6] == b"Exif\0\0":
             info.orientation = _exif_orientation(seg)
         pos += 2 + length
-    last_scan = data.rfind(b"\xff\xda")
-    info.truncated = cut or (last_scan >= 0 and data.rfind(b"\xff\xd9") < last_scan)
+    last_scan, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    info.truncated = (cut and end < 0) or (last_scan >= 0 and end < last_scan)
+    if cut and not info.truncated:  # the file has its end: a segment length is garbage, not the file short
+        info.corrupt = "a marker segment runs past the end of the file"
     return info
 
 
@@ -430,6 +477,7 @@ class EncodeOptions:
     pass_through: bool = False
     pack_label: bool = False
     no_upscale: bool = False
+    skip_corrupt: bool = False
 
 
 def target_size(height: int, width: int, resize: int) -> Tuple[int, int]:
@@ -459,7 +507,7 @@ def _reduce_factor(info: ImageInfo, opts: EncodeOptions) -> int:
     return 1
 
 
-def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool]:
+def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool, str]:
     """Turn the bytes of one image file into the image bytes of its record.
 
     Returns
@@ -467,7 +515,9 @@ def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool]:
     image : bytes
         Encoded image (or the input itself when copied).
     copied : bool
-        True when ``data`` was passed through unchanged.
+        True when ``data`` was passed through unchanged (not decoded, so not checked for corrupt data).
+    warning : str
+        libjpeg's complaint about corrupt data in a JPEG it could still decode ('' when none).
 
     Raises
     ------
@@ -477,10 +527,12 @@ def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool]:
     if not data:
         raise SkipImage("empty file")
     if opts.pass_through:
-        return data, True
+        return data, True, ""
     info = image_info(data)
     if info.truncated:
         raise SkipImage(f"truncated {info.kind.upper()} file (no end-of-image marker)")
+    if info.corrupt:
+        raise SkipImage(f"corrupt {info.kind.upper()} file ({info.corrupt})")
     if info.width * info.height > OPENCV_MAX_PIXELS:
         raise SkipImage(
             f"image too large: {info.width}x{info.height} pixels exceeds OpenCV's limit of "
@@ -489,14 +541,16 @@ def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool]:
     short = min(info.width, info.height)
     small = bool(info.width) and (opts.resize <= 0 or short <= opts.resize)
     if opts.no_upscale and small and _copyable(info, opts):
-        return data, True
+        return data, True, ""
 
     factor = _reduce_factor(info, opts)
     if factor > 1:
         flag = (_REDUCED_COLOR if opts.color == 1 else _REDUCED_GRAY)[factor]
     else:
         flag = {1: cv2.IMREAD_COLOR, 0: cv2.IMREAD_GRAYSCALE, -1: cv2.IMREAD_UNCHANGED}[opts.color]
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    img, warning = imdecode_noting(np.frombuffer(data, np.uint8), flag)
+    if img is not None and warning and opts.skip_corrupt:
+        raise SkipImage(f"corrupt JPEG data (libjpeg: {warning})")
     if img is None or img.size == 0:
         if info.kind == "other":
             raise SkipImage("not an image OpenCV can decode (unknown format)")
@@ -522,7 +576,47 @@ def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool]:
     ok, buf = cv2.imencode(opts.encoding, img, params)
     if not ok:
         raise SkipImage(f"OpenCV cannot encode the image as {opts.encoding}")
-    return buf.tobytes(), False
+    return buf.tobytes(), False, warning
+
+
+_STDERR_SINK = None
+# libjpeg's warnings that mean damaged data (jerror.h: JWRN_EXTRANEOUS_DATA, JWRN_HIT_MARKER, ...)
+_CORRUPT_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file")
+
+
+def imdecode_noting(buf: np.ndarray, flags: int) -> Tuple[Optional[np.ndarray], str]:
+    """``cv2.imdecode`` plus libjpeg's "Corrupt JPEG data: ..." warning, when it printed one.
+
+    Such a JPEG (valid markers, damaged entropy-coded data) decodes with garbage blocks and no error:
+    the warning libjpeg prints on the C stderr is OpenCV's only sign of it (Pillow's decoder prints
+    nothing at all), so file descriptor 2 is caught for the duration of the call; any other output is
+    passed on. File descriptors are process-wide: call this from one thread only (the main thread, or a
+    worker process).
+    """
+    global _STDERR_SINK
+    if _STDERR_SINK is None or _STDERR_SINK[0] != os.getpid():  # one per process, never shared by a fork
+        _STDERR_SINK = os.getpid(), tempfile.TemporaryFile(buffering=0)
+    sink = _STDERR_SINK[1].fileno()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(sink, 2)
+    try:
+        img = cv2.imdecode(buf, flags)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    size = os.lseek(sink, 0, os.SEEK_CUR)
+    if not size:
+        return img, ""
+    text = os.pread(sink, size, 0).decode("utf-8", "replace")
+    os.ftruncate(sink, 0)
+    os.lseek(sink, 0, os.SEEK_SET)
+    lines = text.splitlines()
+    warnings = [line.strip() for line in lines if line.startswith(_CORRUPT_WARNINGS)]
+    others = "".join(line + "\n" for line in lines if not line.startswith(_CORRUPT_WARNINGS))
+    if others:
+        os.write(2, others.encode())
+    return img, warnings[0] if warnings else ""
 
 
 def _copyable(info: ImageInfo, opts: EncodeOptions) -> bool:
@@ -554,7 +648,7 @@ def _resize(img: np.ndarray, info: ImageInfo, factor: int, resize: int, cropped:
     return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
 
 
-def make_record(item: ListItem, root: str, opts: EncodeOptions) -> Tuple[Optional[bytes], str]:
+def make_record(item: ListItem, root: str, opts: EncodeOptions) -> Tuple[Optional[bytes], str, str]:
     """Read, encode and pack one list item.
 
     Returns
@@ -563,6 +657,8 @@ def make_record(item: ListItem, root: str, opts: EncodeOptions) -> Tuple[Optiona
         Packed header + image, or None when skipped.
     note : str
         ``'copied'``, ``'encoded'`` or the reason for skipping.
+    warning : str
+        What libjpeg said about a JPEG it decoded despite corrupt data ('' for none).
     """
     path = os.path.join(root, item.path)
     try:
@@ -574,17 +670,19 @@ def make_record(item: ListItem, root: str, opts: EncodeOptions) -> Tuple[Optiona
                 data = f.read()
         except OSError as e:
             raise SkipImage(f"cannot read file: {e.strerror or e}") from None
-        image, copied = encode_image(data, opts)
-        return header + image, "copied" if copied else "encoded"
+        image, copied, warning = encode_image(data, opts)
+        return header + image, "copied" if copied else "encoded", warning
     except SkipImage as e:
-        return None, str(e)
+        return None, str(e), ""
     except (cv2.error, struct.error, ValueError, MemoryError) as e:
-        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
+        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}", ""
 
 
 # --------------------------------------------------------------------------------------------- packing
-def _worker_loop(root: str, opts: EncodeOptions, tasks, results) -> None:
+def _worker_loop(root: str, opts: EncodeOptions, tasks, results, watch: ParentWatch) -> None:
     """Encode chunks from ``tasks`` until a None arrives; results go out as ``(chunk number, records)``."""
+    worker_signals()
+    watch()
     # one OpenCV thread per process: the workers already fill every core
     cv2.setNumThreads(1)
     while True:
@@ -605,8 +703,9 @@ class EncoderPool:
         )
         self.num_workers = num_workers
         self.tasks, self.results = ctx.Queue(), ctx.Queue()
+        parent = ParentWatch()
         self.procs = [
-            ctx.Process(target=_worker_loop, args=(root, opts, self.tasks, self.results), daemon=True)
+            ctx.Process(target=_worker_loop, args=(root, opts, self.tasks, self.results, parent), daemon=True)
             for _ in range(num_workers)
         ]
         for proc in self.procs:
@@ -624,7 +723,7 @@ class EncoderPool:
                         "Try fewer --num-thread."
                     ) from None
 
-    def imap(self, chunks: List[List[ListItem]]) -> Iterator[List[Tuple[Optional[bytes], str]]]:
+    def imap(self, chunks: List[List[ListItem]]) -> Iterator[List[Tuple[Optional[bytes], str, str]]]:
         """Results of each chunk, in order, keeping at most 4 chunks per worker in flight."""
         window = 4 * self.num_workers
         submitted, buffered = 0, {}
@@ -656,17 +755,15 @@ def _start_pool(root: str, opts: EncodeOptions, num_workers: int) -> Optional[En
 
 def _ordered_results(
     items: List[ListItem], root: str, opts: EncodeOptions, pool: Optional[EncoderPool], chunk_size: int
-) -> Iterator[Tuple[ListItem, Optional[bytes], str]]:
+) -> Iterator[Tuple[ListItem, Tuple[Optional[bytes], str, str]]]:
     """Encode items (on ``pool`` when given), yielding results in list order with bounded memory."""
     if pool is None:
         for item in items:
-            payload, note = make_record(item, root, opts)
-            yield item, payload, note
+            yield item, make_record(item, root, opts)
         return
     chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
     for chunk, records in zip(chunks, pool.imap(chunks)):
-        for item, (payload, note) in zip(chunk, records):
-            yield item, payload, note
+        yield from zip(chunk, records)
 
 
 @dataclass
@@ -680,6 +777,8 @@ class PackStats:
     skipped: int = 0
     seconds: float = 0.0
     report: Optional[str] = None
+    #: (index, path, libjpeg's warning) of JPEGs packed despite corrupt data
+    corrupt: List[Tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -693,11 +792,14 @@ def pack_list(
     num_workers: int = 1,
     progress: bool = True,
     chunk_size: int = 16,
+    max_skipped: float = MAX_SKIPPED,
 ) -> PackStats:
     """Pack the images of one ``.lst`` file into ``<stem>.rec`` and ``<stem>.idx`` next to it.
 
     Records are written in list order. Images that cannot be packed are left out and listed with their
-    reason in ``<stem>.skipped.tsv`` (removed when nothing was skipped).
+    reason in ``<stem>.skipped.tsv`` (removed when nothing was skipped). The new pair replaces the old one
+    only at the end, and only when at least one record was written and at most ``max_skipped`` of the
+    list's lines were skipped.
 
     Parameters
     ----------
@@ -713,16 +815,25 @@ def pack_list(
         Show a tqdm bar with images/s.
     chunk_size : int
         Images per task sent to a worker.
+    max_skipped : float
+        Largest share of skipped lines that still replaces the old pair.
 
     Returns
     -------
     PackStats
+
+    Raises
+    ------
+    PackError
+        When the list or root is unusable (see :func:`check_inputs`) or too much was skipped; the old pair
+        is then untouched.
     """
     from resnest_gluon.progress import progress_bar
 
     stem = os.path.splitext(lst_path)[0]
     stats = PackStats(lst_path, stem + ".rec", report=stem + ".skipped.tsv")
     items, bad = read_list(lst_path)
+    check_inputs(lst_path, root, items, bad)
     skipped: List[Tuple[str, str, str]] = [(f"line {n}", line, reason) for n, line, reason in bad]
     start = time.perf_counter()
     # fork the workers before tqdm starts its monitor thread
@@ -733,7 +844,9 @@ def pack_list(
         with progress_bar(
             total=len(items), unit="img", disable=not progress, desc=os.path.basename(stem)
         ) as bar:
-            for item, payload, note in results:
+            for item, (payload, note, warning) in results:
+                if payload is not None and warning:
+                    stats.corrupt.append((str(item.index), item.path, warning))
                 if payload is not None:
                     try:
                         writer.write(item.index, payload)
@@ -744,6 +857,15 @@ def pack_list(
                 elif note == "copied":
                     stats.copied += 1
                 bar.update(1)
+        lines = len(items) + len(bad)
+        if skipped:
+            _write_report(stats.report, skipped)
+        if writer.count == 0 or len(skipped) > max_skipped * lines:
+            raise PackError(
+                f"{lst_path}: {len(skipped)} of its {lines} lines were skipped (reasons in {stats.report}), "
+                f"so {stats.rec} and its .idx were not replaced. Is {root} the folder the list was made "
+                f"from? (--max-skipped {max_skipped:g} is the share of skipped lines accepted)"
+            )
         writer.commit()
     except BaseException:
         writer.abort()
@@ -754,16 +876,50 @@ def pack_list(
     stats.written = writer.count
     stats.skipped = len(skipped)
     stats.seconds = time.perf_counter() - start
-    if skipped:
-        lines = ["index\tpath\treason\n"] + ["\t".join(row) + "\n" for row in skipped]
-        _atomic_write_text(stats.report, "".join(lines))
-        for index, path, reason in skipped[:10]:
-            logger.warning("skipped %s (%s): %s", path, index, reason)
-    else:
+    if not skipped:
         if os.path.exists(stats.report):
             os.remove(stats.report)
         stats.report = None
     return stats
+
+
+def check_inputs(lst_path: str, root: str, items: List[ListItem], bad: list) -> None:
+    """Refuse, before anything is written, a list that cannot give a usable record file.
+
+    Raises
+    ------
+    PackError
+        ``root`` is no folder, the list has no usable line or repeats an index (readers would keep one
+        record per key and silently drop the others), or none of its first files exists under ``root``.
+    """
+    if not os.path.isdir(root):
+        raise PackError(f"image folder {root} does not exist")
+    if not items:
+        raise PackError(f"{lst_path} has no usable line ({len(bad)} malformed): nothing to pack")
+    repeated = repeated_indices(items)
+    if repeated:
+        shown = ", ".join(f"{index} ({n} times)" for index, n in sorted(repeated.items())[:5])
+        raise PackError(
+            f"{lst_path} repeats {len(repeated)} indices, e.g. {shown}: every record needs its own key (two "
+            "lists joined together?). Make one list with --list, or renumber the first column"
+        )
+    probe = items[:64]
+    if not any(os.path.exists(os.path.join(root, item.path)) for item in probe):
+        raise PackError(
+            f"none of the first {len(probe)} files of {lst_path} exists under {root} (e.g. "
+            f"{os.path.join(root, probe[0].path)}): is ROOT the folder the list was made from?"
+        )
+
+
+def _write_report(path: str, rows: List[Tuple[str, str, str]]) -> None:
+    """``index, path, reason`` as tab-separated values; a field holding a tab or a quote is quoted."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(("index", "path", "reason"))
+    writer.writerows(rows)
+    _atomic_write_text(path, buf.getvalue())
+    for index, where, reason in rows[:10]:
+        logger.warning("skipped %s (%s): %s", where, index, reason)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -812,12 +968,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--encoding", type=str, default=".jpg", choices=[".jpg", ".png"], help="record format"
     )
     rgroup.add_argument("--pack-label", action="store_true", help="store every label of multi-label lines")
+    rgroup.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="skip JPEGs whose data libjpeg calls corrupt (packed with a warning by default)",
+    )
+    rgroup.add_argument(
+        "--max-skipped",
+        type=float,
+        default=MAX_SKIPPED,
+        help="largest share of list lines that may be skipped; above it (or with no record at all) the "
+        "earlier .rec/.idx are kept and the exit status is 1",
+    )
     rgroup.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if not args.check and args.root is None:
         parser.error("ROOT (the image folder) is required unless --check is given")
     if args.resize < 0 or args.num_thread < 1:
         parser.error("--resize must be >= 0 and --num-thread >= 1")
+    if not 0.0 <= args.max_skipped <= 1.0:
+        parser.error("--max-skipped must be between 0 and 1")
     if args.encoding == ".jpg" and not 1 <= args.quality <= 100:
         parser.error("--quality must be 1-100 for JPEG")
     if args.encoding == ".png" and not 0 <= args.quality <= 9:
@@ -841,25 +1011,44 @@ def _load_rec_check():
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the tool; returns the exit status (0 ok, 1 error, 2 some images skipped)."""
+    """Run the tool; returns the exit status (0 ok, 1 error, 2 some images skipped or left out of a list,
+    130 / 143 stopped by SIGINT / SIGTERM). On 1, 130 and 143 no earlier file was replaced."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     if args.check:
         return _load_rec_check().main([args.prefix])
-    if args.list:
-        items = list_images(args.root, args.recursive, args.exts)
-        if not items:
-            logger.error("no files with extensions %s under %s", " ".join(args.exts), args.root)
-            return 1
-        written = split_lists(
-            items, args.prefix, args.shuffle, args.chunks, args.train_ratio, args.test_ratio
-        )
-        logger.info("listed %d images in %s", len(items), ", ".join(written))
-        return 0
+    stop_on_sigterm()
+    try:
+        return _make_lists(args) if args.list else _pack(args)
+    except (ListingError, PackError, OSError) as err:  # OSError: an unwritable output folder, a full disk
+        logger.error("error: %s", err)
+        return 1
+    except KeyboardInterrupt as err:
+        logger.error(stop_message("im2rec", err, "earlier files are untouched, no temporary file is left"))
+        return exit_status(err)
+
+
+def _make_lists(args: argparse.Namespace) -> int:
+    items, problems = list_images(args.root, args.recursive, args.exts)
+    for path, reason in problems:
+        logger.warning("left out %s: %s", path, reason)
+    if not items:
+        logger.error("error: no files with extensions %s under %s", " ".join(args.exts), args.root)
+        return 1
+    written = split_lists(items, args.prefix, args.shuffle, args.chunks, args.train_ratio, args.test_ratio)
+    logger.info("listed %d images in %s", len(items), ", ".join(written))
+    if problems:
+        logger.warning("left out %d entries of %s (listed above)", len(problems), args.root)
+        return SKIP_EXIT_STATUS
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.root):
+        raise PackError(f"image folder {args.root} does not exist")
     lists = find_lists(args.prefix)
     if not lists:
-        logger.error("no .lst file starts with %s: create one with --list first", args.prefix)
-        return 1
+        raise PackError(f"no .lst file starts with {args.prefix}: create one with --list first")
     opts = EncodeOptions(
         resize=args.resize,
         center_crop=args.center_crop,
@@ -869,11 +1058,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pass_through=args.pass_through,
         pack_label=args.pack_label,
         no_upscale=args.no_upscale,
+        skip_corrupt=args.skip_corrupt,
     )
     status = 0
     for lst in lists:
         logger.info("creating %s from %s (images in %s)", os.path.splitext(lst)[0] + ".rec", lst, args.root)
-        stats = pack_list(lst, args.root, opts, args.num_thread, progress=not args.no_progress)
+        stats = pack_list(
+            lst, args.root, opts, args.num_thread, progress=not args.no_progress, max_skipped=args.max_skipped
+        )
         logger.info(
             "wrote %d records (%d copied unchanged) to %s in %.1f s (%.0f images/s)",
             stats.written,
@@ -882,6 +1074,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             stats.seconds,
             stats.images_per_second,
         )
+        for index, path, warning in stats.corrupt[:10]:
+            logger.warning("packed %s (%s) despite corrupt JPEG data: %s", path, index, warning)
+        if stats.corrupt:
+            logger.warning(
+                "%d JPEGs have corrupt data (garbage blocks in the image); --skip-corrupt leaves them out",
+                len(stats.corrupt),
+            )
         if stats.skipped:
             logger.warning("skipped %d images; paths and reasons in %s", stats.skipped, stats.report)
             status = SKIP_EXIT_STATUS

@@ -25,6 +25,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from resnest_gluon.data.lst import read_list
+from resnest_gluon.interrupts import ParentWatch, exit_status, stop_message, stop_on_sigterm, worker_signals
+
 RECORDIO_MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", RECORDIO_MAGIC)
 IR_FORMAT = "<IfQQ"
@@ -116,29 +119,40 @@ def _load_im2rec():
     return module
 
 
-def check_image(image: bytes) -> Tuple[Optional[str], Optional[Tuple[int, int]]]:
-    """Decode one record's image; returns ``(problem or None, (height, width) or None)``."""
+Checked = Tuple[Optional[str], Optional[Tuple[int, int]], str]
+
+
+def check_image(image: bytes) -> Checked:
+    """Decode one record's image; returns ``(problem or None, (height, width) or None, warning)``, the
+    warning being libjpeg's complaint about a JPEG it decoded despite corrupt data ('' when none)."""
     im2rec = _load_im2rec()
     if not image:
-        return "empty image", None
+        return "empty image", None, ""
     try:
         info = im2rec.image_info(image)
     except im2rec.SkipImage as e:
-        return str(e), None
+        return str(e), None, ""
     if info.truncated:
-        return f"truncated {info.kind.upper()} image", None
+        return f"truncated {info.kind.upper()} image", None, ""
+    if info.corrupt:
+        return f"corrupt {info.kind.upper()} image ({info.corrupt})", None, ""
     # an 1/8-size decode still runs the whole entropy decoder, at a fraction of the cost
     flag = cv2.IMREAD_REDUCED_COLOR_8 if info.kind == "jpeg" else cv2.IMREAD_UNCHANGED
-    img = cv2.imdecode(np.frombuffer(image, np.uint8), flag)
+    img, warning = im2rec.imdecode_noting(np.frombuffer(image, np.uint8), flag)
     if img is None:
-        return "OpenCV cannot decode the image", None
+        return "OpenCV cannot decode the image", None, ""
     if info.width and info.height:
-        return None, (info.height, info.width)
-    return None, img.shape[:2]
+        return None, (info.height, info.width), warning
+    return None, img.shape[:2], warning
 
 
-def _check_images(images: List[bytes]) -> List[Tuple[Optional[str], Optional[Tuple[int, int]]]]:
+def _start_worker(watch) -> None:
+    worker_signals()
+    watch()
     cv2.setNumThreads(1)
+
+
+def _check_images(images: List[bytes]) -> List[Checked]:
     return [check_image(image) for image in images]
 
 
@@ -146,14 +160,14 @@ def _label_key(label: float) -> str:
     return str(int(label)) if float(label).is_integer() else repr(float(label))
 
 
-def resolve_paths(prefix: str) -> Tuple[str, Optional[str]]:
-    """``PREFIX`` or ``PREFIX.rec`` -> (rec path, idx path or None when there is no ``.idx``)."""
-    stem = prefix[:-4] if prefix.endswith((".rec", ".idx")) else prefix
+def resolve_paths(prefix: str) -> Tuple[str, Optional[str], Optional[str]]:
+    """``PREFIX`` or ``PREFIX.rec`` -> (rec path, idx path, lst path), None for a file that is absent."""
+    stem = prefix[:-4] if prefix.endswith((".rec", ".idx", ".lst")) else prefix
     rec = stem + ".rec"
     if not os.path.isfile(rec):
         raise FileNotFoundError(f"{rec} does not exist (give PREFIX or PREFIX.rec of a RecordIO file)")
-    idx = stem + ".idx"
-    return rec, idx if os.path.isfile(idx) else None
+    idx, lst = stem + ".idx", stem + ".lst"
+    return rec, idx if os.path.isfile(idx) else None, lst if os.path.isfile(lst) else None
 
 
 def check_rec(
@@ -162,6 +176,7 @@ def check_rec(
     decode: bool = True,
     progress: bool = False,
     num_workers: int = 1,
+    lst_path: Optional[str] = None,
 ) -> Dict[str, object]:
     """Check a ``.rec`` (and its ``.idx`` when given).
 
@@ -177,12 +192,15 @@ def check_rec(
         Show a tqdm bar.
     num_workers : int
         Decoding processes.
+    lst_path : str, optional
+        The ``.lst`` the file was packed from: every record must be one of its lines, with its label.
 
     Returns
     -------
     dict
         ``ok``, ``records``, ``bytes``, ``labels`` (``min``, ``max``, ``classes``, ``counts``,
         ``width``), ``shorter_side`` (min/max, when decoded), ``undecodable`` (count and examples),
+        ``corrupt_data`` (JPEGs that decode with libjpeg's "Corrupt JPEG data" warning),
         ``errors`` (everything that makes the pair unusable), ``warnings``.
     """
     from resnest_gluon.progress import progress_bar
@@ -199,6 +217,8 @@ def check_rec(
     shorter = []
     bad_payload = 0
     pending: List[Tuple[int, int, bytes]] = []
+    corrupt: List[Dict[str, object]] = []
+    labels: Dict[int, float] = {}
 
     def flush() -> None:
         nonlocal n_undecodable
@@ -208,13 +228,15 @@ def check_rec(
             step = -(-len(pending) // num_workers)
             parts = [[image for _, _, image in pending[i : i + step]] for i in range(0, len(pending), step)]
             checked = [r for part in pool.map(_check_images, parts) for r in part]
-        for (offset, rec_id, _), (problem, shape) in zip(pending, checked):
+        for (offset, rec_id, _), (problem, shape, warning) in zip(pending, checked):
             if problem:
                 n_undecodable += 1
                 if len(undecodable) < MAX_EXAMPLES:
                     undecodable.append({"offset": offset, "id": rec_id, "reason": problem})
             elif shape:
                 shorter.append(min(shape))
+            if warning:
+                corrupt.append({"offset": offset, "id": rec_id, "reason": warning})
         pending.clear()
 
     pool = None
@@ -222,7 +244,7 @@ def check_rec(
         ctx = multiprocessing.get_context(
             "fork" if "fork" in multiprocessing.get_all_start_methods() else None
         )
-        pool = ctx.Pool(num_workers)
+        pool = ctx.Pool(num_workers, _start_worker, (ParentWatch(),))
     try:
         with open(rec_path, "rb") as f, progress_bar(
             total=size, unit="B", unit_scale=True, disable=not progress, desc=os.path.basename(rec_path)
@@ -239,7 +261,8 @@ def check_rec(
                         continue
                     ids[offset] = rec_id
                     widths.add(max(flag, 1))
-                    counts[_label_key(label if flag == 0 else label[0])] += 1
+                    labels[rec_id] = float(label if flag == 0 else label[0])
+                    counts[_label_key(labels[rec_id])] += 1
                     if decode:
                         pending.append((offset, rec_id, image))
                         if len(pending) >= 256 * max(1, num_workers):
@@ -254,8 +277,17 @@ def check_rec(
             pool.terminate()
             pool.join()
     n_undecodable += bad_payload
+    if not offsets and not errors:
+        errors.append(f"{rec_path} holds no records ({size} bytes)")
     if n_undecodable:
         errors.append(f"{n_undecodable} records have an image that does not decode")
+    if corrupt:
+        warnings.append(
+            f"{len(corrupt)} JPEGs decode despite corrupt data (garbage blocks), e.g. record "
+            f"{corrupt[0]['id']} at byte {corrupt[0]['offset']}: {corrupt[0]['reason']}"
+        )
+    if lst_path is not None:
+        _compare_lst(lst_path, labels, errors, warnings)
 
     if idx_path is not None:
         errors += _compare_idx(idx_path, offsets, ids, size, warnings)
@@ -277,6 +309,7 @@ def check_rec(
         },
         "shorter_side": {"min": min(shorter), "max": max(shorter)} if shorter else None,
         "undecodable": {"count": n_undecodable, "examples": undecodable[:MAX_EXAMPLES]},
+        "corrupt_data": {"count": len(corrupt), "examples": corrupt[:MAX_EXAMPLES]},
         "errors": errors,
         "warnings": warnings,
     }
@@ -324,6 +357,24 @@ def _compare_idx(
     return errors
 
 
+def _compare_lst(lst_path: str, labels: Dict[int, float], errors: List[str], warnings: List[str]) -> None:
+    """Records whose id is no line of the list, or whose label differs from it (read with im2rec's parser:
+    a line it skipped is skipped here too)."""
+    items, bad = read_list(lst_path)
+    listed = {item.index: float(np.float32(item.labels[0])) for item in items if item.labels}
+    unknown = [rec_id for rec_id in labels if rec_id not in listed]
+    if unknown:
+        errors.append(f"{len(unknown)} records are not in {lst_path}, e.g. ids {_examples(unknown)}")
+    differ = [rec_id for rec_id, label in labels.items() if rec_id in listed and listed[rec_id] != label]
+    if differ:
+        errors.append(f"{len(differ)} records have another label than in {lst_path}: {_examples(differ)}")
+    missing = len(set(listed) - set(labels))
+    if missing:
+        warnings.append(f"{missing} lines of {lst_path} have no record (skipped when packing?)")
+    if bad:
+        warnings.append(f"{len(bad)} lines of {lst_path} are not list lines (line {bad[0][0]}: {bad[0][2]})")
+
+
 def format_report(report: Dict[str, object]) -> str:
     """Human-readable summary of :func:`check_rec`'s result."""
     labels = report["labels"]
@@ -341,6 +392,9 @@ def format_report(report: Dict[str, object]) -> str:
         lines.append("shorter side {min} .. {max} px".format(**report["shorter_side"]))
     for example in report["undecodable"]["examples"]:
         lines.append(f"undecodable record at byte {example['offset']}: {example['reason']}")
+    for example in report["corrupt_data"]["examples"]:
+        where = f"record {example['id']} at byte {example['offset']}"
+        lines.append(f"corrupt JPEG data in {where}: {example['reason']}")
     lines += ["warning: " + w for w in report["warnings"]]
     lines += ["ERROR: " + e for e in report["errors"]]
     lines.append("OK" if report["ok"] else "FAILED")
@@ -351,6 +405,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Check a RecordIO image file and its index.")
     parser.add_argument("prefix", help="PREFIX of PREFIX.rec (+ PREFIX.idx when present), or the .rec path")
     parser.add_argument("--idx", help="index file to check against (default: PREFIX.idx when it exists)")
+    parser.add_argument(
+        "--lst", help="list the file was packed from, to compare ids and labels (default: PREFIX.lst if any)"
+    )
     parser.add_argument("--no-decode", action="store_true", help="skip decoding the images (much faster)")
     parser.add_argument("--num-thread", type=int, default=1, help="decoding processes")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -362,13 +419,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Check and print; returns 0 when the file is good, 1 otherwise."""
     args = parse_args(argv)
     try:
-        rec, idx = resolve_paths(args.prefix)
+        rec, idx, lst = resolve_paths(args.prefix)
+        for flag, path in (("--idx", args.idx), ("--lst", args.lst)):
+            if path is not None and not os.path.isfile(path):
+                raise FileNotFoundError(f"{flag} {path} does not exist")
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    report = check_rec(
-        rec, args.idx or idx, decode=not args.no_decode, progress=args.progress, num_workers=args.num_thread
-    )
+    stop_on_sigterm()
+    try:
+        report = check_rec(
+            rec,
+            args.idx or idx,
+            decode=not args.no_decode,
+            progress=args.progress,
+            num_workers=args.num_thread,
+            lst_path=args.lst or lst,
+        )
+    except KeyboardInterrupt as err:
+        print(stop_message("rec_check", err, "nothing checked to the end"), file=sys.stderr)
+        return exit_status(err)
+    except OSError as err:  # an unreadable file
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     return 0 if report["ok"] else 1
 

@@ -12,10 +12,20 @@ The modules: ``index`` (the ``.idx``, sharding), ``recordio`` (memory-mapped rec
 ``targets`` (label smoothing, mixup), ``autoaugment``.
 """
 
+import importlib
+
 from .index import num_records, read_index, shard_bounds
-from .pipeline import train_iter, val_iter
-from .targets import mixup, smooth_one_hot
-from .transforms import MEAN, STD
+
+# The iterators and transforms (MXNet, OpenCV) are imported on first use, so that the pure-Python pieces
+# (``index``, ``lst``) load in milliseconds for tools/im2rec.py and tools/rec_check.py.
+_LAZY = {
+    "train_iter": "pipeline",
+    "val_iter": "pipeline",
+    "mixup": "targets",
+    "smooth_one_hot": "targets",
+    "MEAN": "transforms",
+    "STD": "transforms",
+}
 
 __all__ = [
     "MEAN",
@@ -28,3 +38,13 @@ __all__ = [
     "smooth_one_hot",
     "mixup",
 ]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

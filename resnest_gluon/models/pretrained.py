@@ -17,7 +17,15 @@ from typing import Dict, Optional, Tuple
 import mxnet as mx
 from mxnet.gluon import Block
 
-__all__ = ["SHA1", "default_root", "pretrained_path", "download", "load_pretrained", "load_params_checked"]
+__all__ = [
+    "SHA1",
+    "UnreadableParams",
+    "default_root",
+    "pretrained_path",
+    "download",
+    "load_pretrained",
+    "load_params_checked",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +91,24 @@ def download(name: str, root: Optional[str] = None, base_url: Optional[str] = No
     return path
 
 
+class UnreadableParams(ValueError):
+    """A ``.params`` file MXNet cannot read at all (truncated, garbage, another format)."""
+
+
 def _shapes(net: Block) -> Dict[str, Tuple[int, ...]]:
     return {k: tuple(p.shape) for k, p in net._collect_params_with_prefix().items()}
 
 
 def load_params_checked(net: Block, path: str, ctx: Optional[mx.Context] = None) -> None:
     """``net.load_parameters(path)`` after checking every key and shape, naming the first mismatch."""
-    loaded = mx.nd.load(path)
+    try:
+        loaded = mx.nd.load(path)
+    except mx.base.MXNetError as err:
+        raise UnreadableParams(
+            f"{path} ({os.path.getsize(path)} bytes) is not a readable MXNet .params file: it is cut short "
+            "(an interrupted download or copy?) or not a parameter file at all. Download or copy it again "
+            f"(MXNet: {str(err).strip().splitlines()[-1].split(': ')[-1]})"
+        ) from None
     if not isinstance(loaded, dict):
         raise ValueError(f"{path} holds no named parameters (not a Gluon .params file)")
     loaded = {k.split(":", 1)[-1]: v for k, v in loaded.items()}  # 'arg:'/'aux:' from export()

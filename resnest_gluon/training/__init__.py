@@ -8,9 +8,17 @@
 
 from . import dist
 from .checkpoints import checkpoint_paths, latest_checkpoint, prune_checkpoints, save_checkpoint, save_params
-from .checks import TrainingError, check_labels
+from .checks import TrainingError, check_labels, check_run_dir, writable_dir
 from .evaluation import average_aux_states, evaluate, topk_counts
-from .rundir import append_metrics, atomic_json, copy_atomic, plot_curves, read_metrics, truncate_metrics
+from .rundir import (
+    append_metrics,
+    atomic_json,
+    copy_atomic,
+    plot_curves,
+    read_metrics,
+    truncate_metrics,
+    write_metrics,
+)
 from .schedule import drop_prob_at, lr_at, no_weight_decay
 
 __all__ = [
@@ -19,6 +27,7 @@ __all__ = [
     "atomic_json",
     "average_aux_states",
     "check_labels",
+    "check_run_dir",
     "checkpoint_paths",
     "copy_atomic",
     "dist",
@@ -34,4 +43,6 @@ __all__ = [
     "save_params",
     "topk_counts",
     "truncate_metrics",
+    "write_metrics",
+    "writable_dir",
 ]

@@ -42,12 +42,17 @@ def append_metrics(path: str, row: dict) -> None:
 def truncate_metrics(path: str, last_epoch: int) -> List[dict]:
     """Drops the lines of epochs after ``last_epoch`` (written after the checkpoint a run resumes from)."""
     rows = [r for r in read_metrics(path) if r.get("epoch", 0) <= last_epoch]
+    write_metrics(path, rows)
+    return rows
+
+
+def write_metrics(path: str, rows: Sequence[dict]) -> None:
+    """Replaces ``metrics.jsonl`` with ``rows``, through a temporary file and a rename."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         for row in rows:
             f.write(json.dumps(row, sort_keys=True) + "\n")
     os.replace(tmp, path)
-    return rows
 
 
 def plot_curves(rows: Sequence[dict], path: str, title: str = "") -> None:

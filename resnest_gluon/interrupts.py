@@ -1,0 +1,133 @@
+"""Stopping cleanly: SIGTERM handled like Ctrl-C, one line instead of a traceback, workers that die with
+their parent.
+
+``timeout``, Slurm, docker and horovodrun stop a job with SIGTERM, whose default action kills a Python
+process without running any ``finally``: temporary files stay behind. :func:`stop_on_sigterm` makes it
+raise :class:`Stopped` (a ``KeyboardInterrupt``) instead, so the clean-up that runs on Ctrl-C runs on
+SIGTERM too. Nothing here runs at import.
+"""
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+
+__all__ = [
+    "Stopped",
+    "exit_status",
+    "ParentWatch",
+    "held_signals",
+    "stop_message",
+    "stop_on_sigterm",
+    "worker_signals",
+]
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM (after :func:`stop_on_sigterm`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises :class:`Stopped` in the main thread, as SIGINT raises KeyboardInterrupt."""
+    signal.signal(signal.SIGTERM, _raise_stopped)
+
+
+@contextlib.contextmanager
+def held_signals():
+    """Hold SIGINT and SIGTERM back during a few steps that must not be cut apart (renames of a pair of
+    files, a checkpoint); a signal that arrived meanwhile is delivered when the block ends.
+
+    Handlers, not a signal mask: CPython runs every handler in the main thread, but any thread of the
+    process (MXNet's, a thread pool's) may receive the signal, so masking the main thread holds nothing.
+    Main thread only (elsewhere the steps run unprotected).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {
+        signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def _signum(err: KeyboardInterrupt) -> int:
+    return getattr(err, "signum", signal.SIGINT)
+
+
+def exit_status(err: KeyboardInterrupt) -> int:
+    """The shell's status for a process ended by the signal: 130 for SIGINT, 143 for SIGTERM."""
+    return 128 + _signum(err)
+
+
+def stop_message(tool: str, err: KeyboardInterrupt, what: str) -> str:
+    """``"<tool>: stopped by SIGTERM; <what>"``: the one line printed instead of a traceback."""
+    return f"{tool}: stopped by {signal.Signals(_signum(err)).name}; {what}"
+
+
+def worker_signals() -> None:
+    """In a forked worker: Ctrl-C (sent to the whole process group) is the parent's business, and SIGTERM
+    (how the parent stops its workers) ends the worker at once, without a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_prctl = None
+
+
+def _load_prctl():
+    """libc's ``prctl``, looked up once, in the parent: ``dlopen`` in a child forked from a threaded
+    process can deadlock on a loader lock another thread held at the fork."""
+    global _prctl
+    if _prctl is None and sys.platform.startswith("linux"):
+        try:
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            _prctl = False
+    return _prctl
+
+
+class ParentWatch:
+    """Built in the parent, called first thing in each worker: the worker then ends when the parent dies,
+    even by SIGKILL, instead of waiting forever on its task queue, re-parented to PID 1.
+
+    On Linux the kernel sends the worker SIGKILL when the parent goes (``prctl(PR_SET_PDEATHSIG)``);
+    elsewhere a daemon thread polls ``os.getppid()``.
+    """
+
+    def __init__(self, poll_seconds: float = 1.0):
+        self.parent_pid, self.poll_seconds = os.getpid(), poll_seconds
+        _load_prctl()
+
+    def __call__(self) -> None:
+        prctl = _load_prctl()
+        armed = bool(prctl) and prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        if os.getppid() != self.parent_pid:  # the parent died before the request was armed
+            os._exit(1)
+        if not armed:
+            threading.Thread(target=self._watch, name="parent-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while os.getppid() == self.parent_pid:
+            time.sleep(self.poll_seconds)
+        os._exit(1)
