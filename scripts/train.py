@@ -10,8 +10,13 @@ SGD with Nesterov momentum 0.9, learning rate 0.1 per 256 images scaled to the t
 warm-up then cosine decay, weight decay 1e-4 (none on BN and biases with --no-wd), label smoothing 0.1,
 mixup (alpha 0.2), AutoAugment, DropBlock ramped linearly to its final probability, zero-initialised last
 BN gamma of each block. Rank 0 alone writes the run directory: args.json, train.log, metrics.jsonl,
-curves.png and checkpoints. Trainer ``.states`` files are MXNet pickles: resume only from a run directory
-you trust.
+curves.png and checkpoints.
+
+Fine-tuning (docs/finetune.md): ``--pretrained [FILE]`` starts from the published weights of ``--model`` or
+from any ``.params`` of the same architecture (the classifier replaced when its classes differ),
+``--backbone-lr-mult`` and ``--freeze-stages`` decide how much of the backbone learns, ``--ema`` keeps a
+moving average of the weights, ``--keep-best`` the best checkpoints. Trainer ``.states`` files are MXNet
+pickles: resume only from a run directory you trust.
 """
 
 import argparse
@@ -31,6 +36,7 @@ from mxnet import autograd, gluon
 
 import resnest_gluon
 from resnest_gluon.data import mixup, num_records, shard_bounds, smooth_one_hot, train_iter, val_iter
+from resnest_gluon.data.class_names import class_names_beside, read_class_names
 from resnest_gluon.interrupts import exit_status, held_signals, stop_message, stop_on_sigterm
 from resnest_gluon.progress import progress_bar
 from resnest_gluon.training import (
@@ -38,12 +44,14 @@ from resnest_gluon.training import (
     append_metrics,
     atomic_json,
     average_aux_states,
+    best_epochs,
     check_labels,
     check_run_dir,
     checkpoint_paths,
     copy_atomic,
     dist,
     drop_prob_at,
+    ema_checkpoint_path,
     evaluate,
     latest_checkpoint,
     lr_at,
@@ -52,10 +60,13 @@ from resnest_gluon.training import (
     prune_checkpoints,
     read_metrics,
     save_checkpoint,
+    save_params,
     truncate_metrics,
     writable_dir,
     write_metrics,
 )
+from resnest_gluon.training.ema import EMA
+from resnest_gluon.training.finetune import freeze_stages, load_backbone, set_backbone_lr_mult
 
 logger = logging.getLogger("resnest_gluon.train")
 
@@ -125,6 +136,56 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--data-threads", type=int, default=4, help="decoding threads per worker")
     p.add_argument("--no-hybridize", action="store_true", help="run imperatively (debugging)")
+    p.add_argument(
+        "--accumulate",
+        type=int,
+        default=1,
+        help="sum the gradients of N batches before each update (the rate scales with N x batch x workers)",
+    )
+    ft = p.add_argument_group("fine-tuning and better weights (docs/finetune.md)")
+    ft.add_argument(
+        "--pretrained",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="FILE",
+        help="start from the published weights of --model, or from FILE (any .params of the same "
+        "architecture; its classifier is replaced when its classes differ from --classes)",
+    )
+    ft.add_argument(
+        "--backbone-lr-mult",
+        type=float,
+        default=1.0,
+        help="learning rate of every parameter but the classifier, as a multiple of the head's (0: fixed)",
+    )
+    ft.add_argument(
+        "--freeze-stages",
+        type=int,
+        default=None,
+        metavar="N",
+        help="freeze the stem and the first N stages (0-4), their BatchNorm statistics included",
+    )
+    ft.add_argument(
+        "--class-names",
+        default=None,
+        metavar="FILE",
+        help="class names in label order, one per line, copied into the run directory (default: the "
+        ".classes.txt that tools/im2rec.py --list wrote beside --rec-train, if any)",
+    )
+    ft.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="also keep an exponential moving average of the weights (e.g. 0.999), validated and saved",
+    )
+    ft.add_argument(
+        "--keep-best",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also keep the K best epoch checkpoints by validation top-1 (scripts/average_checkpoints.py)",
+    )
     args = p.parse_args(argv)
     if args.no_cuda:
         args.ctx = "cpu"
@@ -152,6 +213,75 @@ def check_args(args: argparse.Namespace) -> None:
         raise TrainingError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if args.mixup_off_epoch < 0 or args.warmup_epochs < 0:
         raise TrainingError("--mixup-off-epoch and --warmup-epochs must not be negative")
+    check_finetune_args(args)
+
+
+def check_finetune_args(args: argparse.Namespace) -> None:
+    """The fine-tuning, EMA, keep-best and accumulation options."""
+    if args.accumulate < 1:
+        raise TrainingError(f"--accumulate must be at least 1, got {args.accumulate}")
+    if args.keep_best < 0:
+        raise TrainingError(f"--keep-best must not be negative, got {args.keep_best}")
+    if args.ema is not None and not 0.0 < args.ema < 1.0:
+        raise TrainingError(f"--ema is a decay in (0, 1), e.g. 0.999; got {args.ema}")
+    if args.backbone_lr_mult < 0:
+        raise TrainingError(f"--backbone-lr-mult must not be negative, got {args.backbone_lr_mult}")
+    stages = len(resnest_gluon.model_info(args.model)["layers"])
+    if args.freeze_stages is not None and not 0 <= args.freeze_stages <= stages:
+        raise TrainingError(
+            f"--freeze-stages {args.freeze_stages} is out of range: {args.model} has {stages} stages, so "
+            f"pass 0 (the stem only) to {stages} (the whole backbone)"
+        )
+    # (a resumed run has the weights in its checkpoint: the file is only needed if there is none)
+    if isinstance(args.pretrained, str) and not args.resume and not os.path.isfile(args.pretrained):
+        raise TrainingError(
+            f"--pretrained {args.pretrained} does not exist; pass a .params file, or --pretrained alone "
+            f"for the published weights of {args.model}"
+        )
+
+
+def load_class_names(args: argparse.Namespace):
+    """The class names (``--class-names`` or the file beside ``--rec-train``), checked against --classes;
+    None when there are none. Sets ``args.class_names`` to the file used."""
+    path = args.class_names or class_names_beside(args.rec_train)
+    if path is None:
+        return None
+    try:
+        names = read_class_names(path)
+    except (OSError, ValueError) as err:
+        raise TrainingError(f"--class-names: {err}") from err
+    if len(names) != args.classes:
+        raise TrainingError(
+            f"{path} names {len(names)} classes but --classes is {args.classes}: pass --classes "
+            f"{len(names)}, or the class-names file of this data with --class-names"
+        )
+    args.class_names = path
+    return names
+
+
+def prepare_finetune(net, args: argparse.Namespace, ctx: mx.Context, load: bool) -> None:
+    """Loads --pretrained into ``net`` (when ``load``: rank 0 of a run that does not resume), then sets the
+    backbone's rate and freezes stages (every rank)."""
+    if load and args.pretrained is not None:
+        try:
+            info = load_backbone(net, args.model, args.pretrained, ctx)
+        except (OSError, ValueError) as err:
+            raise TrainingError(f"--pretrained: {err}") from err
+        if info["classifier"] == "replaced":
+            logger.info(
+                "the classifier of %s has %d classes, not --classes %d: it starts fresh",
+                info["path"],
+                info["file_classes"],
+                args.classes,
+            )
+    if args.backbone_lr_mult != 1.0:
+        set_backbone_lr_mult(net, args.backbone_lr_mult)
+    if args.freeze_stages is not None:
+        freeze_stages(net, args.freeze_stages)
+    if args.accumulate > 1:  # gradients are summed over the batches until the update
+        for param in net.collect_params().values():
+            if param.grad_req != "null":
+                param.grad_req = "add"
 
 
 def record_count(path: str, what: str) -> int:
@@ -224,7 +354,7 @@ def make_val_iter(args: argparse.Namespace, crop_size: int):
     )
 
 
-def validate(net, val_data, ctx, args: argparse.Namespace, epoch: int, n_val: int):
+def validate(net, val_data, ctx, args: argparse.Namespace, epoch: int, n_val: int, name: str = "val"):
     """Top-1 and top-5 (%) over all workers; an undecodable record stops the run with a TrainingError
     (the epoch's checkpoint is already saved)."""
     try:
@@ -234,7 +364,7 @@ def validate(net, val_data, ctx, args: argparse.Namespace, epoch: int, n_val: in
             f"validation data: {err}. Epoch {epoch} is saved in {args.save_dir}: --resume continues once "
             "the data is fixed"
         ) from err
-    counts = dist.allreduce_sum(mx.nd.array(counts, dtype="float64"), name="val").asnumpy()
+    counts = dist.allreduce_sum(mx.nd.array(counts, dtype="float64"), name=name).asnumpy()
     if int(counts[2]) != n_val:
         logger.warning("validated %d images, the index lists %d", int(counts[2]), n_val)
     return 100.0 * counts[0] / counts[2], 100.0 * counts[1] / counts[2]
@@ -274,9 +404,12 @@ def _batches(data_iter, args: argparse.Namespace):
         yield batch
 
 
-def train_epoch(net, trainer, loss_fn, args, epoch: int, steps: int, ctx, peak_lr: float, warmup_steps: int):
-    """One epoch of ``steps`` updates; returns (mean training loss over all workers, seconds, last lr)."""
-    total_steps = args.epochs * steps
+def train_epoch(
+    net, trainer, loss_fn, args, epoch: int, steps: int, ctx, peak_lr: float, warmup_steps: int, ema=None
+):
+    """One epoch of ``steps`` batches (``steps / --accumulate`` updates); returns (mean training loss over
+    all workers, seconds, last lr)."""
+    total_steps = args.epochs * steps // args.accumulate
     use_mixup = args.mixup and epoch < args.epochs - args.mixup_off_epoch
     rng = np.random.RandomState(args.seed + 7919 * epoch + dist.rank())
     workers, primary = dist.size(), dist.is_primary()
@@ -286,7 +419,7 @@ def train_epoch(net, trainer, loss_fn, args, epoch: int, steps: int, ctx, peak_l
     for i, batch in enumerate(_batches(data_iter, args)):
         if i >= steps:  # equal step counts on every worker, whatever the shard sizes
             break
-        step = epoch * steps + i
+        step = (epoch * steps + i) // args.accumulate  # the update this batch contributes to
         lr = lr_at(step, peak_lr, warmup_steps, total_steps)
         trainer.set_learning_rate(lr)
         label = batch.label[0]
@@ -313,7 +446,12 @@ def train_epoch(net, trainer, loss_fn, args, epoch: int, steps: int, ctx, peak_l
                 f"(update {step + 1}); the parameters were not updated with it. Lower --lr (now {lr:.4g}) or "
                 f"check the data; --resume continues from the last good checkpoint in {args.save_dir}"
             )
-        trainer.step(args.batch_size)
+        if (i + 1) % args.accumulate == 0:
+            trainer.step(args.batch_size * args.accumulate)
+            if args.accumulate > 1:
+                net.collect_params().zero_grad()
+            if ema is not None:
+                ema.update()
         loss_sum += mean_loss
         bar.update(1)
         bar.set_postfix(
@@ -363,6 +501,7 @@ def _run(args, workers: int, primary: bool) -> dict:
         if val_shard < 1:
             raise TrainingError(f"{args.rec_val} has {n_val} images, too few for {workers} workers")
         args.val_batch_size = min(args.val_batch_size, val_shard)
+    class_names = load_class_names(args)
     # the smallest shard sets the steps per epoch, the same on every worker (unequal counts would hang)
     shard = min(end - begin for begin, end in (shard_bounds(n_train, workers, r) for r in range(workers)))
     if shard < args.batch_size:
@@ -370,10 +509,16 @@ def _run(args, workers: int, primary: bool) -> dict:
             f"--batch-size {args.batch_size} is larger than a worker's shard ({shard} of {n_train} training "
             f"images over {workers} workers): lower --batch-size or use fewer workers"
         )
-    steps = shard // args.batch_size
+    steps = shard // args.batch_size // args.accumulate * args.accumulate  # batches: whole updates only
+    if steps < 1:
+        raise TrainingError(
+            f"--accumulate {args.accumulate} x --batch-size {args.batch_size} is more than a worker's shard "
+            f"({shard} images): lower one of them"
+        )
     total_batch = args.batch_size * workers
-    peak_lr = args.lr * total_batch / BASE_BATCH
-    warmup_steps = int(round(args.warmup_epochs * steps))
+    updates = steps // args.accumulate  # per epoch
+    peak_lr = args.lr * total_batch * args.accumulate / BASE_BATCH
+    warmup_steps = int(round(args.warmup_epochs * updates))
 
     metrics_path = os.path.join(args.save_dir, "metrics.jsonl")
     start_epoch = 0
@@ -401,6 +546,8 @@ def _run(args, workers: int, primary: bool) -> dict:
                 total_batch=total_batch,
                 peak_lr=peak_lr,
                 steps_per_epoch=steps,
+                updates_per_epoch=updates,
+                update_batch=total_batch * args.accumulate,
                 num_training_samples=n_train,
                 num_val_samples=n_val,
                 val_crop_size=crop_size,
@@ -411,7 +558,12 @@ def _run(args, workers: int, primary: bool) -> dict:
         dist.allreduce_sum(mx.nd.array([start_epoch if primary else 0]), name="start").asscalar()
     )
 
+    if primary and class_names is not None:
+        copy_atomic(args.class_names, os.path.join(args.save_dir, "classes.txt"))
+
     net = build_net(args, ctx)
+    # rank 0 loads --pretrained (broadcast below); a resumed run has it in its checkpoint already
+    prepare_finetune(net, args, ctx, load=primary and start_epoch == 0)
     optimizer_params = dict(
         learning_rate=peak_lr, momentum=args.momentum, wd=args.wd, multi_precision=args.dtype == "float16"
     )
@@ -435,8 +587,17 @@ def _run(args, workers: int, primary: bool) -> dict:
         # lines of epochs after the checkpoint (a kill between the two writes) are dropped
         rows = truncate_metrics(metrics_path, start_epoch)
         best_top1 = max((r["val_top1"] for r in rows if r.get("val_top1") is not None), default=-1.0)
-    # every worker starts from rank 0's parameters (fresh initialisation or resumed checkpoint)
+    # every worker starts from rank 0's parameters (fresh initialisation, pretrained or resumed checkpoint)
     dist.broadcast_parameters(net.collect_params())
+    ema, best_ema = None, -1.0
+    if args.ema is not None:
+        ema = EMA(net, args.ema)
+        ema_path = ema_checkpoint_path(args.save_dir, args.model, start_epoch)
+        if start_epoch > 0 and os.path.exists(ema_path):
+            ema.load(ema_path, start_epoch * updates)
+        elif start_epoch > 0 and primary:
+            logger.warning("no %s: the moving average starts again from the resumed weights", ema_path)
+        best_ema = max((r["val_top1_ema"] for r in rows if r.get("val_top1_ema") is not None), default=-1.0)
 
     max_drop = resnest_gluon.model_info(args.model).get("dropblock_prob", 0.0)
     if args.dropblock_prob is not None:
@@ -470,7 +631,7 @@ def _run(args, workers: int, primary: bool) -> dict:
         if max_drop > 0:
             resnest_gluon.set_drop_prob(net, drop)  # clears the cached graph; the next call rebuilds it
         train_loss, train_seconds, lr = train_epoch(
-            net, trainer, loss_fn, args, epoch, steps, ctx, peak_lr, warmup_steps
+            net, trainer, loss_fn, args, epoch, steps, ctx, peak_lr, warmup_steps, ema
         )
         # BN statistics differ per worker: average them so every worker holds the same model
         average_aux_states(net, dist.allreduce_sum, workers)
@@ -486,18 +647,28 @@ def _run(args, workers: int, primary: bool) -> dict:
             mixup=bool(args.mixup and epoch < args.epochs - args.mixup_off_epoch),
             workers=workers,
         )
+        if ema is not None:
+            row.update(val_top1_ema=None, val_top5_ema=None)
         if primary:
-            # metrics line, then checkpoint, both before validation: a crash there loses no epoch, and a
-            # kill before the checkpoint lands leaves a line that --resume drops
+            # metrics line, then the moving average and the checkpoint (whose params file marks the epoch
+            # complete), all before validation: a crash there loses no epoch, and a kill before the
+            # checkpoint lands leaves a line that --resume drops
             with held_signals():
                 append_metrics(metrics_path, row)
                 rows.append(row)
+                if ema is not None:
+                    ema_path = save_ema(net, ema, args, epoch + 1)
                 params_path = save_checkpoint(net, trainer, args.save_dir, args.model, epoch + 1)
-        top1 = top5 = None
+        top1 = top5 = top1_ema = top5_ema = None
         last = epoch + 1 == args.epochs
         if val_data is not None and ((epoch + 1) % args.eval_frequency == 0 or last):
             top1, top5 = validate(net, val_data, ctx, args, epoch + 1, n_val)
-            row.update(val_top1=top1, val_top5=top5, time=time.time() - tic)
+            row.update(val_top1=top1, val_top5=top5)
+            if ema is not None:
+                with ema.applied():
+                    top1_ema, top5_ema = validate(net, val_data, ctx, args, epoch + 1, n_val, "val_ema")
+                row.update(val_top1_ema=top1_ema, val_top5_ema=top5_ema)
+            row.update(time=time.time() - tic)
         if primary:
             with held_signals():
                 if top1 is not None:
@@ -505,17 +676,22 @@ def _run(args, workers: int, primary: bool) -> dict:
                     if top1 > best_top1:
                         best_top1 = top1
                         copy_atomic(params_path, os.path.join(args.save_dir, f"{args.model}-best.params"))
-                prune_checkpoints(args.save_dir, args.model, args.keep)
+                    if top1_ema is not None and top1_ema > best_ema:
+                        best_ema = top1_ema
+                        copy_atomic(ema_path, os.path.join(args.save_dir, f"{args.model}-ema-best.params"))
+                protect = best_epochs(rows, args.keep_best) if args.keep_best else ()
+                prune_checkpoints(args.save_dir, args.model, args.keep, protect)
                 title = f"{args.model}, {workers} worker(s)"
                 plot_curves(rows, os.path.join(args.save_dir, "curves.png"), title)
             logger.info(
-                "epoch %d/%d  loss %.4f  lr %.4g  val top-1 %s top-5 %s  %.1f img/s  %.1fs",
+                "epoch %d/%d  loss %.4f  lr %.4g  val top-1 %s top-5 %s%s  %.1f img/s  %.1fs",
                 epoch + 1,
                 args.epochs,
                 train_loss,
                 lr,
                 "-" if top1 is None else f"{top1:.2f}%",
                 "-" if top5 is None else f"{top5:.2f}%",
+                "" if top1_ema is None else f" (EMA top-1 {top1_ema:.2f}%)",
                 row["samples_per_sec"],
                 row["time"],
             )
@@ -524,11 +700,26 @@ def _run(args, workers: int, primary: bool) -> dict:
         dist.barrier(f"epoch{epoch + 1}")  # nobody races ahead of (or exits before) rank 0's writes
     if primary:
         logger.info(
-            "done: best val top-1 %s; run directory %s",
+            "done: best val top-1 %s%s; run directory %s",
             f"{best_top1:.2f}%" if best_top1 >= 0 else "-",
+            f" (EMA {best_ema:.2f}%)" if best_ema >= 0 else "",
             args.save_dir,
         )
-    return dict(row, best_top1=best_top1 if best_top1 >= 0 else None, save_dir=args.save_dir)
+    return dict(
+        row,
+        best_top1=best_top1 if best_top1 >= 0 else None,
+        best_top1_ema=best_ema if best_ema >= 0 else None,
+        save_dir=args.save_dir,
+    )
+
+
+def save_ema(net, ema, args: argparse.Namespace, epoch: int) -> str:
+    """``{model}-{epoch}-ema.params`` (for --resume), copied to ``{model}-ema.params``; returns its path."""
+    path = ema_checkpoint_path(args.save_dir, args.model, epoch)
+    with ema.applied():
+        save_params(net, path)
+    copy_atomic(path, os.path.join(args.save_dir, f"{args.model}-ema.params"))
+    return path
 
 
 if __name__ == "__main__":

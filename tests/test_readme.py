@@ -17,12 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 
-# Named in the README but still being built by another open issue; remove a name when its script lands.
-PLANNED = {
-    "scripts/predict.py",  # issue 10: predict on your own images
-    "scripts/average_checkpoints.py",  # issue 10: average the best checkpoints
-}
-
 BLOCK_TIMEOUT = 240  # s; the slowest block exports a ResNeSt-14 to ONNX
 HELP_TIMEOUT = 120  # s; importing mxnet takes ~2 s, more on a busy machine
 
@@ -76,7 +70,6 @@ README_TEXT = README.read_text()
 BLOCKS = python_blocks(README_TEXT)
 SCRIPTS = named_scripts(README_TEXT)
 # A planned name is checked as soon as its file exists; until then it is not collected.
-CHECKED = [s for s in SCRIPTS if s not in PLANNED or (REPO / s).is_file()]
 
 
 def test_readme_has_runnable_examples():
@@ -110,7 +103,7 @@ def _help(script: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def help_runs():
     """Every existing named script's ``--help``, started together: each spends ~2 s importing mxnet."""
-    present = [s for s in CHECKED if (REPO / s).is_file()]
+    present = [s for s in SCRIPTS if (REPO / s).is_file()]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         futures = {s: pool.submit(_help, s) for s in present}
         yield futures
@@ -120,7 +113,7 @@ def test_readme_names_scripts():
     assert "scripts/train.py" in SCRIPTS and "tools/im2rec.py" in SCRIPTS
 
 
-@pytest.mark.parametrize("script", CHECKED)
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_script_answers_help(script, help_runs):
     assert (REPO / script).is_file(), f"README.md names {script}, which does not exist"
     done = help_runs[script].result()

@@ -85,6 +85,9 @@ class PackError(Exception):
     """Packing refused or given up: an earlier ``.rec``/``.idx`` is untouched, and no new one is left."""
 
 
+CLASSES_SUFFIX = ".classes.txt"  # PREFIX.classes.txt: the class names in label order, one per line
+
+
 class SkipImage(Exception):
     """Raised when one image cannot be packed; the message is the reason written to the report."""
 
@@ -191,6 +194,17 @@ def list_images(
         for fpath in _image_files(root, root, names, exts, problems):
             items.append(ListItem(len(items), os.path.relpath(fpath, root), (0.0,)))
     return items, problems
+
+
+def class_names(items: Iterable[ListItem], root: str) -> List[str]:
+    """The class names in label order: each label's folder relative to ``root`` (``root``'s own name for
+    the files directly in it), as ``scripts/train.py --class-names`` and ``scripts/predict.py`` read them.
+    ``--list --recursive`` writes them to ``PREFIX.classes.txt``."""
+    names: Dict[int, str] = {}
+    for item in items:
+        folder = os.path.dirname(item.path) or os.path.basename(os.path.normpath(root))
+        names.setdefault(int(item.labels[0]), folder.replace(os.sep, "/"))
+    return [names[label] for label in sorted(names)]
 
 
 def _atomic_write_text(path: str, text: str) -> None:
@@ -1037,6 +1051,10 @@ def _make_lists(args: argparse.Namespace) -> int:
         return 1
     written = split_lists(items, args.prefix, args.shuffle, args.chunks, args.train_ratio, args.test_ratio)
     logger.info("listed %d images in %s", len(items), ", ".join(written))
+    if args.recursive:  # labels are folders: one names file for all the lists (splits, chunks) of PREFIX
+        names_path = args.prefix + CLASSES_SUFFIX
+        _atomic_write_text(names_path, "".join(name + "\n" for name in class_names(items, args.root)))
+        logger.info("class names in label order in %s", names_path)
     if problems:
         logger.warning("left out %d entries of %s (listed above)", len(problems), args.root)
         return SKIP_EXIT_STATUS

@@ -3,11 +3,21 @@
 
 ``schedule`` (learning rate, DropBlock ramp, weight decay), ``checks`` (inputs checked before any work),
 ``evaluation`` (top-k counts, BatchNorm statistics across workers), ``rundir`` (args, metrics, curves),
-``checkpoints`` and ``dist`` (Horovod or a single process).
+``checkpoints``, ``dist`` (Horovod or a single process), ``finetune`` (a backbone from another run's weights,
+frozen stages) and ``ema`` (a moving average of the weights).
 """
 
 from . import dist
-from .checkpoints import checkpoint_paths, latest_checkpoint, prune_checkpoints, save_checkpoint, save_params
+from .checkpoints import (
+    best_epochs,
+    checkpoint_paths,
+    ema_checkpoint_path,
+    latest_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    save_params,
+    saved_epochs,
+)
 from .checks import TrainingError, check_labels, check_run_dir, writable_dir
 from .evaluation import average_aux_states, evaluate, topk_counts
 from .rundir import (
@@ -26,12 +36,14 @@ __all__ = [
     "append_metrics",
     "atomic_json",
     "average_aux_states",
+    "best_epochs",
     "check_labels",
     "check_run_dir",
     "checkpoint_paths",
     "copy_atomic",
     "dist",
     "drop_prob_at",
+    "ema_checkpoint_path",
     "evaluate",
     "latest_checkpoint",
     "lr_at",
@@ -41,6 +53,7 @@ __all__ = [
     "read_metrics",
     "save_checkpoint",
     "save_params",
+    "saved_epochs",
     "topk_counts",
     "truncate_metrics",
     "write_metrics",

@@ -14,6 +14,26 @@ def checkpoint_paths(save_dir: str, model: str, epoch: int) -> Tuple[str, str]:
     return stem + ".params", stem + ".states"
 
 
+def ema_checkpoint_path(save_dir: str, model: str, epoch: int) -> str:
+    """``{model}-{epoch:04d}-ema.params``: the moving average of the weights at that epoch (``--ema``)."""
+    return os.path.join(save_dir, f"{model}-{epoch:04d}-ema.params")
+
+
+def best_epochs(
+    rows: Sequence[dict], k: int, key: str = "val_top1", saved: Sequence[int] = None
+) -> List[int]:
+    """The ``k`` epochs of ``rows`` (metrics.jsonl lines) with the highest ``key``, best first (ties: the
+    earlier epoch), among ``saved`` when given."""
+    scored = [r for r in rows if r.get(key) is not None and (saved is None or r["epoch"] in saved)]
+    scored.sort(key=lambda r: (-r[key], r["epoch"]))
+    return [r["epoch"] for r in scored[: max(k, 0)]]
+
+
+def saved_epochs(save_dir: str, model: str) -> List[int]:
+    """Epochs with a ``{model}-{epoch:04d}.params`` in ``save_dir``, oldest first."""
+    return _epochs_saved(save_dir, model)
+
+
 def _epochs_saved(save_dir: str, model: str) -> List[int]:
     pattern = re.compile(re.escape(model) + r"-(\d{4,})\.params$")
     epochs = []
@@ -67,9 +87,10 @@ def prune_checkpoints(save_dir: str, model: str, keep: int, protect: Sequence[in
     epochs = _epochs_saved(save_dir, model)
     doomed = [e for e in epochs[: max(len(epochs) - keep, 0)] if e not in protect]
     for epoch in doomed:
-        for path in checkpoint_paths(save_dir, model, epoch)[
-            ::-1
-        ]:  # params first: the pair stays "incomplete"
+        # params first: the pair stays "incomplete"
+        for path in checkpoint_paths(save_dir, model, epoch)[::-1] + (
+            ema_checkpoint_path(save_dir, model, epoch),
+        ):
             if os.path.exists(path):
                 os.remove(path)
     return doomed

@@ -56,7 +56,8 @@ def write_metrics(path: str, rows: Sequence[dict]) -> None:
 
 
 def plot_curves(rows: Sequence[dict], path: str, title: str = "") -> None:
-    """Draws training loss and validation top-1/top-5 per epoch into ``path`` (PNG, Agg backend)."""
+    """Draws training loss and validation top-1/top-5 (and the EMA weights' top-1) per epoch into ``path``
+    (PNG, Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,6 +80,15 @@ def plot_curves(rows: Sequence[dict], path: str, title: str = "") -> None:
         ax_acc.plot(
             [r["epoch"] for r in evaluated], [r["val_top5"] for r in evaluated], marker="s", label="top-5"
         )
+        with_ema = [r for r in evaluated if r.get("val_top1_ema") is not None]
+        if with_ema:
+            ax_acc.plot(
+                [r["epoch"] for r in with_ema],
+                [r["val_top1_ema"] for r in with_ema],
+                marker="^",
+                linestyle="--",
+                label="top-1, EMA weights",
+            )
         ax_acc.legend()
     ax_acc.set_xlabel("epoch")
     ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
