@@ -25,7 +25,9 @@ import json
 import logging
 import os
 import tempfile
+import textwrap
 import time
+from functools import partial
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 # Before MXNet loads: it reads its OpenMP thread count once (see resnest_gluon.threads).
@@ -117,6 +119,16 @@ def build_net(
     return net
 
 
+def cpu_copy(name: str, net, impl: str = "resnest_gluon"):
+    """A float32 copy of ``net`` (same weights) on the CPU, for the CPU-only paths (ONNX, INT8, OpenVINO)."""
+    copy = build_net(name, impl=impl, ctx=mx.cpu())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "net.params")
+        net.save_parameters(path)
+        copy.load_parameters(path, ctx=mx.cpu(), cast_dtype=True)
+    return copy
+
+
 def complexity(net, input_size: int, ctx: mx.Context, dtype: str = "float32") -> Dict:
     """``params`` (trainable values) and ``macs`` (multiply-adds per image) of an initialised model."""
     net(mx.nd.zeros((1, 3, input_size, input_size), ctx=ctx, dtype=dtype)).wait_to_read()
@@ -135,17 +147,40 @@ def time_calls(fn: Callable[[], object], iters: int) -> List[float]:
     return times
 
 
-def mxnet_runner(net, batch_size: int, input_size: int, ctx: mx.Context, dtype: str) -> Callable:
-    """A zero-argument function running ``net`` on a fixed random batch and waiting for the result."""
+def time_stream(launch: Callable[[], object], iters: int) -> float:
+    """Seconds for ``iters`` calls of ``launch`` queued back to back between two synchronisations.
+
+    MXNet's calls return before the work is done, so this measures throughput (a GPU's kernels overlap the
+    next call's launch), while :func:`time_calls` measures each call's latency.
+    """
+    mx.nd.waitall()
+    start = time.perf_counter()
+    for _ in range(iters):
+        launch()
+    mx.nd.waitall()
+    return time.perf_counter() - start
+
+
+def mxnet_runner(net, batch_size: int, input_size: int, ctx: mx.Context, dtype: str) -> Dict[str, Callable]:
+    """``run`` (one call, waits for the result) and ``launch`` (queues one call) on a fixed random batch."""
     x = mx.nd.random.uniform(-1, 1, shape=(batch_size, 3, input_size, input_size), ctx=ctx).astype(dtype)
-    return lambda: net(x).wait_to_read()
+    return dict(run=lambda: net(x).wait_to_read(), launch=lambda: net(x))
 
 
-def onnx_runner(session, batch_size: int, input_size: int) -> Callable:
-    """Like :func:`mxnet_runner`, for an onnxruntime session."""
+def onnx_runner(session, batch_size: int, input_size: int) -> Dict[str, Callable]:
+    """Like :func:`mxnet_runner`, for an onnxruntime session (its calls block)."""
     x = np.random.uniform(-1, 1, (batch_size, 3, input_size, input_size)).astype(np.float32)
     name = session.get_inputs()[0].name
-    return lambda: session.run(None, {name: x})
+    run = lambda: session.run(None, {name: x})  # noqa: E731
+    return dict(run=run, launch=run)
+
+
+def openvino_runner(compiled, batch_size: int, input_size: int) -> Dict[str, Callable]:
+    """Like :func:`mxnet_runner`, for an OpenVINO compiled model (one infer request; its calls block)."""
+    x = np.random.uniform(-1, 1, (batch_size, 3, input_size, input_size)).astype(np.float32)
+    request = compiled.create_infer_request()
+    run = lambda: request.infer({0: x})  # noqa: E731
+    return dict(run=run, launch=run)
 
 
 def summarize(times: Sequence[float], batch_size: int) -> Dict:
@@ -171,16 +206,19 @@ def measure(
     rounds: int = 1,
     warmup: int = 2,
     progress: bool = True,
+    stream: bool = False,
 ) -> List[Dict]:
     """Times several runners call by call in turn (A B C A B C ...); one record per candidate.
 
     Interleaving single calls keeps the candidates' i-th timings seconds apart, so the ratio of two
     candidates can be taken call by call (see :func:`ratios`) and load from other programs cancels out.
+    Each call is synchronised, so ``img_per_sec`` is batch / latency. With ``stream``, every candidate
+    also runs ``iters`` calls between two synchronisations per round (``stream_img_per_sec``: throughput).
 
     Parameters
     ----------
     candidates : dict
-        ``key -> {"run": zero-argument callable, "record": dict of fields copied into the result}``.
+        ``key -> {"run": blocking call, "launch": queued call (optional), "record": fields of the result}``.
     batch_size : int
         Images per call (for images/s).
     iters : int
@@ -195,11 +233,68 @@ def measure(
     for cand in candidates.values():
         time_calls(cand["run"], warmup)
     times = {key: [] for key in candidates}
-    total = rounds * iters
-    for _ in progress_bar(range(total), desc=f"batch {batch_size}", disable=not progress, leave=False):
+    streams = {key: [] for key in candidates}
+    for i in progress_bar(
+        range(rounds * iters), desc=f"batch {batch_size}", disable=not progress, leave=False
+    ):
         for key, cand in candidates.items():
             times[key] += time_calls(cand["run"], 1)
-    return [dict(candidates[key]["record"], **summarize(times[key], batch_size)) for key in candidates]
+        if stream and (i + 1) % iters == 0:
+            for key, cand in candidates.items():
+                streams[key].append(batch_size * iters / time_stream(cand.get("launch", cand["run"]), iters))
+    out = []
+    for key, cand in candidates.items():
+        record = dict(cand["record"], **summarize(times[key], batch_size), timing="per call (synced)")
+        if stream:
+            record["stream_img_per_sec"] = float(np.median(streams[key]))
+        out.append(record)
+    return out
+
+
+def cpu_info(cpuinfo: str = "/proc/cpuinfo") -> Dict:
+    """The CPU's model name and the instruction-set extensions that matter for inference."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:  # not Linux
+        pass
+    isa = {
+        "AVX2": "avx2" in flags,
+        "AVX-512": "avx512f" in flags,
+        "VNNI": bool({"avx512_vnni", "avx_vnni"} & flags),
+        "bf16": bool({"avx512_bf16", "amx_bf16"} & flags),
+        "AMX": bool({"amx_tile", "amx_bf16", "amx_int8"} & flags),
+    }
+    return dict(cpu=model, isa=isa, isa_text=", ".join(f"{k} {'yes' if v else 'no'}" for k, v in isa.items()))
+
+
+def fp32_peak(size: int = 2048, iters: int = 10) -> Dict:
+    """The CPU's float32 peak as MXNet reaches it: a ``size``-cube GEMM through oneDNN (FullyConnected).
+
+    Returns ``{"gflops": best, "gflops_median", "size"}``; the best of ``iters`` calls is the peak (load
+    from other programs only ever lowers it).
+    """
+    ctx = mx.cpu()
+    a = mx.nd.random.uniform(-1, 1, (size, size), ctx=ctx)
+    w = mx.nd.random.uniform(-1, 1, (size, size), ctx=ctx)
+    run = lambda: mx.nd.FullyConnected(a, w, num_hidden=size, no_bias=True).wait_to_read()  # noqa: E731
+    time_calls(run, 1)
+    times = np.asarray(time_calls(run, iters))
+    flops = 2.0 * size**3
+    return dict(gflops=flops / times.min() / 1e9, gflops_median=flops / np.median(times) / 1e9, size=size)
+
+
+# Paths that --all times beside our model: our own ResNet-D-50 is the paper's baseline (same engine).
+OUR_PEERS = {"resnest50": ["resnetd50"]}
 
 
 def run(
@@ -211,20 +306,36 @@ def run(
     onnx: bool = False,
     quantize_rec: Optional[str] = None,
     calib_batches: int = 5,
+    calib_modes: Sequence[str] = ("naive",),
     rounds: int = 1,
     keep_dropblock: bool = False,
-    backend: Optional[str] = None,
+    fuse: bool = True,
+    plain: bool = False,
+    openvino: Sequence[str] = (),
+    our_peers: bool = False,
+    stream: bool = False,
     progress: bool = True,
 ) -> List[Dict]:
     """Measures every entry of ``plan`` (see :func:`default_plan`); returns one record per measurement.
 
-    Records have ``model``, ``impl`` (``resnest_gluon``, ``gluoncv``, ``onnxruntime`` or
-    ``resnest_gluon-int8``), ``mode`` (``hybridized`` or ``imperative``), ``batch_size``, ``input_size``,
-    ``dtype``, ``img_per_sec`` (median) with ``img_per_sec_p25``/``_p75``, ``ms_per_batch`` (median) with
-    its quartiles, ``params``, ``macs``, ``paper_gpu_img_per_sec`` and ``top1`` (published, or None).
+    Our model as :func:`resnest_gluon.deploy.prepare_for_inference` gives it (oneDNN-fused on a CPU) is the
+    baseline of every ratio; ``fuse=False`` makes the baseline the plain graph; ``plain`` also times every
+    MXNet model (ours and the peers) plain beside fused. The ONNX (onnxruntime), INT8 (``quantize_rec``: a
+    ``.rec``, or ``"random"`` for random calibration images, which is enough to time it) and OpenVINO
+    (``openvino``: precisions) paths run on the CPU whatever ``ctx``, from a CPU copy of our model.
+
+    Records have ``model``, ``impl`` (``resnest_gluon``, ``gluoncv``, ``onnxruntime``, ``openvino`` or
+    ``resnest_gluon-int8``), ``mode`` (``fused``, ``plain``, ``imperative``, ``graph``, ``f32``, ``bf16``,
+    ``int8``), ``baseline``, ``ctx``, ``batch_size``, ``input_size``, ``dtype``, ``img_per_sec`` (median,
+    each call synchronised) with ``img_per_sec_p25``/``_p75``, ``ms_per_batch`` (median) with its quartiles,
+    ``stream_img_per_sec`` (with ``stream``), ``params``, ``macs``, ``paper_gpu_img_per_sec`` and ``top1``.
     """
+    from resnest_gluon import deploy
+
     ctx = ctx or mx.cpu()
     records = []
+    fuse = fuse and deploy.fusion_available(ctx)  # the plain graph on a GPU
+    modes = ["fused", "plain"] if (fuse and plain) else (["fused"] if fuse else ["plain"])
     for entry in plan:
         name, size = entry["model"], entry["input_size"]
         info = resnest_gluon.model_info(name)
@@ -236,55 +347,65 @@ def run(
             paper_gpu_img_per_sec=PAPER_GPU_IMG_PER_SEC.get((name, size)),
             top1=info["top1"],
             dropblock=keep_dropblock,
-            backend=backend,
+            baseline=False,
         )
-        nets = {}
-        net = build_net(name, ctx=ctx, dtype=dtype, keep_dropblock=keep_dropblock)
-        cx = complexity(net, size, ctx, dtype)
-        if imperative:
-            nets["imperative"] = (net, dict(model=name, impl="resnest_gluon", mode="imperative", **cx))
-            net = build_net(name, ctx=ctx, dtype=dtype, keep_dropblock=keep_dropblock)
-            net(mx.nd.zeros((1, 3, size, size), ctx=ctx, dtype=dtype))
-        session = _onnx_session(net, size) if onnx else None
-        hybridize(net, size, ctx, dtype, backend)
-        nets["ours"] = (net, dict(model=name, impl="resnest_gluon", mode="hybridized", **cx))
-        for peer_name in GLUONCV_PEERS.get(name, []) if compare_gluoncv else []:
-            peer = build_net(peer_name, impl="gluoncv", ctx=ctx, dtype=dtype)
-            pcx = complexity(peer, size, ctx, dtype)
-            hybridize(peer, size, ctx, dtype, backend)
-            # the paper's speed and accuracy belong to our model only
-            record = dict(model=peer_name, impl="gluoncv", mode="hybridized", top1=None, **pcx)
-            record.update(paper_gpu_img_per_sec=None, dropblock=None)
-            nets[f"gluoncv-{peer_name}"] = (peer, record)
+        nets = {}  # key -> (net, record)
+        peers = [("resnest_gluon", name)]
+        peers += [("resnest_gluon", p) for p in (OUR_PEERS.get(name, []) if our_peers else [])]
+        peers += [("gluoncv", p) for p in (GLUONCV_PEERS.get(name, []) if compare_gluoncv else [])]
+        for impl, model in peers:
+            ours = impl == "resnest_gluon"
+            for i, mode in enumerate(
+                modes + (["imperative"] if imperative and ours and model == name else [])
+            ):
+                net = build_net(
+                    model, impl=impl, ctx=ctx, dtype=dtype, keep_dropblock=ours and keep_dropblock
+                )
+                cx = complexity(net, size, ctx, dtype)
+                if mode != "imperative":
+                    hybridize_for_inference(net, mode == "fused", keep_dropblock=ours and keep_dropblock)
+                record = dict(common, model=model, impl=impl, mode=mode, **cx)
+                record["baseline"] = ours and model == name and i == 0
+                if model != name or not ours:  # the paper's speed and accuracy belong to our model only
+                    record.update(top1=None, paper_gpu_img_per_sec=None, dropblock=None)
+                nets[f"{impl}-{model}-{mode}"] = (net, record)
+        # the CPU-only paths: our model's complexity, not its published accuracy (INT8/bf16 change it)
+        cpu = dict(common, model=name, ctx=str(mx.cpu()), top1=None, **complexity_of(nets, name))
+        derived = {}  # key -> (make_runner(batch, size), record): the CPU-only paths
+        if onnx or quantize_rec or openvino:
+            source = cpu_copy(name, nets[f"resnest_gluon-{name}-{modes[0]}"][0])
+            calib = (
+                calibration(quantize_rec, calib_batches, size)
+                if (quantize_rec or "int8" in openvino)
+                else None
+            )
+        if onnx:
+            session = _onnx_session(source, size)
+            derived["onnx"] = (partial(onnx_runner, session), dict(cpu, impl="onnxruntime", mode="graph"))
+        for calib_mode in calib_modes if quantize_rec else ():
+            qnet = deploy.quantize(
+                cpu_copy(name, source), calib, len(calib), batch_size=len(calib[0]), calib_mode=calib_mode
+            )
+            derived[f"int8-{calib_mode}"] = (
+                partial(mxnet_runner, qnet, ctx=mx.cpu(), dtype="float32"),
+                dict(cpu, impl="resnest_gluon-int8", mode="int8", dtype="int8", calib_mode=calib_mode),
+            )
+        for precision in openvino:
+            compiled = _openvino_model(source, size, precision, calib)
+            record = dict(cpu, impl="openvino", mode=precision, dtype=OPENVINO_DTYPES[precision])
+            derived[f"openvino-{precision}"] = (partial(openvino_runner, compiled), record)
         for batch_size in entry["batch_sizes"]:
             candidates = {
                 key: dict(
-                    run=mxnet_runner(n, batch_size, size, ctx, dtype),
-                    record=dict(common, **rec, batch_size=batch_size),
+                    **mxnet_runner(n, batch_size, size, ctx, dtype), record=dict(rec, batch_size=batch_size)
                 )
                 for key, (n, rec) in nets.items()
             }
-            if session is not None:
-                candidates["onnx"] = dict(
-                    run=onnx_runner(session, batch_size, size),
-                    record=dict(
-                        model=name, impl="onnxruntime", mode="graph", batch_size=batch_size, **cx, **common
-                    ),
-                )
-            if quantize_rec:
-                qnet = _quantized(name, quantize_rec, calib_batches, batch_size, size, ctx)
-                candidates["int8"] = dict(
-                    run=mxnet_runner(qnet, batch_size, size, ctx, "float32"),
-                    record=dict(
-                        model=name,
-                        impl="resnest_gluon-int8",
-                        mode="hybridized",
-                        batch_size=batch_size,
-                        **cx,
-                        **dict(common, dtype="int8"),
-                    ),
-                )
-            records += measure(candidates, batch_size, entry["iters"], rounds, progress=progress)
+            for key, (make, rec) in derived.items():
+                candidates[key] = dict(**make(batch_size, size), record=dict(rec, batch_size=batch_size))
+            records += measure(
+                candidates, batch_size, entry["iters"], rounds, progress=progress, stream=stream
+            )
             for rec in records[-len(candidates) :]:
                 logger.info(
                     "%s %s %s batch %d @%d: %.2f img/s (%.1f ms/batch)",
@@ -299,16 +420,39 @@ def run(
     return records
 
 
-def hybridize(net, size: int, ctx: mx.Context, dtype: str, backend: Optional[str] = None) -> None:
-    """``hybridize(static_alloc=True, static_shape=True)``, after partitioning for ``backend`` if given.
+OPENVINO_DTYPES = {"f32": "float32", "bf16": "bfloat16", "int8": "int8"}
 
-    ``backend="MKLDNN"`` fuses convolution + BatchNorm + ReLU (+ residual add) into one oneDNN primitive.
+
+def complexity_of(nets: Dict, name: str) -> Dict:
+    """``params`` and ``macs`` of our model ``name`` among the built ``nets``."""
+    rec = next(r for _, r in nets.values() if r["impl"] == "resnest_gluon" and r["model"] == name)
+    return dict(params=rec["params"], macs=rec["macs"])
+
+
+def calibration(rec: Optional[str], batches: int, size: int, batch_size: int = 8) -> List[np.ndarray]:
+    """Calibration batches for the INT8 paths: centre crops of ``rec``, or random images (``"random"``)."""
+    from resnest_gluon import deploy
+
+    if rec and rec != "random":
+        return deploy.calibration_batches(rec, batches, batch_size, size)
+    rng = np.random.RandomState(0)
+    return [rng.uniform(-1, 1, (batch_size, 3, size, size)).astype(np.float32) for _ in range(batches)]
+
+
+def hybridize_for_inference(net, fuse: bool, keep_dropblock: bool = False) -> None:
+    """:func:`resnest_gluon.deploy.prepare_for_inference` (``fuse``: where possible, else the plain graph).
+
+    With ``keep_dropblock`` the DropBlock layers keep their rate (to show what they would cost).
     """
-    if backend:
-        x = mx.nd.zeros((1, 3, size, size), ctx=ctx, dtype=dtype)
-        net.optimize_for(x, backend=backend, static_alloc=True, static_shape=True)
+    from resnest_gluon import deploy
+
+    if keep_dropblock:
+        backend = (
+            deploy.graph.FUSION_BACKEND if fuse and deploy.fusion_available(deploy.net_context(net)) else None
+        )
+        net.hybridize(backend=backend, static_alloc=True, static_shape=True)
     else:
-        net.hybridize(static_alloc=True, static_shape=True)
+        deploy.prepare_for_inference(net, fuse=None if fuse else False)
 
 
 def _onnx_session(net, size: int):
@@ -318,37 +462,46 @@ def _onnx_session(net, size: int):
         path = deploy.export_onnx(
             net, os.path.join(tmp, "model.onnx"), (1, 3, size, size), dynamic_batch=True
         )
-        session = deploy.load_onnx(path)
+        session = deploy.load_onnx(path, threads=_threads())
     return session
 
 
-def _quantized(name: str, rec: str, calib_batches: int, batch_size: int, size: int, ctx: mx.Context):
+def _openvino_model(net, size: int, precision: str, calib: Optional[List[np.ndarray]]):
     from resnest_gluon import deploy
 
-    net = build_net(name, ctx=ctx)
-    return deploy.quantize(net, rec, calib_batches, batch_size=batch_size, input_size=size)
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = deploy.export_openvino(
+            net,
+            os.path.join(tmp, "model"),
+            (1, 3, size, size),
+            precision,
+            calib_data=calib,
+            num_calib_batches=len(calib or [0]),
+        )
+        return deploy.load_openvino(xml, threads=_threads())
+
+
+def _threads() -> int:
+    """MXNet's OpenMP thread count, given to onnxruntime and OpenVINO too (the same engine settings)."""
+    return threads.mxnet_threads()
 
 
 def ratios(records: Iterable[Dict]) -> List[Dict]:
-    """Our hybridized images/s over that of every record timed beside it (same model entry, batch, size).
+    """Our baseline's images/s over that of every record timed beside it (same model entry, batch, size).
 
-    Returns dicts ``{"model", "versus", "batch_size", "input_size", "ratio"}``.
+    Returns dicts ``{"model", "versus", "batch_size", "input_size", "ratio", "paired"}``.
     """
     records = list(records)
-
-    def is_ours(r):
-        return r["impl"] == "resnest_gluon" and r["mode"] == "hybridized"
-
-    ours = {(r["peer_of"], r["batch_size"], r["input_size"]): r for r in records if is_ours(r)}
+    ours = {(r["peer_of"], r["batch_size"], r["input_size"]): r for r in records if r.get("baseline")}
     out = []
     for r in records:
         mine = ours.get((r.get("peer_of"), r["batch_size"], r["input_size"]))
-        if mine is not None and not is_ours(r):
+        if mine is not None and r is not mine:
             model, bs, size = mine["model"], r["batch_size"], r["input_size"]
             out.append(
                 dict(
                     model=model,
-                    versus=f"{r['model']} ({r['impl']}, {r['mode']})",
+                    versus=label(r),
                     batch_size=bs,
                     input_size=size,
                     ratio=mine["img_per_sec"] / r["img_per_sec"],
@@ -356,6 +509,12 @@ def ratios(records: Iterable[Dict]) -> List[Dict]:
                 )
             )
     return out
+
+
+def label(r: Dict) -> str:
+    """A record's path, e.g. ``resnest50 (resnest_gluon, fused)`` or ``resnest50 (openvino, bf16)``."""
+    calib = f", {r['calib_mode']} calibration" if r.get("calib_mode") else ""
+    return f"{r['model']} ({r['impl']}, {r['mode']}{calib})"
 
 
 def _paired_ratio(mine: Dict, other: Dict) -> Optional[Dict]:
@@ -367,24 +526,48 @@ def _paired_ratio(mine: Dict, other: Dict) -> Optional[Dict]:
     return dict(median=float(med), p25=float(q25), p75=float(q75), n=len(a))
 
 
-def format_table(records: Iterable[Dict]) -> str:
-    """A Markdown table of the records, with the paper's GPU figure beside each of our models."""
-    lines = [
-        "| model | impl | mode | input | batch | dtype | img/s (median) | img/s p25-p75 | ms/batch "
-        "| params (M) | GMACs | paper V100 img/s | top-1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def add_peak_share(records: Iterable[Dict], peak_gflops: Optional[float]) -> None:
+    """Adds ``gflops`` (2 x multiply-adds x images/s) and ``peak_share`` (of the fp32 GEMM peak)."""
     for r in records:
-        paper = r.get("paper_gpu_img_per_sec") if r["impl"] == "resnest_gluon" else None
-        top1 = r.get("top1") if r["impl"] == "resnest_gluon" else None
-        mode = r["mode"] + (f"+{r['backend']}" if r.get("backend") else "")
-        lines.append(
-            f"| {r['model']} | {r['impl']} | {mode} | {r['input_size']} | {r['batch_size']} "
-            f"| {r['dtype']} "
-            f"| {r['img_per_sec']:.2f} | {r['img_per_sec_p25']:.2f}-{r['img_per_sec_p75']:.2f} "
-            f"| {r['ms_per_batch']:.1f} | {r['params'] / 1e6:.1f} | {r['macs'] / 1e9:.2f} "
-            f"| {paper if paper is not None else '-'} | {top1 if top1 is not None else '-'} |"
-        )
+        r["gflops"] = 2.0 * r["macs"] * r["img_per_sec"] / 1e9
+        r["peak_share"] = r["gflops"] / peak_gflops if peak_gflops else None
+
+
+def format_table(records: Iterable[Dict]) -> str:
+    """A Markdown table of the records: speed, our baseline over each row call by call, share of the peak."""
+    records = list(records)
+    stream = any("stream_img_per_sec" in r for r in records)
+    base = {(r["peer_of"], r["batch_size"], r["input_size"]): r for r in records if r.get("baseline")}
+    head = [
+        "path",
+        "ctx",
+        "input",
+        "batch",
+        "dtype",
+        "img/s (median, each call synced)",
+        "p25-p75",
+        "ms/batch",
+    ]
+    head += ["img/s streamed"] if stream else []
+    head += ["ours / it, call by call (p25-p75)", "GFLOP/s", "of fp32 peak", "params (M)", "GMACs"]
+    head += ["paper V100 img/s", "top-1"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in records:
+        mine = base.get((r.get("peer_of"), r["batch_size"], r["input_size"]))
+        paired = _paired_ratio(mine, r) if mine is not None and mine is not r else None
+        versus = "baseline" if r.get("baseline") else "-"
+        if paired:
+            versus = f"{paired['median']:.2f}x ({paired['p25']:.2f}-{paired['p75']:.2f})"
+        share = r.get("peak_share")
+        cells = [label(r), r.get("ctx", "-"), r["input_size"], r["batch_size"], r["dtype"]]
+        cells += [f"{r['img_per_sec']:.2f}", f"{r['img_per_sec_p25']:.2f}-{r['img_per_sec_p75']:.2f}"]
+        cells += [f"{r['ms_per_batch']:.1f}"]
+        cells += [f"{r['stream_img_per_sec']:.2f}" if "stream_img_per_sec" in r else "-"] if stream else []
+        cells += [versus, f"{r['gflops']:.0f}" if "gflops" in r else "-"]
+        cells += [f"{100 * share:.0f} %" if share is not None else "-"]
+        cells += [f"{r['params'] / 1e6:.1f}", f"{r['macs'] / 1e9:.2f}"]
+        cells += [r.get("paper_gpu_img_per_sec") or "-", r.get("top1") or "-"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -404,7 +587,7 @@ def format_ratios(rows: Iterable[Dict]) -> str:
 
 
 def plot(records: Iterable[Dict], path: str, batch_size: int = 1) -> Optional[str]:
-    """Accuracy vs latency (the paper's Figure 1) with our hybridized latency at ``batch_size``.
+    """Accuracy vs latency (the paper's Figure 1) with our baseline's latency at ``batch_size``.
 
     Only records with a published top-1 are drawn; returns ``path``, or None if there is nothing to draw.
     """
@@ -416,10 +599,7 @@ def plot(records: Iterable[Dict], path: str, batch_size: int = 1) -> Optional[st
     points = [
         r
         for r in records
-        if r["impl"] == "resnest_gluon"
-        and r["mode"] == "hybridized"
-        and r["batch_size"] == batch_size
-        and r.get("top1") is not None
+        if r.get("baseline") and r["batch_size"] == batch_size and r.get("top1") is not None
     ]
     if not points:
         logger.warning("no model with a published top-1 at batch %d: no chart drawn", batch_size)
@@ -470,6 +650,56 @@ def plot(records: Iterable[Dict], path: str, batch_size: int = 1) -> Optional[st
     return path
 
 
+def plot_paths(records: Iterable[Dict], path: str, title: str = "") -> Optional[str]:
+    """Every path's images/s side by side, one panel per batch size, each bar labelled with our baseline
+    over it (call by call) and its share of the fp32 peak. Returns ``path`` (None if nothing to draw)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = list(records)
+    batches = sorted({r["batch_size"] for r in records})
+    if not records:
+        return None
+    fig, axes = plt.subplots(
+        1, len(batches), figsize=(6.5 * len(batches), 0.42 * len(records) / len(batches) + 1.8)
+    )
+    axes = np.atleast_1d(axes)
+    base = {(r["peer_of"], r["batch_size"], r["input_size"]): r for r in records if r.get("baseline")}
+    for ax, bs in zip(axes, batches):
+        rows = sorted((r for r in records if r["batch_size"] == bs), key=lambda r: r["img_per_sec"])
+        y = np.arange(len(rows))
+        colors = [
+            "tab:red" if r.get("baseline") else "tab:blue" if r["impl"] == "resnest_gluon" else "tab:gray"
+            for r in rows
+        ]
+        ax.barh(y, [r["img_per_sec"] for r in rows], color=colors)
+        ax.set_yticks(y, [label(r) for r in rows], fontsize=8)
+        for yi, r in zip(y, rows):
+            mine = base.get((r["peer_of"], bs, r["input_size"]))
+            paired = _paired_ratio(mine, r) if mine is not None and mine is not r else None
+            text = "baseline" if r.get("baseline") else (f"{paired['median']:.2f}x" if paired else "")
+            if r.get("peak_share") is not None:
+                text += f", {100 * r['peak_share']:.0f} % of peak"
+            ax.annotate(
+                text,
+                (r["img_per_sec"], yi),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+            )
+        ax.set_xlabel(f"images/s at batch {bs} (median); label: ours / it")
+        ax.set_xlim(0, max(r["img_per_sec"] for r in rows) * 1.8)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle("\n".join(textwrap.fill(line, 130) for line in title.splitlines()), fontsize=9)
+    fig.tight_layout()
+    _atomic_save(lambda tmp: fig.savefig(tmp, dpi=110, format=os.path.splitext(path)[1][1:] or "png"), path)
+    plt.close(fig)
+    return path
+
+
 def _atomic_save(write: Callable[[str], None], path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -477,6 +707,7 @@ def _atomic_save(write: Callable[[str], None], path: str) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -505,22 +736,62 @@ def load_pipeline_module():
 
 
 def environment() -> Dict:
-    """Versions and core count, written next to the results."""
+    """The machine and software behind the figures (CPU, instruction set, threads, load, versions, date)."""
+    import datetime
     import platform
+    from importlib import metadata
 
+    versions = {}
+    for package in ("gluoncv", "onnx", "onnxruntime", "openvino"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
     return dict(
+        **cpu_info(),
         mxnet=mx.__version__,
         numpy=np.__version__,
         python=platform.python_version(),
+        **versions,
         cpu_count=os.cpu_count(),
+        usable_cores=threads.usable_cores(),
         omp_threads=THREADS,
-        processor=platform.processor() or platform.machine(),
+        mxnet_threads=threads.mxnet_threads(),
+        load_average=[round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         mkldnn=bool(mx.runtime.Features().is_enabled("MKLDNN")),
+        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
 
 
+def describe(env: Dict, peak: Optional[Dict]) -> str:
+    """Lines naming the CPU, its instruction set, threads, load and libraries (printed above every table)."""
+    lines = [
+        f"CPU: {env['cpu']} ({env['usable_cores']} usable cores); {env['isa_text']}",
+        f"threads: {env['mxnet_threads']} (OMP_NUM_THREADS from {env['omp_threads']['source']}; onnxruntime "
+        f"and OpenVINO get the same); load average {env['load_average']} at {env['date']}",
+        "software: "
+        + ", ".join(
+            f"{k} {env[k]}"
+            for k in ("python", "mxnet", "numpy", "gluoncv", "onnx", "onnxruntime", "openvino")
+            if env.get(k)
+        )
+        + (" (MXNet with oneDNN/MKLDNN)" if env["mkldnn"] else ""),
+    ]
+    if peak:
+        lines.append(
+            f"fp32 peak: {peak['gflops']:.0f} GFLOP/s (best of 10; median {peak['gflops_median']:.0f}), "
+            f"{peak['size']}^3 GEMM through oneDNN (FullyConnected)"
+        )
+    return "\n".join(lines)
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="The whole CPU picture in one command:\n"
+        "  python scripts/benchmark.py --all --json cpu.json --plot cpu.png",
+    )
     p.add_argument("--model", action="append", help="model name (repeat); default: the paper's table")
     p.add_argument("--batch-size", type=int, nargs="+", default=None, help="batch sizes (default 1 8)")
     p.add_argument(
@@ -531,11 +802,51 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=None, help="timed batches per round (default 10, 2 for big)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (use >1 on a busy machine)")
     p.add_argument("--quick", action="store_true", help="default table with batch 1 and 3 iterations only")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="every CPU path for ResNeSt-50 at 224 px, batch 1 and 8 (unless --model etc. say otherwise): "
+        "ours fused and plain, our ResNet-D-50, gluoncv's resnest50 and resnet50_v1d (fused and plain), "
+        "INT8, onnxruntime, OpenVINO f32/bf16/int8, and the fp32 GEMM peak",
+    )
+    p.add_argument(
+        "--no-fuse", action="store_true", help="time the plain MXNet graphs (default: oneDNN-fused on a CPU)"
+    )
+    p.add_argument("--plain", action="store_true", help="also time every MXNet model plain, beside fused")
     p.add_argument("--imperative", action="store_true", help="also time the non-hybridized model")
     p.add_argument("--compare", choices=["gluoncv"], default=None, help="also time gluoncv's peer models")
-    p.add_argument("--onnx", action="store_true", help="also time the ONNX export with onnxruntime")
-    p.add_argument("--quantize", metavar="REC", default=None, help="also time INT8, calibrated on this .rec")
-    p.add_argument("--calib-batches", type=int, default=5, help="calibration batches for --quantize")
+    p.add_argument("--onnx", action="store_true", help="also time the ONNX export with onnxruntime (CPU)")
+    p.add_argument(
+        "--quantize",
+        metavar="REC",
+        nargs="?",
+        const="random",
+        default=None,
+        help="also time our INT8 model (CPU), calibrated on this .rec (none given: random images)",
+    )
+    p.add_argument("--calib-batches", type=int, default=5, help="calibration batches (of 8) for INT8 paths")
+    p.add_argument(
+        "--calib-mode",
+        nargs="+",
+        default=["naive"],
+        choices=["naive", "entropy"],
+        help="MXNet INT8 calibration(s) to time (one INT8 row each)",
+    )
+    p.add_argument(
+        "--openvino",
+        nargs="*",
+        choices=["f32", "bf16", "int8"],
+        default=None,
+        help="also time the OpenVINO export (CPU) in these precisions (none given: f32 bf16 int8)",
+    )
+    p.add_argument(
+        "--peak", action="store_true", help="measure the fp32 GEMM peak and each row's share of it"
+    )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="also time runs of calls between two syncs (throughput; default with --ctx gpu)",
+    )
     p.add_argument(
         "--keep-dropblock",
         action="store_true",
@@ -544,16 +855,23 @@ def parse_args(argv=None):
     p.add_argument(
         "--data", metavar="PREFIX", default=None, help="also run scripts/bench_pipeline.py on PREFIX.rec"
     )
-    p.add_argument(
-        "--backend",
-        default=None,
-        choices=["MKLDNN"],
-        help="partition every MXNet model's graph for this backend",
-    )
     p.add_argument("--json", default=None, help="write the records here")
-    p.add_argument("--plot", default=None, help="draw accuracy vs latency here (PNG)")
+    p.add_argument(
+        "--plot",
+        default=None,
+        help="draw a chart here (PNG): the paths side by side if several were timed, else accuracy/latency",
+    )
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.all:
+        args.model = args.model or ["resnest50"]
+        args.input_size = args.input_size or 224
+        args.compare, args.onnx, args.plain, args.peak = "gluoncv", True, True, True
+        args.quantize = args.quantize or "random"
+        args.openvino = args.openvino or []
+    if args.openvino == []:
+        args.openvino = ["f32", "bf16", "int8"]
+    return args
 
 
 def main(argv=None) -> List[Dict]:
@@ -581,9 +899,20 @@ def main(argv=None) -> List[Dict]:
                 entry["input_size"] = args.input_size
             if args.iters:
                 entry["iters"] = args.iters
-    if args.quantize and not os.path.isfile(args.quantize):
+    if args.quantize and args.quantize != "random" and not os.path.isfile(args.quantize):
         raise SystemExit(f"--quantize {args.quantize}: no such .rec file")
+    if args.openvino and importlib.util.find_spec("openvino") is None:
+        raise SystemExit(
+            "--openvino needs the openvino package: pip install -c requirements/lock.txt openvino"
+        )
     ctx = mx.gpu(0) if args.ctx == "gpu" else mx.cpu()
+    if args.ctx == "gpu" and (args.onnx or args.quantize or args.openvino):
+        logger.info(
+            "--onnx/--quantize/--openvino run on the CPU, from a CPU copy of the model (ctx cpu rows)"
+        )
+    env = environment()
+    peak = fp32_peak() if args.peak else None
+    print(describe(env, peak), flush=True)  # measured again after the run: the best of both is the peak
     records = run(
         plan,
         ctx=ctx,
@@ -593,21 +922,32 @@ def main(argv=None) -> List[Dict]:
         onnx=args.onnx,
         quantize_rec=args.quantize,
         calib_batches=args.calib_batches,
+        calib_modes=args.calib_mode,
         rounds=args.rounds,
         keep_dropblock=args.keep_dropblock,
-        backend=args.backend,
+        fuse=not args.no_fuse,
+        plain=args.plain,
+        openvino=args.openvino or (),
+        our_peers=args.all,
+        stream=args.stream or args.ctx == "gpu",
         progress=not args.no_progress,
     )
-    env = environment()
+    if peak:
+        again = fp32_peak()
+        peak = dict(again, gflops_before=peak["gflops"]) if again["gflops"] > peak["gflops"] else peak
+    add_peak_share(records, peak["gflops"] if peak else None)
+    env["load_average_after"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     for rec in records:
-        rec.update(env)
-    print(f"environment: {json.dumps(env)}")
+        rec.update(env, fp32_peak_gflops=peak["gflops"] if peak else None)
     print(format_table(records))
     rows = ratios(records)
     if rows:
         print(format_ratios(rows))
         if args.json:
             save_json(rows, os.path.splitext(args.json)[0] + ".ratios.json")
+    print(f"load average after: {env['load_average_after']}")
+    if peak:
+        print(describe(env, peak).splitlines()[-1] + " (best before and after the run)")
     if args.data:
         pipeline = load_pipeline_module().run(args.data, progress=not args.no_progress)
         for row in pipeline:
@@ -618,7 +958,12 @@ def main(argv=None) -> List[Dict]:
     if args.json:
         save_json(records, args.json)
     if args.plot:
-        plot(records, args.plot)
+        several = len({label(r) for r in records}) > len({r["peer_of"] for r in records})
+        if several:
+            title = describe(env, peak).replace("; load", "\nload")
+            plot_paths(records, args.plot, title)
+        else:
+            plot(records, args.plot)
     return records
 
 

@@ -11,14 +11,18 @@ Example (the demo's digits model)::
     python scripts/quantize.py --model resnest14 --classes 10 --input-size 32 \\
         --params demo_out/run/resnest14-best.params --rec-calib demo_out/train.rec \\
         --rec-val demo_out/val.rec --out demo_out/int8/resnest14
+
+``--calib-mode naive entropy`` scores both calibrations (the first one's model is saved); ``--openvino``
+also scores the model exported to OpenVINO in f32, bf16 and INT8 (calibrated on the same records).
 """
 
 import argparse
 import json
 import logging
 import os
+import tempfile
 import time
-from typing import Dict
+from typing import Dict, Sequence, Union
 
 # Before MXNet loads: it reads its OpenMP thread count once (see resnest_gluon.threads).
 from resnest_gluon import threads
@@ -64,9 +68,14 @@ def quantize_checkpoint(
     input_size: int,
     batch_size: int = 32,
     calib_batches: int = 10,
-    calib_mode: str = "naive",
+    calib_mode: Union[str, Sequence[str]] = "naive",
+    openvino: bool = False,
 ) -> Dict:
-    """Quantizes the checkpoint, saves it under ``out``, and returns float32 and INT8 top-1 on ``rec_val``."""
+    """Quantizes the checkpoint, saves it under ``out``, and returns float32 and INT8 top-1 on ``rec_val``.
+
+    ``calib_mode`` may list several modes (each is scored; the first is saved and reported as ``int8_*``);
+    ``openvino`` adds OpenVINO f32 / bf16 / INT8. Every scored path is a row of ``paths``.
+    """
     for path in (params, rec_calib, rec_val):
         if not os.path.isfile(path):
             raise FileNotFoundError(
@@ -74,18 +83,40 @@ def quantize_checkpoint(
             )
     net = resnest_gluon.get_model(model, classes=classes)
     load_params_checked(net, params, mx.cpu())
-    deploy.prepare_for_inference(net)
-    net.hybridize(static_alloc=True, static_shape=True)
+    modes = [calib_mode] if isinstance(calib_mode, str) else list(calib_mode)
+    deploy.prepare_for_inference(net)  # the fused float32 graph a user gets
     fp32 = top1(net, rec_val, batch_size, input_size)
-    calib = val_iter(rec_calib, batch_size, input_size)
-    qnet = deploy.quantize(net, calib, calib_batches, out, calib_mode=calib_mode)
-    int8 = top1(qnet, rec_val, batch_size, input_size)
+    paths = [dict(path="mxnet float32 (fused)", **fp32)]
+    int8 = None
+    for i, mode in enumerate(modes):
+        calib = val_iter(rec_calib, batch_size, input_size)
+        qnet = deploy.quantize(net, calib, calib_batches, out if i == 0 else None, calib_mode=mode)
+        scored = top1(qnet, rec_val, batch_size, input_size)
+        paths.append(dict(path=f"mxnet int8 ({mode} calibration)", **scored))
+        int8 = int8 or scored
+    if openvino:
+        for precision in ("f32", "bf16", "int8"):
+            calib = val_iter(rec_calib, batch_size, input_size) if precision == "int8" else None
+            with tempfile.TemporaryDirectory() as tmp:
+                xml = deploy.export_openvino(
+                    net,
+                    os.path.join(tmp, "m"),
+                    (1, 3, input_size, input_size),
+                    precision,
+                    calib,
+                    calib_batches,
+                )
+                compiled = deploy.load_openvino(xml)
+            run = lambda x, c=compiled: mx.nd.array(deploy.run_openvino(c, x.asnumpy()))  # noqa: E731
+            paths.append(dict(path=f"openvino {precision}", **top1(run, rec_val, batch_size, input_size)))
+    for row in paths:
+        row["top1_drop"] = fp32["top1"] - row["top1"]
     return dict(
         model=model,
         params=params,
         input_size=input_size,
         calib_batches=calib_batches,
-        calib_mode=calib_mode,
+        calib_mode=modes[0],
         float32_top1=fp32["top1"],
         int8_top1=int8["top1"],
         top1_drop=fp32["top1"] - int8["top1"],
@@ -93,6 +124,8 @@ def quantize_checkpoint(
         float32_img_per_sec=fp32["img_per_sec"],
         int8_img_per_sec=int8["img_per_sec"],
         out=out,
+        omp_threads=THREADS,
+        paths=paths,
     )
 
 
@@ -109,7 +142,14 @@ def parse_args(argv=None):
     p.add_argument("--input-size", type=int, default=None, help="crop size (default: the model's paper crop)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--calib-batches", type=int, default=10)
-    p.add_argument("--calib-mode", default="naive", choices=["naive", "entropy"])
+    p.add_argument(
+        "--calib-mode",
+        nargs="+",
+        default=["naive"],
+        choices=["naive", "entropy"],
+        help="calibration(s) to score; the first one's model is saved",
+    )
+    p.add_argument("--openvino", action="store_true", help="also score OpenVINO f32, bf16 and INT8")
     p.add_argument("--json", default=None, help="also write the result here")
     return p.parse_args(argv)
 
@@ -129,6 +169,7 @@ def main(argv=None) -> Dict:
         args.batch_size,
         args.calib_batches,
         args.calib_mode,
+        args.openvino,
     )
     print(json.dumps(result, indent=1))
     if args.json:

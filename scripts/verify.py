@@ -3,6 +3,8 @@
     python scripts/verify.py --model resnest50 --rec-val val.rec --params resnest50-best.params
     python scripts/verify.py --model resnest269 --rec-val val.rec --pretrained      # 416 px, bicubic
     horovodrun -np 4 -H localhost:4 python scripts/verify.py --ctx gpu --model resnest101 ...
+    python scripts/verify.py --model resnest50 --rec-val val.rec --params p.params --backend openvino \
+        --precision int8 --rec-calib train.rec                                     # OpenVINO INT8
 
 The crop is the model's paper crop (224/256/320/416) unless ``--crop-size`` says otherwise; the shorter
 side is resized to ``crop / 0.875`` first (bicubic from 320 px). Under horovodrun every worker takes its
@@ -23,6 +25,7 @@ THREADS = threads.configure()
 import mxnet as mx
 
 import resnest_gluon
+from resnest_gluon import deploy
 from resnest_gluon.data import num_records, val_iter
 from resnest_gluon.interrupts import exit_status, stop_message, stop_on_sigterm
 from resnest_gluon.models.pretrained import UnreadableParams, load_params_checked
@@ -59,8 +62,43 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="float16: GPU only")
     p.add_argument("--threads", type=int, default=4, help="decoding threads per worker")
+    p.add_argument(
+        "--backend",
+        choices=("mxnet", "openvino"),
+        default="mxnet",
+        help="mxnet: the oneDNN-fused graph (plain on a GPU); openvino: the model exported to OpenVINO (CPU)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "f32", "bf16", "int8"),
+        default="auto",
+        help="OpenVINO precision (auto: bf16 where the CPU has it, else f32; int8 needs --rec-calib)",
+    )
+    p.add_argument(
+        "--rec-calib", default=None, help="calibration .rec for --precision int8 (training images)"
+    )
+    p.add_argument("--calib-batches", type=int, default=10, help="calibration batches for --precision int8")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p.parse_args(argv)
+
+
+def openvino_net(net, args, crop: int):
+    """``net`` exported to OpenVINO at ``--precision`` (in a temporary folder), as a callable on NDArrays."""
+    import tempfile
+
+    import numpy as np
+
+    precision = deploy.resolve_precision(args.precision)
+    with tempfile.TemporaryDirectory(prefix="verify-openvino-") as tmp:
+        calib = None
+        if precision == "int8":
+            calib = val_iter(args.rec_calib, args.batch_size, crop, threads=args.threads, resize=args.resize)
+        xml = deploy.export_openvino(
+            net, os.path.join(tmp, args.model), (1, 3, crop, crop), precision, calib, args.calib_batches
+        )
+        compiled = deploy.load_openvino(xml)
+    logger.info("OpenVINO %s model compiled", precision)
+    return (lambda x: mx.nd.array(deploy.run_openvino(compiled, x.asnumpy()), dtype=np.float32)), precision
 
 
 def main(argv=None) -> dict:
@@ -72,6 +110,10 @@ def main(argv=None) -> dict:
         )
     if args.dtype == "float16" and args.ctx != "gpu":
         raise TrainingError("--dtype float16 needs --ctx gpu")
+    if args.backend == "openvino" and args.ctx != "cpu":
+        raise TrainingError("--backend openvino runs on the CPU: drop --ctx gpu")
+    if args.backend == "openvino" and args.precision == "int8" and not args.rec_calib:
+        raise TrainingError("--precision int8 needs --rec-calib (a .rec of training images to calibrate on)")
     if args.params and not os.path.isfile(args.params):
         raise TrainingError(f"parameter file {args.params} does not exist")
     dist.init()
@@ -98,7 +140,11 @@ def main(argv=None) -> dict:
             raise TrainingError(f"{err} (is --model / --classes right?)") from err
     if args.dtype == "float16":
         net.cast("float16")
-    net.hybridize(static_alloc=True, static_shape=True)
+    precision = None
+    if args.backend == "openvino":
+        net, precision = openvino_net(net, args, crop)
+    else:
+        deploy.prepare_for_inference(net)  # oneDNN-fused on a CPU, the plain graph on a GPU
 
     batch = min(args.batch_size, max(1, -(-total // dist.size()) if dist.size() > 1 else total))
     data = val_iter(
@@ -133,6 +179,8 @@ def main(argv=None) -> dict:
         images_in_index=total,
         workers=dist.size(),
         omp_threads=THREADS,
+        backend=args.backend,
+        precision=precision,
         seconds=seconds,
         images_per_sec=counts[2] / seconds,
     )
@@ -141,7 +189,7 @@ def main(argv=None) -> dict:
         print(
             f"{args.model} on {result['images']} images (crop {crop}, {dist.size()} worker(s)): "
             f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
-            f"{result['images_per_sec']:.1f} images/s"
+            f"{result['images_per_sec']:.1f} images/s" + (f" (OpenVINO {precision})" if precision else "")
         )
         if args.json:
             atomic_json(args.json, result)

@@ -47,18 +47,30 @@ def test_main_end_to_end_tiny(bench, tmp_path):
     rec = make_rec(str(tmp_path / "calib.rec"))
     argv = ["--model", "resnest14", "--batch-size", "1", "2", "--input-size", "32", "--iters", "2"]
     argv += ["--compare", "gluoncv", "--onnx", "--imperative", "--quantize", rec, "--calib-batches", "1"]
-    records = bench.main(argv + ["--json", str(out), "--no-progress"])
+    argv += ["--plain", "--openvino", "--peak", "--stream"]
+    records = bench.main(argv + ["--json", str(out), "--plot", str(tmp_path / "paths.png"), "--no-progress"])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(records))
     impls = {(r["impl"], r["mode"]) for r in saved}
     assert impls == {
-        ("resnest_gluon", "hybridized"),
+        ("resnest_gluon", "fused"),
+        ("resnest_gluon", "plain"),
         ("resnest_gluon", "imperative"),
-        ("gluoncv", "hybridized"),
+        ("gluoncv", "fused"),
+        ("gluoncv", "plain"),
         ("onnxruntime", "graph"),
-        ("resnest_gluon-int8", "hybridized"),
+        ("resnest_gluon-int8", "int8"),
+        ("openvino", "f32"),
+        ("openvino", "bf16"),
+        ("openvino", "int8"),
     }
     assert len(saved) == 2 * len(impls)
+    # one baseline per batch (ours, fused), every row with its share of the measured GEMM peak
+    assert [(r["impl"], r["mode"]) for r in saved if r["baseline"]] == [("resnest_gluon", "fused")] * 2
+    assert all(r["fp32_peak_gflops"] > 0 and 0 < r["peak_share"] for r in saved)
+    assert all(r["stream_img_per_sec"] > 0 and r["timing"] == "per call (synced)" for r in saved)
+    assert saved[0]["isa"]["AVX2"] in (True, False) and saved[0]["cpu"] and saved[0]["load_average"]
+    assert os.path.getsize(tmp_path / "paths.png") > 1000
     for r in saved:
         assert REQUIRED <= set(r), REQUIRED - set(r)
         assert r["input_size"] == 32 and r["batch_size"] in (1, 2)
@@ -72,6 +84,24 @@ def test_main_end_to_end_tiny(bench, tmp_path):
         int(np.prod(p.shape)) for p in net.collect_params().values() if p.grad_req != "null"
     )
     assert 0 < ours["macs"] < 1e9
+
+
+def test_cpu_info_reads_the_flags(bench, tmp_path):
+    path = tmp_path / "cpuinfo"
+    path.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    info = bench.cpu_info(str(path))
+    assert info["cpu"] == "Some CPU"
+    assert info["isa"] == {"AVX2": True, "AVX-512": True, "VNNI": True, "bf16": False, "AMX": False}
+    assert info["isa_text"] == "AVX2 yes, AVX-512 yes, VNNI yes, bf16 no, AMX no"
+
+
+def test_gpu_paths_use_a_cpu_copy_on_the_nets_context(bench):
+    # deploy.export traces on the net's own context and the CPU-only paths get a CPU copy of the weights
+    net = bench.build_net("resnest14")
+    copy = bench.cpu_copy("resnest14", net)
+    x = mx.nd.random.uniform(shape=(1, 3, 32, 32))
+    np.testing.assert_allclose(copy(x).asnumpy(), net(x).asnumpy(), rtol=1e-5, atol=1e-6)
+    assert bench.time_stream(lambda: net(x), 2) > 0
 
 
 def test_bad_input_is_rejected(bench, tmp_path):
@@ -98,7 +128,8 @@ def fake(model, impl, bs, ips, peer_of=None, top1=None, size=224):
     return dict(
         model=model,
         impl=impl,
-        mode="hybridized",
+        mode="fused",
+        baseline=impl == "resnest_gluon" and model == (peer_of or model),
         batch_size=bs,
         input_size=size,
         dtype="float32",
@@ -126,17 +157,26 @@ def test_ratios_table_and_chart(bench, tmp_path):
     ]
     rows = {(r["versus"], r["batch_size"]): r["ratio"] for r in bench.ratios(records)}
     assert rows == {
-        ("resnest50 (gluoncv, hybridized)", 1): pytest.approx(2.5),
-        ("resnet50_v1d (gluoncv, hybridized)", 1): pytest.approx(0.8),
-        ("resnest50 (gluoncv, hybridized)", 8): pytest.approx(4.0),
+        ("resnest50 (gluoncv, fused)", 1): pytest.approx(2.5),
+        ("resnet50_v1d (gluoncv, fused)", 1): pytest.approx(0.8),
+        ("resnest50 (gluoncv, fused)", 8): pytest.approx(4.0),
     }
     # call-by-call ratios: load that slows both calls of a pair cancels out
     records[0]["times_ms"], records[1]["times_ms"] = [100.0, 400.0, 100.0], [250.0, 1000.0, 250.0]
     paired = [r for r in bench.ratios(records) if r["paired"]]
     assert len(paired) == 1 and paired[0]["paired"]["median"] == pytest.approx(2.5)
     assert "call by call 2.50x" in bench.format_ratios(paired)
+    bench.add_peak_share(records, 1000.0)
+    assert records[0]["gflops"] == pytest.approx(2 * 5.4 * 10.0) and records[0][
+        "peak_share"
+    ] == pytest.approx(0.108)
     table = bench.format_table(records)
-    assert table.count("\n") == len(records) + 1 and "| resnest101 | resnest_gluon |" in table
+    assert table.count("\n") == len(records) + 1 and "| resnest101 (resnest_gluon, fused) |" in table
+    assert "| 2.50x (2.50-2.50) |" in table and "| 11 % |" in table
+    assert (
+        bench.plot_paths(records, str(tmp_path / "paths.png"), "title") and (tmp_path / "paths.png").exists()
+    )
+    os.remove(tmp_path / "paths.png")
     path = bench.plot(records, str(tmp_path / "chart.png"))
     assert path and os.path.getsize(path) > 1000
     assert os.listdir(tmp_path) == ["chart.png"]

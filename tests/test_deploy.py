@@ -1,7 +1,10 @@
 """Export, ONNX and INT8 quantization of a tiny ResNeSt (resnest14, 10 classes, 32 px)."""
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 
 import mxnet as mx
 import numpy as np
@@ -39,6 +42,44 @@ def test_export_reimport_same_outputs(tmp_path, data):
     assert loaded(data[:1]).shape == (1, 10)
 
 
+def graph_ops(net):
+    return {node["op"] for node in json.loads(net._cached_graph[1].tojson())["nodes"]}
+
+
+def test_prepare_for_inference_fuses_and_matches_plain_graph(data):
+    net = tiny_net(dropblock_prob=0.1)
+    assert deploy.prepare_for_inference(net, fuse=False) is net
+    plain = net(data).asnumpy()
+    assert not any(op.startswith("_sg_mkldnn") for op in graph_ops(net))
+    assert deploy.fusion_available() and not deploy.fusion_available(mx.gpu(0))
+    deploy.prepare_for_inference(net)  # default: fused on a CPU with oneDNN
+    fused = net(data).asnumpy()
+    assert deploy.is_fused(net) and "_sg_mkldnn_conv" in graph_ops(net)
+    np.testing.assert_allclose(fused, plain, rtol=0, atol=1e-4)
+    assert np.abs(plain).max() > 1e-3  # not a trivially zero output
+
+
+def test_prepare_for_inference_refuses_impossible_fusion(monkeypatch):
+    net = tiny_net()
+    monkeypatch.setenv("MXNET_MKLDNN_ENABLED", "0")
+    assert not deploy.fusion_available()
+    with pytest.raises(ValueError, match="fuse=None or fuse=False"):
+        deploy.prepare_for_inference(net, fuse=True)
+    deploy.prepare_for_inference(net)  # falls back to the plain graph
+    assert not deploy.is_fused(net)
+
+
+def test_export_of_a_fused_net_is_the_plain_graph(tmp_path, data):
+    net = deploy.prepare_for_inference(tiny_net())
+    expected = net(data).asnumpy()
+    sym_file, _ = deploy.export(net, str(tmp_path / "tiny"), SHAPE)
+    with open(sym_file) as f:
+        assert "_sg_mkldnn" not in f.read()  # portable to any MXNet build
+    assert deploy.is_fused(net)  # the caller's model is left as it was
+    loaded = deploy.load_exported(str(tmp_path / "tiny"))
+    np.testing.assert_allclose(loaded(data).asnumpy(), expected, rtol=0, atol=1e-4)
+
+
 def test_load_exported_missing_file_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="export the model first"):
         deploy.load_exported(str(tmp_path / "nothing"))
@@ -56,6 +97,25 @@ def test_onnx_matches_mxnet_and_is_tensorrt_parsable(tmp_path, data):
     got = deploy.run_onnx(path, data.asnumpy())
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
     assert sorted(os.listdir(tmp_path)) == ["tiny.onnx"]  # no temporary files left
+
+
+def test_onnx_has_no_unused_initializers_and_loads_without_warnings(tmp_path):
+    import onnx
+
+    path = deploy.export_onnx(tiny_net(), str(tmp_path / "tiny.onnx"), SHAPE, dynamic_batch=True)
+    graph = onnx.load(path).graph
+    used = {name for node in graph.node for name in node.input}
+    assert [i.name for i in graph.initializer if i.name not in used] == []
+    # onnxruntime logs from C++ to stderr: load it in a child process at warning level and read that
+    code = (
+        "import sys, onnxruntime as ort\n"
+        "ort.set_default_logger_severity(1)\n"
+        "ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n"
+        "print('loaded')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "loaded", out.stderr[-2000:]
+    assert "[W:onnxruntime" not in out.stderr and "[E:onnxruntime" not in out.stderr, out.stderr[-2000:]
 
 
 def test_check_onnx_ops_rejects_unlisted_operator(tmp_path):
@@ -154,8 +214,14 @@ def test_quantize_script_end_to_end(tmp_path):
         "--calib-batches",
         "2",
     ]
-    result = script.main(argv + ["--json", str(tmp_path / "q.json")])
+    result = script.main(argv + ["--json", str(tmp_path / "q.json"), "--calib-mode", "naive", "entropy"])
     assert result["val_images"] == 20
+    assert [p["path"] for p in result["paths"]] == [
+        "mxnet float32 (fused)",
+        "mxnet int8 (naive calibration)",
+        "mxnet int8 (entropy calibration)",
+    ]
+    assert result["paths"][1]["top1"] == result["int8_top1"] and result["calib_mode"] == "naive"
     assert 0 <= result["int8_top1"] <= 100 and 0 <= result["float32_top1"] <= 100
     assert result["top1_drop"] == pytest.approx(result["float32_top1"] - result["int8_top1"])
     assert os.path.isfile(out + "-symbol.json") and os.path.isfile(out + "-0000.params")

@@ -123,3 +123,18 @@ def test_params_of_another_model_are_refused(setup, tmp_path):
     args[args.index("--params") + 1] = str(tmp_path / "other.params")
     with pytest.raises(TrainingError, match=r"does not fit resnest14.*--classes"):
         load_verify().main(args)
+
+
+def test_openvino_backend_matches_the_reference(setup):
+    verify = load_verify()
+    result = verify.main(argv(setup, "--batch-size", "8", "--backend", "openvino", "--precision", "f32"))
+    top1, top5, n = reference_counts(setup)
+    assert result["images"] == n and result["backend"] == "openvino" and result["precision"] == "f32"
+    assert result["top1"] == pytest.approx(top1) and result["top5"] == pytest.approx(top5)
+    rec = str(setup / "val.rec")
+    result = verify.main(argv(setup, "--backend", "openvino", "--precision", "int8", "--rec-calib", rec))
+    assert result["precision"] == "int8" and result["images"] == n
+    with pytest.raises(TrainingError, match="needs --rec-calib"):
+        verify.main(argv(setup, "--backend", "openvino", "--precision", "int8"))
+    with pytest.raises(TrainingError, match="runs on the CPU"):
+        verify.main(argv(setup, "--backend", "openvino", "--ctx", "gpu"))

@@ -5,23 +5,40 @@ Zhang et al., "ResNeSt: Split-Attention Networks", arXiv:2004.08955.
 Every function takes an ordinary Gluon model (e.g. from :func:`resnest_gluon.get_model`) and first puts it
 in inference shape with :func:`prepare_for_inference`: DropBlock is an exact identity at inference, but its
 graph still computes a random mask (and a ``random_uniform_like``/``shape_array`` that ONNX and TensorRT do
-not handle), so the layers are switched off before tracing. Outputs are unchanged.
+not handle), so the layers are switched off before tracing; on a CPU the graph is then fused by oneDNN
+(exports write the plain, portable graph). Outputs are unchanged.
 
 Files are written under a temporary name and renamed, so an interrupted export never leaves a half-written
 model where a good one was.
 """
 
-from .graph import export, load_exported, prepare_for_inference
-from .int8 import quantize, rec_calibration_iter
+from .graph import export, fusion_available, is_fused, load_exported, net_context, prepare_for_inference
+from .int8 import calibration_batches, quantize, rec_calibration_iter
 from .onnx_export import TENSORRT_ONNX_OPS, check_onnx_ops, export_onnx, load_onnx, onnx_ops, run_onnx
+from .openvino_export import (
+    export_openvino,
+    load_openvino,
+    openvino_capabilities,
+    resolve_precision,
+    run_openvino,
+)
 
 __all__ = [
+    "run_openvino",
+    "resolve_precision",
+    "openvino_capabilities",
+    "load_openvino",
+    "export_openvino",
     "TENSORRT_ONNX_OPS",
+    "calibration_batches",
     "check_onnx_ops",
     "export",
     "export_onnx",
+    "fusion_available",
+    "is_fused",
     "load_exported",
     "load_onnx",
+    "net_context",
     "onnx_ops",
     "prepare_for_inference",
     "quantize",

@@ -3,12 +3,13 @@
 import logging
 import os
 import tempfile
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Union
 
 import mxnet as mx
+import numpy as np
 from mxnet.gluon import HybridBlock, SymbolBlock
 
-from .graph import _replace_all, prepare_for_inference
+from .graph import _replace_all, net_context, prepare_for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,38 @@ def rec_calibration_iter(
         round_batch=False,
         preprocess_threads=2,
     )
+
+
+def calibration_batches(
+    calib_data: Union[str, mx.io.DataIter, Iterable],
+    num_batches: int,
+    batch_size: int = 8,
+    input_size: int = 224,
+) -> List[np.ndarray]:
+    """Up to ``num_batches`` float32 NCHW batches (numpy) from a ``.rec`` path, a DataIter or an iterable.
+
+    A ``.rec`` is read with :func:`rec_calibration_iter` (``batch_size`` and ``input_size`` apply to it);
+    an iterable may give ``(data, label)`` pairs or bare batches, as NDArrays or numpy arrays. Padding
+    rows of a DataIter's last batch are dropped.
+    """
+    if num_batches < 1:
+        raise ValueError(f"num_calib_batches must be >= 1, got {num_batches}")
+    if isinstance(calib_data, str):
+        calib_data = rec_calibration_iter(calib_data, batch_size, input_size)
+    batches = []
+    for batch in calib_data:
+        if len(batches) >= num_batches:
+            break
+        if isinstance(batch, mx.io.DataBatch):
+            data = batch.data[0][: batch.data[0].shape[0] - (batch.pad or 0)]
+        else:
+            data = batch[0] if isinstance(batch, (tuple, list)) else batch
+        data = data.asnumpy() if isinstance(data, mx.nd.NDArray) else np.asarray(data)
+        if len(data):
+            batches.append(data.astype(np.float32, copy=False))
+    if not batches:
+        raise ValueError("calib_data gave no batches")
+    return batches
 
 
 def quantize(
@@ -88,23 +121,17 @@ def quantize(
     SymbolBlock
         The quantized model, callable like the original on float32 input.
     """
-    if num_calib_batches < 1:
-        raise ValueError(f"num_calib_batches must be >= 1, got {num_calib_batches}")
-    prepare_for_inference(net)
-    if isinstance(calib_data, str):
-        size = input_size or getattr(net, "crop_size", 224)
-        calib_data = rec_calibration_iter(calib_data, batch_size, size)
-    elif not isinstance(calib_data, mx.io.DataIter):
-        batches = []
-        for i, batch in enumerate(calib_data):
-            if i >= num_calib_batches:
-                break
-            batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
-        if not batches:
-            raise ValueError("calib_data gave no batches")
-        data = mx.nd.concat(*batches, dim=0)
-        calib_data = mx.io.NDArrayIter(data=data, batch_size=batches[0].shape[0])
-    calib_batch = calib_data.provide_data[0].shape[0]
+    if net_context(net).device_type != "cpu":
+        raise ValueError(
+            f"INT8 quantization runs on the CPU, but the model is on {net_context(net)}: quantize a CPU copy "
+            "(net.reset_ctx(mx.cpu()) or load the parameters with ctx=mx.cpu())"
+        )
+    prepare_for_inference(net, fuse=False)  # quantize_net_v2 partitions the plain graph itself
+    batches = calibration_batches(
+        calib_data, num_calib_batches, batch_size, input_size or getattr(net, "crop_size", 224)
+    )
+    data = np.concatenate(batches)
+    calib_data = mx.io.NDArrayIter(data=data, batch_size=len(batches[0]))
     exclude = []
     if exclude_first_conv:
         net.hybridize()
@@ -120,7 +147,7 @@ def quantize(
         exclude_layers=exclude,
         calib_data=calib_data,
         calib_mode=calib_mode,
-        num_calib_examples=num_calib_batches * calib_batch,
+        num_calib_examples=len(data),
         ctx=mx.cpu(),
         logger=quiet,
     )

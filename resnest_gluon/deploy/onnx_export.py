@@ -103,10 +103,13 @@ MXNET_ONNX_OPSET = 13
 
 
 def _fix_onnx(path: str) -> None:
-    """Stamps the opset the graph was translated for and keeps weights out of the graph inputs.
+    """Stamps the opset the graph was translated for, keeps weights out of the graph inputs, and drops
+    unused initializers.
 
     Weights listed as inputs are treated as overridable by onnxruntime and TensorRT (no constant
-    folding, and TensorRT asks for them at run time), so only the real inputs are kept.
+    folding, and TensorRT asks for them at run time), so only the real inputs are kept. MXNet's exporter
+    also leaves the axis constants of the ops it translates into attributes (``..._split0_axis``,
+    ``..._softmax0_axes``) as initializers no node reads; onnxruntime warns about each of them.
     """
     import onnx
 
@@ -118,6 +121,10 @@ def _fix_onnx(path: str) -> None:
     inputs = [i for i in model.graph.input if i.name not in weights]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
     onnx.checker.check_model(model)
     onnx.save(model, path)
 

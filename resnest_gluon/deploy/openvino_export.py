@@ -1,0 +1,123 @@
+"""OpenVINO deployment: our ONNX export converted to OpenVINO IR, in float32, bfloat16 or INT8.
+
+``export_openvino`` writes ``{prefix}.xml`` / ``{prefix}.bin`` and stores the chosen precision in the
+model (``runtime_options``), so :func:`load_openvino` compiles it the way it was exported. float32 and
+bfloat16 are OpenVINO execution precisions of the same float32 weights; INT8 is a QDQ graph made by
+:func:`resnest_gluon.deploy.onnx_qdq.quantize_onnx` from calibration images.
+"""
+
+import logging
+import os
+import tempfile
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+from mxnet.gluon import HybridBlock
+
+from .int8 import calibration_batches
+from .onnx_export import export_onnx
+from .onnx_qdq import quantize_onnx
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "f32", "bf16", "int8")
+_HINT = ["runtime_options", "INFERENCE_PRECISION_HINT"]
+
+
+def openvino_capabilities() -> set:
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of this CPU (e.g. ``{"FP32", "BF16", "INT8"}``)."""
+    import openvino as ov
+
+    return set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``bf16`` where the CPU has bfloat16 units (AVX512-BF16, AMX), else ``f32``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if "BF16" in openvino_capabilities() else "f32"
+    return precision
+
+
+def export_openvino(
+    net: HybridBlock,
+    prefix: str,
+    input_shape: Sequence[int],
+    precision: str = "auto",
+    calib_data: Union[str, Iterable, None] = None,
+    num_calib_batches: int = 10,
+    batch_size: int = 8,
+) -> str:
+    """Exports ``net`` through ONNX to OpenVINO IR ``{prefix}.xml`` (+ ``.bin``); returns the ``.xml`` path.
+
+    Parameters
+    ----------
+    net : HybridBlock
+        An initialised model (any context; DropBlock is switched off).
+    prefix : str
+        Output path without extension; its directory is created.
+    input_shape : sequence of int
+        ``(batch, 3, height, width)`` of the tracing input; the batch stays dynamic in the IR.
+    precision : str
+        ``f32`` (same outputs as MXNet within 1e-4), ``bf16`` (bfloat16 execution: needs AVX512-BF16 or
+        AMX to be fast), ``int8`` (needs ``calib_data``) or ``auto`` (bf16 where the CPU has bf16, else f32).
+    calib_data : str or iterable, optional
+        For ``int8``: a ``.rec`` path or batches, as for :func:`resnest_gluon.deploy.quantize`.
+    num_calib_batches, batch_size : int
+        Calibration batches used, and the batch size when ``calib_data`` is a ``.rec``.
+    """
+    import openvino as ov
+
+    precision = resolve_precision(precision)
+    if precision == "int8" and calib_data is None:
+        raise ValueError("precision='int8' needs calib_data (a .rec path or batches of images)")
+    out_dir = os.path.dirname(os.path.abspath(prefix))
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".openvino-") as tmp:
+        onnx_path = export_onnx(net, os.path.join(tmp, "net.onnx"), input_shape, dynamic_batch=True)
+        if precision == "int8":
+            size = tuple(input_shape)[-1]
+            batches = calibration_batches(calib_data, num_calib_batches, batch_size, size)
+            onnx_path = quantize_onnx(onnx_path, os.path.join(tmp, "net-int8.onnx"), batches)
+        model = ov.convert_model(onnx_path)
+        # int8: the quantized convolutions run in INT8, the rest in float32
+        model.set_rt_info("bf16" if precision == "bf16" else "f32", _HINT)
+        model.set_rt_info(precision, ["resnest_gluon", "precision"])
+        # compress_to_fp16 would round the float32 weights to float16
+        ov.save_model(model, os.path.join(tmp, "net.xml"), compress_to_fp16=False)
+        xml, bin_ = f"{prefix}.xml", f"{prefix}.bin"
+        os.replace(os.path.join(tmp, "net.bin"), bin_)
+        os.replace(os.path.join(tmp, "net.xml"), xml)
+    logger.info("exported %s (%s)", xml, precision)
+    return xml
+
+
+def load_openvino(path: str, threads: int = 0, precision: Optional[str] = None):
+    """An OpenVINO CPU ``CompiledModel`` for ``path`` (``.xml`` from :func:`export_openvino`, or ``.onnx``).
+
+    ``precision`` (``f32``/``bf16``) overrides the execution precision stored at export; ``threads`` = 0
+    lets OpenVINO use every core it may.
+    """
+    import openvino as ov
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: export it with resnest_gluon.deploy.export_openvino")
+    core = ov.Core()
+    model = core.read_model(path)
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = "bf16" if resolve_precision(precision) == "bf16" else "f32"
+    elif model.has_rt_info(_HINT):
+        config["INFERENCE_PRECISION_HINT"] = model.get_rt_info(_HINT).astype(str)
+    else:  # a plain ONNX file: float32, not OpenVINO's default (bf16 on CPUs that have it)
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return core.compile_model(model, "CPU", config)
+
+
+def run_openvino(model_or_path, x: np.ndarray) -> np.ndarray:
+    """Runs a compiled model (or an ``.xml``/``.onnx`` path) on ``x`` (NCHW float32); the first output."""
+    compiled = load_openvino(model_or_path) if isinstance(model_or_path, str) else model_or_path
+    return compiled(np.ascontiguousarray(x, dtype=np.float32))[0]
