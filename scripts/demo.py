@@ -55,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shots", type=int, default=10, help="fine-tuning: labelled images per class")
     p.add_argument("--pretrain-epochs", type=int, default=4, help="fine-tuning: epochs on the digits 0-5")
     p.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning: epochs on the digits 6-9")
+    p.add_argument("--no-finetune", action="store_true", help="skip step 5 (fine-tuning and predict.py)")
     args = p.parse_args(argv)
     if args.quick:
         args.limit, args.epochs = args.limit or 300, 1
@@ -334,13 +335,15 @@ def main(argv=None) -> dict:
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
 
-    logger.info(
-        "5/5 fine-tuning: digits 0-5 -> digits 6-9 with %d images per class, then predict.py", args.shots
-    )
-    # plain processes: both cores for one
-    ft = finetune_demo(
-        args, out, log_path, dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    )
+    ft = None
+    if not args.no_finetune:
+        logger.info(
+            "5/5 fine-tuning: digits 0-5 -> digits 6-9 with %d images per class, then predict.py", args.shots
+        )
+        # plain processes: both cores for one
+        ft = finetune_demo(
+            args, out, log_path, dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+        )
 
     speed = float(np.median([r["samples_per_sec"] for r in rows]))
     summary = dict(
@@ -364,7 +367,7 @@ def main(argv=None) -> dict:
         verify_seconds=verify_seconds,
         total_seconds=time.time() - tic,
         curves=os.path.join(run_dir, "curves.png"),
-        finetune={k: v for k, v in ft.items() if k != "rows"},
+        finetune=None if ft is None else {k: v for k, v in ft.items() if k != "rows"},
     )
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -412,7 +415,8 @@ def main(argv=None) -> dict:
             ]
         )
     )
-    print_finetune(ft, args)
+    if ft is not None:
+        print_finetune(ft, args)
     if summary["final_val_top1"] < 95.0:
         logger.warning(
             "the last epoch reached %.2f%% top-1, below the 95%% this demo aims for", rows[-1]["val_top1"]
