@@ -343,7 +343,7 @@ def test_one_process_learns_the_digits(tmp_path):
     10 % of chance (80-87 % measured), and verify.py agrees with the last validation. (The fine-tuning
     step has its own tests in test_finetune.py; test_demo_quick runs it.)"""
     demo = load_script("demo")
-    argv = ["--workers", "1", "--limit", "600", "--epochs", "4", "--no-finetune", "--out", str(tmp_path / "d")]
+    argv = ["--workers", "1", "--limit", "600", "--epochs", "4", "--no-finetune", "--out", str(tmp_path)]
     summary = demo.main(argv)
     assert summary["workers"] == 1 and summary["epochs"] == 4
     assert summary["best_val_top1"] > 50
