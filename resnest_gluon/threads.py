@@ -63,10 +63,13 @@ def local_workers() -> int:
 
 
 def _user_setting() -> Optional[tuple]:
+    """``(variable, threads)`` of the user's setting, the count as an int when it is one
+    (``OMP_NUM_THREADS`` may list counts per nesting level: the first is MXNet's), or None."""
     for var in USER_VARS:
         value = os.environ.get(var, "").strip()
         if value:
-            return var, value
+            first = value.split(",")[0]
+            return var, int(first) if first.isdigit() else value
     return None
 
 
@@ -75,8 +78,7 @@ def plan(reserve: int = 0) -> dict:
     cores, workers = usable_cores(), local_workers()
     user = _user_setting()
     if user is not None:
-        var, value = user
-        threads = int(value.split(",")[0]) if value.split(",")[0].isdigit() else value
+        var, threads = user
         return {"threads": threads, "source": var, "cores": cores, "workers": workers}
     threads = max(1, cores // workers - max(0, reserve))
     return {"threads": threads, "source": "auto", "cores": cores, "workers": workers}
@@ -112,8 +114,8 @@ def argv_int(flag: str, default: int, argv=None) -> int:
 def mxnet_threads() -> int:
     """OpenMP threads a libmxnet loaded now (with this environment) uses, by MXNet 1.x's own rule."""
     user = _user_setting()
-    if user is not None and user[1].split(",")[0].isdigit():
-        return int(user[1].split(",")[0])
+    if user is not None and isinstance(user[1], int):
+        return user[1]
     procs = len(list(_affinity()))
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
         procs >>= 1
