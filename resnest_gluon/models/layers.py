@@ -8,7 +8,7 @@ from typing import Optional
 
 from mxnet.gluon import HybridBlock, nn
 
-__all__ = ["Identity", "SplitAttentionConv", "DropBlock", "make_norm", "set_drop_prob"]
+__all__ = ["Identity", "SplitAttentionConv", "DropBlock", "make_norm", "set_drop_prob", "set_fused_sum"]
 
 
 class Identity(HybridBlock):
@@ -104,6 +104,8 @@ class SplitAttentionConv(HybridBlock):
             self.relu1 = nn.Activation("relu")
             self.drop = nn.Dropout(drop_ratio) if drop_ratio > 0 else Identity()
             self.fc2 = nn.Conv2D(channels * radix, 1, in_channels=inter_channels, groups=cardinality)
+        # The weighted sum as our one-pass C++ operator (see resnest_gluon.ops); set by set_fused_sum.
+        self.fused_sum = False
 
     def hybrid_forward(self, F, x):
         R, K = self.radix, self.cardinality
@@ -119,6 +121,8 @@ class SplitAttentionConv(HybridBlock):
         # fc2's channels are laid out [K][R][C/K]: softmax over R, then slice each radix back out as
         # [K][C/K] = the channel order of the matching split (no transpose, which ONNX turns into ScatterND).
         atten = F.softmax(atten.reshape((0, K, R, -1)), axis=2)
+        if self.fused_sum:
+            return F.split_attention_sum(x, atten, radix=R, cardinality=K)
         splits = F.split(x, num_outputs=R, axis=1)
         outs = [
             F.broadcast_mul(split, F.slice_axis(atten, axis=2, begin=r, end=r + 1).reshape((0, -1, 1, 1)))
@@ -176,20 +180,42 @@ class DropBlock(HybridBlock):
         return x * F.BlockGrad(F.broadcast_mul(mask, scale))
 
 
-def set_drop_prob(net: HybridBlock, drop_prob: float) -> int:
-    """Sets ``drop_prob`` of every :class:`DropBlock` in ``net`` and clears cached graphs.
-
-    Returns the number of DropBlock layers changed.
-    """
+def _set_all(net: HybridBlock, kind: type, name: str, value) -> int:
+    """Sets attribute ``name`` of every ``kind`` block in ``net``; clears cached graphs if one changed."""
     found = []
 
     def visit(block):
-        if isinstance(block, DropBlock):
-            block.drop_prob = float(drop_prob)
-            found.append(block)
+        if isinstance(block, kind):
+            found.append(getattr(block, name) != value)
+            setattr(block, name, value)
 
     net.apply(visit)
-    if found:
-        # A hybridized graph holds the old value as a constant: rebuild it at the next call.
+    if any(found):
+        # A hybridized graph holds the old value: rebuild it at the next call.
         net.apply(lambda b: b._clear_cached_op() if isinstance(b, HybridBlock) else None)
     return len(found)
+
+
+def set_drop_prob(net: HybridBlock, drop_prob: float) -> int:
+    """Sets ``drop_prob`` of every :class:`DropBlock` in ``net`` and clears cached graphs.
+
+    Returns the number of DropBlock layers.
+    """
+    return _set_all(net, DropBlock, "drop_prob", float(drop_prob))
+
+
+def set_fused_sum(net: HybridBlock, enabled: bool = True) -> int:
+    """Switches every :class:`SplitAttentionConv` with radix > 1 in ``net`` to (or off) our one-pass C++
+    operator for the attention's weighted sum; returns the number of blocks.
+
+    The operator gives the standard operators' outputs bit for bit and their gradients to float rounding,
+    for float32 and float64 on the CPU. Raises ``RuntimeError`` when ``enabled`` and the operator library is
+    not available (:func:`resnest_gluon.ops.available` says why). A graph hybridized with it can only be
+    loaded where the library is: :func:`resnest_gluon.deploy.export` switches it off first.
+    """
+    if enabled:
+        from .. import ops
+
+        if not ops.available():
+            raise RuntimeError(f"the split_attention_sum operator is not available: {ops.load_error()}")
+    return _set_all(net, SplitAttentionConv, "fused_sum", bool(enabled))

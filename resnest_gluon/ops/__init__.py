@@ -1,0 +1,133 @@
+"""Our own MXNet operators, in C++: built against the headers in the MXNet wheel, loaded at run time.
+
+One operator so far, ``split_attention_sum(x, w, radix, cardinality)``: the weighted sum of the radix splits
+at the end of a split-attention block, in one pass over the feature map (see ``split_attention.cc``).
+
+``make`` builds ``libresnest_ops.so`` next to this file (``python -m resnest_gluon.ops build`` does the same).
+Where it cannot be built (no C++ compiler) or loaded, :func:`available` is False and every model runs on
+MXNet's standard operators, which give the same numbers. :func:`resnest_gluon.deploy.prepare_for_inference`
+uses the operator on CPUs; training and every exported file (symbol JSON, ONNX, OpenVINO) use the standard
+operators, so exported files load anywhere.
+"""
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Optional
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SOURCE", "LIBRARY", "available", "build", "load_error"]
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(_HERE, "split_attention.cc")
+LIBRARY = os.path.join(_HERE, "libresnest_ops.so")
+_BUILD = "python -m resnest_gluon.ops build"
+_state = {"loaded": None, "error": None}  # loaded: None (not tried yet), True or False
+
+
+def _mxnet_dir() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("mxnet")
+    if spec is None or not spec.origin:
+        raise RuntimeError("MXNet is not installed")
+    return os.path.dirname(spec.origin)
+
+
+def build(library: str = LIBRARY, compiler: Optional[str] = None, quiet: bool = False) -> str:
+    """Compiles :data:`SOURCE` with MXNet's ``lib_api.cc`` into ``library`` and returns its path.
+
+    The file is written under a temporary name and renamed when the compiler succeeds, so a failed build
+    never leaves a broken library where a good one was. ``compiler`` defaults to ``$CXX``, then ``g++``,
+    then ``c++``. Raises ``RuntimeError`` (with the compiler's message) when the build fails.
+    """
+    compiler = compiler or os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not compiler or not shutil.which(compiler):
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++): standard operators stay in use")
+    mx_dir = _mxnet_dir()
+    lib_api = os.path.join(mx_dir, "src", "lib_api.cc")
+    include = os.path.join(mx_dir, "include")
+    if not os.path.isfile(lib_api):
+        raise RuntimeError(f"{lib_api} is missing: this MXNet wheel does not ship the custom-operator API")
+    out_dir = os.path.dirname(os.path.abspath(library))
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".libresnest_ops-", suffix=".so")
+    os.close(fd)
+    cmd = [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-ffp-contract=off"]
+    cmd += [f"-I{include}", f"-I{os.path.join(include, 'mxnet')}", SOURCE, lib_api, "-o", tmp]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(f"building {library} failed:\n$ {' '.join(cmd)}\n{result.stderr.strip()}")
+        os.replace(tmp, library)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if not quiet:
+        print(f"built {library}")
+    return library
+
+
+def load_error() -> Optional[str]:
+    """Why the operator library is not in use (None when it is, or has not been tried yet)."""
+    return _state["error"]
+
+
+def available() -> bool:
+    """Loads the operator library into MXNet once; True when ``split_attention_sum`` can be used.
+
+    False, with one warning saying why, when the library is missing, older than its source, or fails to
+    load; ``RESNEST_GLUON_OPS=0`` switches it off.
+    """
+    if _state["loaded"] is None:
+        _state["error"] = _why_not()
+        if _state["error"] is None:
+            import mxnet as mx
+
+            try:
+                mx.library.load(LIBRARY, verbose=False)
+            except Exception as exc:  # MXNetError or OSError: a library built for another MXNet
+                _state["error"] = f"{LIBRARY} does not load ({exc}); rebuild it with `make` or remove it"
+        if _state["error"] and os.environ.get("RESNEST_GLUON_OPS") != "0":
+            logger.warning("split-attention operator not in use: %s", _state["error"])
+        _state["loaded"] = _state["error"] is None
+    return _state["loaded"]
+
+
+def _why_not() -> Optional[str]:
+    if os.environ.get("RESNEST_GLUON_OPS") == "0":
+        return "switched off by RESNEST_GLUON_OPS=0"
+    if not os.path.isfile(LIBRARY):
+        return f"{LIBRARY} is not built: run `make` (or {_BUILD})"
+    if os.path.getmtime(LIBRARY) < os.path.getmtime(SOURCE):
+        return f"{LIBRARY} is older than {SOURCE}: rebuild it with `make` (or {_BUILD})"
+    return None
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m resnest_gluon.ops", description="Build our C++ MXNet operators (split_attention_sum)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmd = sub.add_parser("build", help=f"compile {os.path.basename(LIBRARY)} next to its source")
+    cmd.add_argument("--output", default=LIBRARY, help="library path (default: %(default)s)")
+    cmd.add_argument(
+        "--optional", action="store_true", help="on failure, warn and exit 0 (standard operators stay in use)"
+    )
+    sub.add_parser("check", help="load the library into MXNet and say whether the operator is in use")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        ok = available()
+        print("split_attention_sum: " + ("in use" if ok else f"not in use: {load_error()}"))
+        return 0 if ok else 1
+    try:
+        build(args.output)
+    except RuntimeError as exc:
+        print(f"warning: {exc}" if args.optional else f"error: {exc}", file=sys.stderr)
+        return 0 if args.optional else 1
+    return 0
