@@ -16,9 +16,16 @@ HOROVOD_ENV = HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_
               HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
               $(if $(HOROVOD_GPU_OPERATIONS),HOROVOD_GPU_OPERATIONS=$(HOROVOD_GPU_OPERATIONS))
 
-.PHONY: env demo test lint bench clean lock
+.PHONY: env ops demo test lint bench clean lock
 
 env: $(VENV)/.installed
+
+# Our C++ operator (resnest_gluon/ops): without a compiler this warns, and MXNet's standard operators are used.
+OPS_LIB = resnest_gluon/ops/libresnest_ops.so
+ops: $(OPS_LIB)
+
+$(OPS_LIB): resnest_gluon/ops/split_attention.cc $(VENV)/.installed
+	$(PY) -m resnest_gluon.ops build --optional
 
 $(VENV)/.installed: setup.py requirements/*.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,17 +37,17 @@ $(VENV)/.installed: setup.py requirements/*.txt
 	$(PY) -c "import mxnet, horovod.mxnet, cv2, resnest_gluon; print('environment ready: mxnet', mxnet.__version__)"
 	touch $@
 
-demo: env
+demo: env ops
 	$(PY) scripts/demo.py
 
-test: env lint
+test: env ops lint
 	$(PY) -m pytest -q tests
 
 lint: env
 	$(VENV)/bin/ruff check resnest_gluon tools scripts tests
 	$(VENV)/bin/ruff format --check resnest_gluon tools scripts tests
 
-bench: env
+bench: env ops
 	$(PY) scripts/benchmark.py
 
 lock:
@@ -54,4 +61,4 @@ lock:
 	@echo "wrote $(LOCK): now run 'make clean test' and commit it if the tests pass"
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(OPS_LIB)
