@@ -17,6 +17,7 @@ __all__ = [
     "list_models",
     "model_info",
     "set_drop_prob",
+    "set_fused_sum",
 ]
 
 

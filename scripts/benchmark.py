@@ -39,6 +39,7 @@ import mxnet as mx
 import numpy as np
 
 import resnest_gluon
+from resnest_gluon import ops
 from resnest_gluon.models.flops import count_macs, count_params
 
 logger = logging.getLogger("benchmark")
@@ -325,7 +326,8 @@ def run(
     (``openvino``: precisions) paths run on the CPU whatever ``ctx``, from a CPU copy of our model.
 
     Records have ``model``, ``impl`` (``resnest_gluon``, ``gluoncv``, ``onnxruntime``, ``openvino`` or
-    ``resnest_gluon-int8``), ``mode`` (``fused``, ``plain``, ``imperative``, ``graph``, ``f32``, ``bf16``,
+    ``resnest_gluon-int8``), ``mode`` (``fused``, ``fused-std`` (fused, without our C++ operator: with
+    ``plain`` where it is built), ``plain``, ``imperative``, ``graph``, ``f32``, ``bf16``,
     ``int8``), ``baseline``, ``ctx``, ``batch_size``, ``input_size``, ``dtype``, ``img_per_sec`` (median,
     each call synchronised) with ``img_per_sec_p25``/``_p75``, ``ms_per_batch`` (median) with its quartiles,
     ``stream_img_per_sec`` (with ``stream``), ``params``, ``macs``, ``paper_gpu_img_per_sec`` and ``top1``.
@@ -355,15 +357,20 @@ def run(
         peers += [("gluoncv", p) for p in (GLUONCV_PEERS.get(name, []) if compare_gluoncv else [])]
         for impl, model in peers:
             ours = impl == "resnest_gluon"
-            for i, mode in enumerate(
-                modes + (["imperative"] if imperative and ours and model == name else [])
-            ):
+            extra = ["imperative"] if imperative and ours and model == name else []
+            if plain and fuse and ours and model == name and ops.available():
+                extra.insert(0, "fused-std")  # the same fused graph without our split-attention operator
+            for i, mode in enumerate(modes + extra):
                 net = build_net(
                     model, impl=impl, ctx=ctx, dtype=dtype, keep_dropblock=ours and keep_dropblock
                 )
                 cx = complexity(net, size, ctx, dtype)
                 if mode != "imperative":
-                    hybridize_for_inference(net, mode == "fused", keep_dropblock=ours and keep_dropblock)
+                    hybridize_for_inference(
+                        net, mode.startswith("fused"), keep_dropblock=ours and keep_dropblock
+                    )
+                    if mode == "fused-std":
+                        resnest_gluon.set_fused_sum(net, False)
                 record = dict(common, model=model, impl=impl, mode=mode, **cx)
                 record["baseline"] = ours and model == name and i == 0
                 if model != name or not ours:  # the paper's speed and accuracy belong to our model only

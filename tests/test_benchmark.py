@@ -54,6 +54,7 @@ def test_main_end_to_end_tiny(bench, tmp_path):
     impls = {(r["impl"], r["mode"]) for r in saved}
     assert impls == {
         ("resnest_gluon", "fused"),
+        ("resnest_gluon", "fused-std"),  # fused, without our C++ operator (built by make)
         ("resnest_gluon", "plain"),
         ("resnest_gluon", "imperative"),
         ("gluoncv", "fused"),

@@ -15,8 +15,7 @@ from mxnet import autograd
 from test_layers import naive_splat, randomize
 
 import resnest_gluon
-from resnest_gluon import SplitAttentionConv, deploy, ops
-from resnest_gluon.models.layers import set_fused_sum
+from resnest_gluon import SplitAttentionConv, deploy, ops, set_fused_sum
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

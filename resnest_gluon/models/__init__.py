@@ -2,7 +2,7 @@
 registry: get_model, list_models, model_info), ``pretrained`` (published weights), ``convert`` (PyTorch
 importer) and ``flops`` (parameter and multiply-add counts)."""
 
-from .layers import DropBlock, SplitAttentionConv, set_drop_prob
+from .layers import DropBlock, SplitAttentionConv, set_drop_prob, set_fused_sum
 from .resnest import Bottleneck, ResNeSt
 from .zoo import MODELS, get_model, list_models, model_info
 
@@ -16,4 +16,5 @@ __all__ = [
     "list_models",
     "model_info",
     "set_drop_prob",
+    "set_fused_sum",
 ]
