@@ -208,11 +208,17 @@ def measure(
     warmup: int = 2,
     progress: bool = True,
     stream: bool = False,
+    interleave: str = "blocks",
 ) -> List[Dict]:
-    """Times several runners call by call in turn (A B C A B C ...); one record per candidate.
+    """Times several runners in turn, in rounds; one record per candidate.
 
-    Interleaving single calls keeps the candidates' i-th timings seconds apart, so the ratio of two
-    candidates can be taken call by call (see :func:`ratios`) and load from other programs cancels out.
+    ``interleave="blocks"`` (default): each round, each candidate makes one untimed call and then ``iters``
+    timed calls back to back (A A A B B B ... A A A B B B). ``"calls"``: single calls in turn (A B C A B C).
+    Either way the i-th timings of two candidates are close in time, so their ratio can be taken call by
+    call (see :func:`ratios`) and load from other programs cancels out. Blocks are the default because a
+    runtime's worker threads spin for a while after each call (OpenMP, onnxruntime's pool, OpenVINO's
+    TBB): with single calls in turn, each candidate shares its cores with the previous one's spinning
+    threads, which moved the OpenVINO/ours ratio by up to 1.4x between runs.
     Each call is synchronised, so ``img_per_sec`` is batch / latency. With ``stream``, every candidate
     also runs ``iters`` calls between two synchronisations per round (``stream_img_per_sec``: throughput).
 
@@ -239,13 +245,18 @@ def measure(
         range(rounds * iters), desc=f"batch {batch_size}", disable=not progress, leave=False
     ):
         for key, cand in candidates.items():
-            times[key] += time_calls(cand["run"], 1)
+            if interleave == "calls":
+                times[key] += time_calls(cand["run"], 1)
+            elif i % iters == 0:
+                time_calls(cand["run"], 1)
+                times[key] += time_calls(cand["run"], iters)
         if stream and (i + 1) % iters == 0:
             for key, cand in candidates.items():
                 streams[key].append(batch_size * iters / time_stream(cand.get("launch", cand["run"]), iters))
     out = []
     for key, cand in candidates.items():
         record = dict(cand["record"], **summarize(times[key], batch_size), timing="per call (synced)")
+        record["interleave"] = interleave
         if stream:
             record["stream_img_per_sec"] = float(np.median(streams[key]))
         out.append(record)
@@ -316,6 +327,7 @@ def run(
     our_peers: bool = False,
     stream: bool = False,
     progress: bool = True,
+    interleave: str = "blocks",
 ) -> List[Dict]:
     """Measures every entry of ``plan`` (see :func:`default_plan`); returns one record per measurement.
 
@@ -411,7 +423,13 @@ def run(
             for key, (make, rec) in derived.items():
                 candidates[key] = dict(**make(batch_size, size), record=dict(rec, batch_size=batch_size))
             records += measure(
-                candidates, batch_size, entry["iters"], rounds, progress=progress, stream=stream
+                candidates,
+                batch_size,
+                entry["iters"],
+                rounds,
+                progress=progress,
+                stream=stream,
+                interleave=interleave,
             )
             for rec in records[-len(candidates) :]:
                 logger.info(
@@ -855,6 +873,12 @@ def parse_args(argv=None):
         help="also time runs of calls between two syncs (throughput; default with --ctx gpu)",
     )
     p.add_argument(
+        "--interleave",
+        choices=["blocks", "calls"],
+        default="blocks",
+        help="each round, every path makes --iters calls back to back (blocks, default) or one call in turn",
+    )
+    p.add_argument(
         "--keep-dropblock",
         action="store_true",
         help="time our models with DropBlock at the recipe's value (an identity that still costs time)",
@@ -937,6 +961,7 @@ def main(argv=None) -> List[Dict]:
         openvino=args.openvino or (),
         our_peers=args.all,
         stream=args.stream or args.ctx == "gpu",
+        interleave=args.interleave,
         progress=not args.no_progress,
     )
     if peak:

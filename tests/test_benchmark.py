@@ -192,3 +192,17 @@ def test_flops_match_the_paper():
     # the paper: 27.5M parameters, 5.4 GFLOPs (multiply-adds) at 224
     assert count_params(net) == pytest.approx(27.5e6, rel=0.005)
     assert count_macs(net, (1, 3, 224, 224)) == pytest.approx(5.4e9, rel=0.01)
+
+
+@pytest.mark.parametrize("interleave", ["blocks", "calls"])
+def test_measure_interleaves_the_paths_as_asked(bench, interleave):
+    order = []
+    candidates = {
+        key: dict(run=lambda key=key: order.append(key), record=dict(name=key)) for key in ("a", "b")
+    }
+    records = bench.measure(candidates, 1, iters=3, rounds=2, warmup=1, progress=False, interleave=interleave)
+    if interleave == "blocks":  # per round and path: one untimed call, then 3 timed ones back to back
+        assert order == ["a", "b"] + (["a"] * 4 + ["b"] * 4) * 2
+    else:
+        assert order == ["a", "b"] + ["a", "b"] * 6
+    assert [len(r["times_ms"]) for r in records] == [6, 6] and records[0]["interleave"] == interleave
