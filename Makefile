@@ -24,7 +24,7 @@ env: $(VENV)/.installed
 OPS_LIB = resnest_gluon/ops/libresnest_ops.so
 ops: $(OPS_LIB)
 
-$(OPS_LIB): resnest_gluon/ops/split_attention.cc $(VENV)/.installed
+$(OPS_LIB): resnest_gluon/ops/split_attention.cc resnest_gluon/ops/split_attention_cuda.cu $(VENV)/.installed
 	$(PY) -m resnest_gluon.ops build --optional
 
 $(VENV)/.installed: setup.py requirements/*.txt

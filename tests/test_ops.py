@@ -211,7 +211,7 @@ def test_stale_library_is_not_loaded(monkeypatch, tmp_path):
     os.utime(lib, (0, 0))
     monkeypatch.setattr(ops, "LIBRARY", str(lib))
     monkeypatch.setattr(ops, "_state", {"loaded": None, "error": None})
-    assert not ops.available() and "older than" in ops.load_error()
+    assert not ops.available() and "older than its sources" in ops.load_error()
 
 
 def test_failed_build_leaves_nothing_and_says_why(tmp_path):
@@ -241,3 +241,20 @@ def test_build_and_check_commands(tmp_path):
         env={**os.environ, "CXX": "no-such-compiler"},
     )
     assert bad.returncode == 0 and "warning: no C++ compiler" in bad.stderr
+
+
+@pytest.mark.skipif(not (os.environ.get("NVCC") or shutil.which("nvcc")), reason="no nvcc on this machine")
+def test_cuda_variant_builds_and_its_cpu_kernels_still_run(tmp_path):
+    """With nvcc the GPU kernels compile and link in; this MXNet has no GPU, so only the CPU path runs."""
+    lib = ops.build(str(tmp_path / "cuda.so"), cuda=True, quiet=True)
+    code = f"""
+import mxnet as mx, numpy as np
+mx.library.load({lib!r}, verbose=False)
+x = mx.nd.array(np.arange(16, dtype=np.float32).reshape(1, 4, 2, 2))
+w = mx.nd.array([[0.25, 0.5, 0.75, 0.5]])
+print(mx.nd.split_attention_sum(x, w, radix=2, cardinality=1).asnumpy().ravel().tolist())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    x = np.arange(16, dtype=np.float32).reshape(4, 4)  # channels (radix 0: 0, 1; radix 1: 2, 3) x pixels
+    expected = np.concatenate([0.25 * x[0] + 0.75 * x[2], 0.5 * x[1] + 0.5 * x[3]])
+    assert json.loads(out.strip().splitlines()[-1]) == expected.tolist()

@@ -3,11 +3,13 @@
 One operator so far, ``split_attention_sum(x, w, radix, cardinality)``: the weighted sum of the radix splits
 at the end of a split-attention block, in one pass over the feature map (see ``split_attention.cc``).
 
-``make`` builds ``libresnest_ops.so`` next to this file (``python -m resnest_gluon.ops build`` does the same).
-Where it cannot be built (no C++ compiler) or loaded, :func:`available` is False and every model runs on
-MXNet's standard operators, which give the same numbers. :func:`resnest_gluon.deploy.prepare_for_inference`
-uses the operator on CPUs; training and every exported file (symbol JSON, ONNX, OpenVINO) use the standard
-operators, so exported files load anywhere.
+``make`` builds ``libresnest_ops.so`` next to this file (``python -m resnest_gluon.ops build`` does the same):
+CPU kernels (OpenMP; AVX-512, AVX2 and plain x86-64 clones chosen at load), plus CUDA kernels
+(``split_attention_cuda.cu``) when nvcc exists and MXNet was built with CUDA. Where it cannot be built (no C++
+compiler) or loaded, :func:`available` is False and every model runs on MXNet's standard operators, which
+give the same numbers. :func:`resnest_gluon.deploy.prepare_for_inference` uses the operator on CPUs; training,
+GPUs (unless switched on with :func:`resnest_gluon.set_fused_sum`) and every exported file (symbol JSON, ONNX,
+OpenVINO) use the standard operators, so exported files load anywhere.
 """
 
 import logging
@@ -20,10 +22,11 @@ from typing import Optional
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SOURCE", "LIBRARY", "available", "build", "load_error"]
+__all__ = ["SOURCE", "CUDA_SOURCE", "LIBRARY", "available", "build", "load_error"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(_HERE, "split_attention.cc")
+CUDA_SOURCE = os.path.join(_HERE, "split_attention_cuda.cu")
 LIBRARY = os.path.join(_HERE, "libresnest_ops.so")
 _BUILD = "python -m resnest_gluon.ops build"
 _state = {"loaded": None, "error": None}  # loaded: None (not tried yet), True or False
@@ -38,37 +41,59 @@ def _mxnet_dir() -> str:
     return os.path.dirname(spec.origin)
 
 
-def build(library: str = LIBRARY, compiler: Optional[str] = None, quiet: bool = False) -> str:
+def build(
+    library: str = LIBRARY, compiler: Optional[str] = None, quiet: bool = False, cuda: Optional[bool] = None
+) -> str:
     """Compiles :data:`SOURCE` with MXNet's ``lib_api.cc`` into ``library`` and returns its path.
 
-    The file is written under a temporary name and renamed when the compiler succeeds, so a failed build
-    never leaves a broken library where a good one was. ``compiler`` defaults to ``$CXX``, then ``g++``,
-    then ``c++``. Raises ``RuntimeError`` (with the compiler's message) when the build fails.
+    ``compiler`` defaults to ``$CXX``, then ``g++``, then ``c++``. ``cuda``: None (default) adds the GPU
+    kernels (:data:`CUDA_SOURCE`, compiled by ``nvcc``, ``$NVCC`` or on the ``PATH``) when this MXNet was
+    built with CUDA and nvcc exists; True requires them; False builds the CPU kernels only. The library
+    is linked under a temporary name and renamed when every step succeeds, so a failed build never leaves
+    a broken library where a good one was. Raises ``RuntimeError`` (with the compiler's message).
     """
     compiler = compiler or os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not compiler or not shutil.which(compiler):
         raise RuntimeError("no C++ compiler found (set CXX, or install g++): standard operators stay in use")
+    nvcc = os.environ.get("NVCC") or shutil.which("nvcc")
+    if cuda is None:
+        cuda = bool(nvcc) and _mxnet_has_cuda()
+    elif cuda and not nvcc:
+        raise RuntimeError("cuda=True needs nvcc (on the PATH, or set NVCC)")
     mx_dir = _mxnet_dir()
     lib_api = os.path.join(mx_dir, "src", "lib_api.cc")
     include = os.path.join(mx_dir, "include")
     if not os.path.isfile(lib_api):
         raise RuntimeError(f"{lib_api} is missing: this MXNet wheel does not ship the custom-operator API")
+    cxx = [compiler, "-O3", "-std=c++17", "-fPIC", "-fopenmp", "-ffp-contract=off"]
+    cxx += [f"-I{include}", f"-I{os.path.join(include, 'mxnet')}"]
     out_dir = os.path.dirname(os.path.abspath(library))
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".libresnest_ops-", suffix=".so")
-    os.close(fd)
-    cmd = [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-ffp-contract=off"]
-    cmd += [f"-I{include}", f"-I{os.path.join(include, 'mxnet')}", SOURCE, lib_api, "-o", tmp]
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode:
-            raise RuntimeError(f"building {library} failed:\n$ {' '.join(cmd)}\n{result.stderr.strip()}")
-        os.replace(tmp, library)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".libresnest_ops-") as tmp:
+        out = os.path.join(tmp, "lib.so")
+        if cuda:  # objects first, then nvcc links them with the CUDA runtime (static)
+            objects = [os.path.join(tmp, n) for n in ("op.o", "lib_api.o", "cuda.o")]
+            steps = [
+                cxx + ["-DRESNEST_WITH_CUDA", "-c", SOURCE, "-o", objects[0]],
+                cxx + ["-c", lib_api, "-o", objects[1]],
+                [nvcc, "-O3", "--fmad=false", "-Xcompiler", "-fPIC", "-c", CUDA_SOURCE, "-o", objects[2]],
+                [nvcc, "-shared", *objects, "-lgomp", "-o", out],
+            ]
+        else:
+            steps = [cxx + ["-shared", SOURCE, lib_api, "-o", out]]
+        for cmd in steps:
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode:
+                raise RuntimeError(f"building {library} failed:\n$ {' '.join(cmd)}\n{result.stderr.strip()}")
+        os.replace(out, library)
     if not quiet:
-        print(f"built {library}")
+        print(f"built {library} ({'CPU and CUDA' if cuda else 'CPU'} kernels)")
     return library
+
+
+def _mxnet_has_cuda() -> bool:
+    import mxnet as mx
+
+    return mx.runtime.Features().is_enabled("CUDA")
 
 
 def load_error() -> Optional[str]:
@@ -102,8 +127,8 @@ def _why_not() -> Optional[str]:
         return "switched off by RESNEST_GLUON_OPS=0"
     if not os.path.isfile(LIBRARY):
         return f"{LIBRARY} is not built: run `make` (or {_BUILD})"
-    if os.path.getmtime(LIBRARY) < os.path.getmtime(SOURCE):
-        return f"{LIBRARY} is older than {SOURCE}: rebuild it with `make` (or {_BUILD})"
+    if os.path.getmtime(LIBRARY) < max(os.path.getmtime(SOURCE), os.path.getmtime(CUDA_SOURCE)):
+        return f"{LIBRARY} is older than its sources: rebuild it with `make` (or {_BUILD})"
     return None
 
 
@@ -116,6 +141,11 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("build", help=f"compile {os.path.basename(LIBRARY)} next to its source")
     cmd.add_argument("--output", default=LIBRARY, help="library path (default: %(default)s)")
+    cuda = cmd.add_mutually_exclusive_group()
+    cuda.add_argument(
+        "--cuda", dest="cuda", action="store_const", const=True, help="require the GPU kernels (needs nvcc)"
+    )
+    cuda.add_argument("--no-cuda", dest="cuda", action="store_const", const=False, help="CPU kernels only")
     cmd.add_argument(
         "--optional", action="store_true", help="on failure, warn and exit 0 (standard operators stay in use)"
     )
@@ -126,7 +156,7 @@ def main(argv=None) -> int:
         print("split_attention_sum: " + ("in use" if ok else f"not in use: {load_error()}"))
         return 0 if ok else 1
     try:
-        build(args.output)
+        build(args.output, cuda=args.cuda)
     except RuntimeError as exc:
         print(f"warning: {exc}" if args.optional else f"error: {exc}", file=sys.stderr)
         return 0 if args.optional else 1

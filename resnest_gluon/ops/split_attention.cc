@@ -10,6 +10,8 @@
 // Loaded with mx.library.load (see resnest_gluon/ops/__init__.py).  Built against the lib_api.h and
 // lib_api.cc that ship in the MXNet wheel.  Floating point follows the naive graph exactly in the
 // forward pass: products are rounded before they are added (the build passes -ffp-contract=off).
+// With RESNEST_WITH_CUDA (an MXNet built with CUDA, and nvcc), the GPU kernels of
+// split_attention_cuda.cu are registered too.
 
 #include <omp.h>
 
@@ -28,6 +30,17 @@ using mxnet::ext::MX_FAIL;
 using mxnet::ext::MX_SUCCESS;
 
 using Attrs = std::unordered_map<std::string, std::string>;
+
+#ifdef RESNEST_WITH_CUDA
+extern "C" int resnest_split_attention_forward_cuda(int dtype, const void* x, const void* w, void* out,
+                                                    int64_t batch, int64_t radix, int64_t cardinality,
+                                                    int64_t channels, int64_t spatial, void* stream);
+extern "C" int resnest_split_attention_backward_cuda(int dtype, const void* dout, const void* x, const void* w,
+                                                     void* dx, void* dw, int64_t batch, int64_t radix,
+                                                     int64_t cardinality, int64_t channels, int64_t spatial,
+                                                     void* stream);
+extern "C" const char* resnest_cuda_error_string(int code);
+#endif
 
 namespace {
 
@@ -150,11 +163,18 @@ MXReturnValue parse_attrs(const Attrs& attrs, int* num_in, int* num_out) {
   return MX_SUCCESS;
 }
 
+bool cpu_type(int t) { return t == mxnet::ext::kFloat32 || t == mxnet::ext::kFloat64; }
+
 MXReturnValue infer_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
   const int t = (*in)[0];
-  if (t != mxnet::ext::kFloat32 && t != mxnet::ext::kFloat64) {
-    MX_ERROR_MSG << "split_attention_sum: the CPU kernel takes float32 or float64, got dtype code " << t
-                 << "; call resnest_gluon.ops.use_fused(False) before hybridizing for other types";
+#ifdef RESNEST_WITH_CUDA
+  const bool known = cpu_type(t) || t == mxnet::ext::kFloat16;  // float16 on GPUs only (see forward)
+#else
+  const bool known = cpu_type(t);
+#endif
+  if (!known) {
+    MX_ERROR_MSG << "split_attention_sum takes float32 or float64 (and float16 on GPUs), got dtype code " << t
+                 << "; resnest_gluon.set_fused_sum(net, False) switches back to the standard operators";
     return MX_FAIL;
   }
   if ((*in)[1] != t) {
@@ -183,6 +203,10 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs, std::ve
   MXTensor &x = (*inputs)[0], &w = (*inputs)[1], &out = (*outputs)[0];
   Dims d;
   if (!read_dims(attrs, x.shape, w.size(), &d)) return MX_FAIL;
+  if (!cpu_type(x.dtype)) {
+    MX_ERROR_MSG << "split_attention_sum: the CPU kernel takes float32 or float64";
+    return MX_FAIL;
+  }
   if (x.dtype == mxnet::ext::kFloat32) {
     forward_cpu(d, x.data<float>(), w.data<float>(), out.data<float>());
   } else {
@@ -198,6 +222,10 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs, std::v
   MXTensor &dx = (*outputs)[0], &dw = (*outputs)[1];
   Dims d;
   if (!read_dims(attrs, x.shape, w.size(), &d)) return MX_FAIL;
+  if (!cpu_type(x.dtype)) {
+    MX_ERROR_MSG << "split_attention_sum: the CPU kernel takes float32 or float64";
+    return MX_FAIL;
+  }
   if (x.dtype == mxnet::ext::kFloat32) {
     backward_cpu(d, dout.data<float>(), x.data<float>(), w.data<float>(), dx.data<float>(),
                  dw.data<float>());
@@ -208,12 +236,45 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs, std::v
   return MX_SUCCESS;
 }
 
+#ifdef RESNEST_WITH_CUDA
+MXReturnValue cuda_status(int code) {
+  if (code == 0) return MX_SUCCESS;
+  MX_ERROR_MSG << "split_attention_sum: CUDA error " << code << ": " << resnest_cuda_error_string(code);
+  return MX_FAIL;
+}
+
+MXReturnValue forward_gpu(const Attrs& attrs, std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                          const OpResource& res) {
+  MXTensor &x = (*inputs)[0], &w = (*inputs)[1], &out = (*outputs)[0];
+  Dims d;
+  if (!read_dims(attrs, x.shape, w.size(), &d)) return MX_FAIL;
+  return cuda_status(resnest_split_attention_forward_cuda(x.dtype, x.data_ptr, w.data_ptr, out.data_ptr, d.batch,
+                                                          d.radix, d.cardinality, d.channels, d.spatial,
+                                                          res.get_cuda_stream()));
+}
+
+MXReturnValue backward_gpu(const Attrs& attrs, std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                           const OpResource& res) {
+  MXTensor &dout = (*inputs)[0], &x = (*inputs)[1], &w = (*inputs)[2];
+  MXTensor &dx = (*outputs)[0], &dw = (*outputs)[1];
+  Dims d;
+  if (!read_dims(attrs, x.shape, w.size(), &d)) return MX_FAIL;
+  return cuda_status(resnest_split_attention_backward_cuda(
+      x.dtype, dout.data_ptr, x.data_ptr, w.data_ptr, dx.data_ptr, dw.data_ptr, d.batch, d.radix, d.cardinality,
+      d.channels, d.spatial, res.get_cuda_stream()));
+}
+#endif
+
 }  // namespace
 
 REGISTER_OP(split_attention_sum)
     .setParseAttrs(parse_attrs)
     .setInferType(infer_type)
     .setInferShape(infer_shape)
+#ifdef RESNEST_WITH_CUDA
+    .setForward(forward_gpu, "gpu")
+    .setBackward(backward_gpu, "gpu")
+#endif
     .setForward(forward, "cpu")
     .setBackward(backward, "cpu");
 
