@@ -198,15 +198,19 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned i
   return MX_SUCCESS;
 }
 
+// The dims of a call, and whether the CPU kernels take its dtype (float16 reaches here only on a CUDA build).
+bool read_cpu_dims(const Attrs& attrs, const MXTensor& x, const MXTensor& w, Dims* d) {
+  if (!read_dims(attrs, x.shape, w.size(), d)) return false;
+  if (cpu_type(x.dtype)) return true;
+  MX_ERROR_MSG << "split_attention_sum: the CPU kernel takes float32 or float64";
+  return false;
+}
+
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                       const OpResource&) {
   MXTensor &x = (*inputs)[0], &w = (*inputs)[1], &out = (*outputs)[0];
   Dims d;
-  if (!read_dims(attrs, x.shape, w.size(), &d)) return MX_FAIL;
-  if (!cpu_type(x.dtype)) {
-    MX_ERROR_MSG << "split_attention_sum: the CPU kernel takes float32 or float64";
-    return MX_FAIL;
-  }
+  if (!read_cpu_dims(attrs, x, w, &d)) return MX_FAIL;
   if (x.dtype == mxnet::ext::kFloat32) {
     forward_cpu(d, x.data<float>(), w.data<float>(), out.data<float>());
   } else {
@@ -221,11 +225,7 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs, std::v
   MXTensor &dout = (*inputs)[0], &x = (*inputs)[1], &w = (*inputs)[2];
   MXTensor &dx = (*outputs)[0], &dw = (*outputs)[1];
   Dims d;
-  if (!read_dims(attrs, x.shape, w.size(), &d)) return MX_FAIL;
-  if (!cpu_type(x.dtype)) {
-    MX_ERROR_MSG << "split_attention_sum: the CPU kernel takes float32 or float64";
-    return MX_FAIL;
-  }
+  if (!read_cpu_dims(attrs, x, w, &d)) return MX_FAIL;
   if (x.dtype == mxnet::ext::kFloat32) {
     backward_cpu(d, dout.data<float>(), x.data<float>(), w.data<float>(), dx.data<float>(),
                  dw.data<float>());
