@@ -41,9 +41,7 @@ def _mxnet_dir() -> str:
     return os.path.dirname(spec.origin)
 
 
-def build(
-    library: str = LIBRARY, compiler: Optional[str] = None, quiet: bool = False, cuda: Optional[bool] = None
-) -> str:
+def build(library: str = LIBRARY, compiler: Optional[str] = None, cuda: Optional[bool] = None) -> str:
     """Compiles :data:`SOURCE` with MXNet's ``lib_api.cc`` into ``library`` and returns its path.
 
     ``compiler`` defaults to ``$CXX``, then ``g++``, then ``c++``. ``cuda``: None (default) adds the GPU
@@ -65,6 +63,8 @@ def build(
     include = os.path.join(mx_dir, "include")
     if not os.path.isfile(lib_api):
         raise RuntimeError(f"{lib_api} is missing: this MXNet wheel does not ship the custom-operator API")
+    # -Bsymbolic: libmxnet.so exports its own copy of lib_api's classes, and under Horovod (which loads it
+    # into the global scope) our library's calls would otherwise bind to that copy and crash at load.
     cxx = [compiler, "-O3", "-std=c++17", "-fPIC", "-fopenmp", "-ffp-contract=off"]
     cxx += [f"-I{include}", f"-I{os.path.join(include, 'mxnet')}"]
     out_dir = os.path.dirname(os.path.abspath(library))
@@ -76,17 +76,16 @@ def build(
                 cxx + ["-DRESNEST_WITH_CUDA", "-c", SOURCE, "-o", objects[0]],
                 cxx + ["-c", lib_api, "-o", objects[1]],
                 [nvcc, "-O3", "--fmad=false", "-Xcompiler", "-fPIC", "-c", CUDA_SOURCE, "-o", objects[2]],
-                [nvcc, "-shared", *objects, "-lgomp", "-o", out],
+                [nvcc, "-shared", "-Xlinker", "-Bsymbolic", *objects, "-lgomp", "-o", out],
             ]
         else:
-            steps = [cxx + ["-shared", SOURCE, lib_api, "-o", out]]
+            steps = [cxx + ["-shared", "-Wl,-Bsymbolic", SOURCE, lib_api, "-o", out]]
         for cmd in steps:
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode:
                 raise RuntimeError(f"building {library} failed:\n$ {' '.join(cmd)}\n{result.stderr.strip()}")
         os.replace(out, library)
-    if not quiet:
-        print(f"built {library} ({'CPU and CUDA' if cuda else 'CPU'} kernels)")
+    logger.info("built %s (%s kernels)", library, "CPU and CUDA" if cuda else "CPU")
     return library
 
 
@@ -151,6 +150,7 @@ def main(argv=None) -> int:
     )
     sub.add_parser("check", help="load the library into MXNet and say whether the operator is in use")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "check":
         ok = available()
         print("split_attention_sum: " + ("in use" if ok else f"not in use: {load_error()}"))
