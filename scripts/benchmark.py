@@ -494,16 +494,9 @@ def _onnx_session(net, size: int):
 def _openvino_model(net, size: int, precision: str, calib: Optional[List[np.ndarray]]):
     from resnest_gluon import deploy
 
-    with tempfile.TemporaryDirectory() as tmp:
-        xml = deploy.export_openvino(
-            net,
-            os.path.join(tmp, "model"),
-            (1, 3, size, size),
-            precision,
-            calib_data=calib,
-            num_calib_batches=len(calib or [0]),
-        )
-        return deploy.load_openvino(xml, threads=_threads())
+    return deploy.compile_openvino(
+        net, (1, 3, size, size), precision, calib, len(calib or [0]), threads=_threads()
+    )
 
 
 def _threads() -> int:

@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 import time
 from typing import Dict, Sequence, Union
 
@@ -97,16 +96,9 @@ def quantize_checkpoint(
     if openvino:
         for precision in ("f32", "bf16", "int8"):
             calib = val_iter(rec_calib, batch_size, input_size) if precision == "int8" else None
-            with tempfile.TemporaryDirectory() as tmp:
-                xml = deploy.export_openvino(
-                    net,
-                    os.path.join(tmp, "m"),
-                    (1, 3, input_size, input_size),
-                    precision,
-                    calib,
-                    calib_batches,
-                )
-                compiled = deploy.load_openvino(xml)
+            compiled = deploy.compile_openvino(
+                net, (1, 3, input_size, input_size), precision, calib, calib_batches
+            )
             run = lambda x, c=compiled: mx.nd.array(deploy.run_openvino(c, x.asnumpy()))  # noqa: E731
             paths.append(dict(path=f"openvino {precision}", **top1(run, rec_val, batch_size, input_size)))
     for row in paths:

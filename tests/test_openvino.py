@@ -71,6 +71,8 @@ def test_float32_equals_mxnet_and_files_are_complete(tmp_path):
     assert set(conv_precisions(compiled)) == {"f32"}
     np.testing.assert_allclose(deploy.run_openvino(compiled, x), expected, rtol=0, atol=1e-4)
     assert deploy.run_openvino(xml, x[:1]).shape == (1, 10)  # dynamic batch
+    in_memory = deploy.compile_openvino(net, (1, 3, 32, 32), "f32")  # the same, through a temporary folder
+    np.testing.assert_array_equal(deploy.run_openvino(in_memory, x), deploy.run_openvino(compiled, x))
 
 
 def test_bad_arguments_say_what_to_do(tmp_path):

@@ -16,6 +16,7 @@ from .graph import export, fusion_available, is_fused, load_exported, net_contex
 from .int8 import calibration_batches, quantize, rec_calibration_iter
 from .onnx_export import TENSORRT_ONNX_OPS, check_onnx_ops, export_onnx, load_onnx, onnx_ops, run_onnx
 from .openvino_export import (
+    compile_openvino,
     export_openvino,
     load_openvino,
     openvino_capabilities,
@@ -29,6 +30,7 @@ __all__ = [
     "openvino_capabilities",
     "load_openvino",
     "export_openvino",
+    "compile_openvino",
     "TENSORRT_ONNX_OPS",
     "calibration_batches",
     "check_onnx_ops",

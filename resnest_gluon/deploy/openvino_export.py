@@ -117,6 +117,23 @@ def load_openvino(path: str, threads: int = 0, precision: Optional[str] = None):
     return core.compile_model(model, "CPU", config)
 
 
+def compile_openvino(
+    net: HybridBlock,
+    input_shape: Sequence[int],
+    precision: str = "auto",
+    calib_data=None,
+    num_calib_batches: int = 10,
+    threads: int = 0,
+):
+    """:func:`export_openvino` into a temporary folder, then :func:`load_openvino`: a compiled model in
+    memory, no files left behind (for benchmarks and accuracy checks)."""
+    with tempfile.TemporaryDirectory(prefix="resnest-openvino-") as tmp:
+        xml = export_openvino(
+            net, os.path.join(tmp, "model"), input_shape, precision, calib_data, num_calib_batches
+        )
+        return load_openvino(xml, threads=threads)
+
+
 def run_openvino(model_or_path, x: np.ndarray) -> np.ndarray:
     """Runs a compiled model (or an ``.xml``/``.onnx`` path) on ``x`` (NCHW float32); the first output."""
     compiled = load_openvino(model_or_path) if isinstance(model_or_path, str) else model_or_path
