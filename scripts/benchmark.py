@@ -218,7 +218,7 @@ def measure(
     call (see :func:`ratios`) and load from other programs cancels out. Blocks are the default because a
     runtime's worker threads spin for a while after each call (OpenMP, onnxruntime's pool, OpenVINO's
     TBB): with single calls in turn, each candidate shares its cores with the previous one's spinning
-    threads, which moved the OpenVINO/ours ratio by up to 1.4x between runs.
+    threads: ours against OpenVINO f32 read 0.54x-1.01x from run to run that way, 0.70x-0.77x in blocks.
     Each call is synchronised, so ``img_per_sec`` is batch / latency. With ``stream``, every candidate
     also runs ``iters`` calls between two synchronisations per round (``stream_img_per_sec``: throughput).
 

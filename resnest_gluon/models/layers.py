@@ -205,8 +205,8 @@ def set_drop_prob(net: HybridBlock, drop_prob: float) -> int:
 
 
 def set_fused_sum(net: HybridBlock, enabled: bool = True) -> int:
-    """Switches every :class:`SplitAttentionConv` with radix > 1 in ``net`` to (or off) our one-pass C++
-    operator for the attention's weighted sum; returns the number of blocks.
+    """Switches every :class:`SplitAttentionConv` in ``net`` to (or off) our one-pass C++ operator for the
+    attention's weighted sum (radix-1 blocks, a sigmoid gate, are unaffected); returns the number of blocks.
 
     The operator gives the standard operators' outputs bit for bit and their gradients to float rounding,
     for float32 and float64 on the CPU. Raises ``RuntimeError`` when ``enabled`` and the operator library is
