@@ -20,7 +20,16 @@ import platform
 import sys
 from typing import Iterable, Optional
 
-__all__ = ["argv_int", "configure", "local_workers", "mxnet_threads", "plan", "usable_cores", "warn_if_idle"]
+__all__ = [
+    "argv_int",
+    "configure",
+    "configured",
+    "local_workers",
+    "mxnet_threads",
+    "plan",
+    "usable_cores",
+    "warn_if_idle",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +42,7 @@ _LOCAL_SIZE_VARS = (
 )
 _SYSFS_CPU = "/sys/devices/system/cpu"
 _warned = False
+_chosen = None  # what configure() decided in this process
 
 
 def _affinity() -> Iterable[int]:
@@ -100,7 +110,14 @@ def configure(reserve: int = 0) -> dict:
             chosen = dict(chosen, threads=mxnet_threads(), source="mxnet default")
         else:
             os.environ["OMP_NUM_THREADS"] = str(chosen["threads"])
+    global _chosen
+    _chosen = chosen
     return chosen
+
+
+def configured() -> dict:
+    """What :func:`configure` chose in this process (:func:`plan` if it was not called)."""
+    return _chosen if _chosen is not None else plan()
 
 
 def argv_int(flag: str, default: int, argv=None) -> int:

@@ -1,37 +1,16 @@
+#!/usr/bin/env python
 """Convert official PyTorch ResNeSt weights (or timm's resnest*d/e) into a Gluon .params file.
 
-python scripts/convert_weights.py --model resnest50 --input resnest50.safetensors --output resnest50.params
+The code is ``resnest_gluon/cli/convert_weights.py``; this file, ``resnest-convert-weights`` and
+``python -m resnest_gluon convert-weights`` are its doors. ``--help`` lists the options.
 """
 
-import argparse
 import os
+import sys
 
-from resnest_gluon import get_model, list_models
-from resnest_gluon.models.convert import load_torch_weights
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout's package
 
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", required=True, choices=list_models(), metavar="NAME", help="model name")
-    parser.add_argument(
-        "--input", required=True, help=".safetensors (no torch needed) or .pth/.pt (needs torch)"
-    )
-    parser.add_argument("--output", required=True, help="the .params file to write")
-    parser.add_argument("--classes", type=int, default=1000, help="classifier size of the source weights")
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    net = get_model(args.model, classes=args.classes)
-    load_torch_weights(net, args.input)
-    tmp = args.output + ".tmp"
-    net.save_parameters(tmp)
-    os.replace(tmp, args.output)  # never a half-written file under the final name
-    print(f"wrote {args.output} ({len(net._collect_params_with_prefix())} arrays)")
-
+from resnest_gluon.cli import run  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run("convert-weights"))

@@ -1,6 +1,5 @@
 """scripts/benchmark.py end to end on a tiny model, and its table/ratio/chart helpers on made-up records."""
 
-import importlib.util
 import json
 import os
 
@@ -26,10 +25,9 @@ REQUIRED = {
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(ROOT, "scripts", "benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from resnest_gluon.cli import benchmark
+
+    return benchmark
 
 
 def make_rec(path, count=8, size=40):

@@ -337,13 +337,10 @@ def test_python_reader_label_vectors_and_split_records(tmp_path):
 
 
 def test_bench_pipeline_end_to_end(tmp_path):
-    import importlib.util
     import json
 
-    path = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "bench_pipeline.py")
-    spec = importlib.util.spec_from_file_location("bench_pipeline", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from resnest_gluon.cli import bench_pipeline as bench
+
     out = tmp_path / "bench.json"
     argv = ["--make-data", "12", "--data", str(tmp_path / "mini"), "--threads", "1", "--batches", "2"]
     rows = bench.main(

@@ -1,6 +1,5 @@
 """Export, ONNX and INT8 quantization of a tiny ResNeSt (resnest14, 10 classes, 32 px)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -190,11 +189,8 @@ def test_quantize_rejects_bad_arguments(tmp_path):
 
 
 def test_quantize_script_end_to_end(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "quantize_script", os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "quantize.py")
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from resnest_gluon.cli import quantize as script
+
     net = tiny_net()
     net(mx.nd.zeros((1, 3, 32, 32)))
     params = str(tmp_path / "tiny.params")

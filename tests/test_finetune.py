@@ -1,7 +1,7 @@
 """Fine-tuning in scripts/train.py (--pretrained, --backbone-lr-mult, --freeze-stages, --class-names), the
 EMA, --keep-best, --accumulate and scripts/average_checkpoints.py. ResNeSt-14 at 32 px throughout."""
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -21,12 +21,7 @@ HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(
-        f"_script_{name}", os.path.join(REPO, "scripts", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"resnest_gluon.cli.{name}")
 
 
 train, demo, average_checkpoints, verify = (

@@ -10,7 +10,7 @@ installed, for ``horovodrun``.
 
 import contextlib
 import ctypes
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -113,10 +113,7 @@ def standin(gpus=STANDIN_GPUS):
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"_standin_{name}", os.path.join(SCRIPTS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"resnest_gluon.cli.{name}")
 
 
 # ----------------------------------------------------------------------------------------- the checker

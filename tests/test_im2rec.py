@@ -1,6 +1,6 @@
 """Tests for tools/im2rec.py and tools/rec_check.py on tiny images made here."""
 
-import importlib.util
+import importlib
 import io
 import json
 import os
@@ -19,13 +19,7 @@ REFERENCE = os.path.join(os.path.dirname(mx.__file__), "tools", "im2rec.py")
 
 
 def _load(name):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # worker processes look functions up by module name
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"resnest_gluon.cli.{name}")
 
 
 im2rec = _load("im2rec")

@@ -1,7 +1,6 @@
 """OpenVINO export of a tiny ResNeSt: float32 equals MXNet, bf16 and INT8 keep the digits' top-1."""
 
 import collections
-import importlib.util
 import os
 
 import mxnet as mx
@@ -30,9 +29,8 @@ def digits():
     """resnest14 at 32 px trained for 3 epochs on sklearn's digits (as scripts/demo.py draws them)."""
     from sklearn.datasets import load_digits
 
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "scripts", "demo.py"))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    from resnest_gluon.cli import demo
+
     data = load_digits()
     images = np.stack([demo.digit_image(p, 32) for p in data.data]).transpose(0, 3, 1, 2)
     images = ((images.astype(np.float32) - 128.0) / 64.0).astype(np.float32)

@@ -1,7 +1,7 @@
 """scripts/predict.py on folders of images: verify.py's preprocessing image for image, every input kind and
 backend, bad files reported while the others are predicted; class names from im2rec to the predictions."""
 
-import importlib.util
+import importlib
 import json
 import os
 import sys
@@ -19,13 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_module(path, name):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, path))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # im2rec's worker processes and dataclasses look the module up by name
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("resnest_gluon.cli." + os.path.basename(path)[:-3])
 
 
 predict = load_module("scripts/predict.py", "_script_predict")

@@ -1,9 +1,8 @@
 """scripts/prepare_imagenet.py on a miniature copy of the ILSVRC2012 archive layout."""
 
-import importlib.util
+import importlib
 import io
 import os
-import sys
 import tarfile
 
 import cv2
@@ -16,13 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(name, path):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("resnest_gluon.cli." + os.path.basename(path)[:-3])
 
 
 im2rec = _load("im2rec", "tools/im2rec.py")

@@ -148,11 +148,11 @@ def test_importer_refuses_renamed_and_missing_keys():
 
 
 def test_convert_weights_script(tmp_path):
-    import runpy
-
     net = trained_like("resnest14", classes=6)
     save_file(to_torch_layout(net), str(tmp_path / "w.safetensors"))
-    script = runpy.run_path("scripts/convert_weights.py")
+    from resnest_gluon.cli import convert_weights
+
+    script = vars(convert_weights)
     out = tmp_path / "w.params"
     script["main"](
         [

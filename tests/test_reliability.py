@@ -304,7 +304,7 @@ def test_train_sigterm_is_one_line_and_keeps_complete_checkpoints(packed, tmp_pa
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
-    assert "Traceback" not in err and "train.py (rank 0): stopped by SIGTERM" in err
+    assert "Traceback" not in err and "train (rank 0): stopped by SIGTERM" in err
     assert not leftovers(save_dir)
     saved = [n for n in os.listdir(save_dir) if n.endswith(".params")]
     for name in saved:  # every checkpoint left is complete and loads

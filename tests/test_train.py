@@ -1,7 +1,7 @@
 """scripts/train.py and scripts/demo.py end to end on tiny RecordIO files: one process and two Horovod
 workers, resume after SIGKILL, and every early error. ResNeSt-14 at 32 px, a few steps per run."""
 
-import importlib.util
+import importlib
 import json
 import os
 import signal
@@ -24,10 +24,7 @@ CLASSES = 4
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", os.path.join(SCRIPTS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"resnest_gluon.cli.{name}")
 
 
 train = load_script("train")
@@ -241,9 +238,7 @@ def test_missing_or_broken_index(data, tmp_path):
 WRAPPER = """
 import importlib.util, os, signal, sys, time
 import numpy as np
-spec = importlib.util.spec_from_file_location("train", {train!r})
-train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train)
+from resnest_gluon.cli import train
 from resnest_gluon.training import dist
 out, mode, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 seen, nets = [], []
@@ -278,7 +273,7 @@ np.savez(os.path.join(out, f"seen{{rank}}.npz"), **{{f"{{i}}_{{e}}": d for i, (e
 
 def horovod(tmp_path, mode, argv, timeout=240):
     wrapper = tmp_path / "wrapper.py"
-    wrapper.write_text(WRAPPER.format(train=os.path.join(SCRIPTS, "train.py")))
+    wrapper.write_text(WRAPPER.format())
     cmd = [
         HOROVODRUN,
         "-np",

@@ -1,7 +1,6 @@
 """scripts/verify.py: counts every image once (one process or two Horovod workers), writes JSON, and fails
 clearly on bad input. ResNeSt-14 at 32 px on a tiny validation .rec."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,10 +19,9 @@ VERIFY = os.path.join(REPO, "scripts", "verify.py")
 
 
 def load_verify():
-    spec = importlib.util.spec_from_file_location("_script_verify", VERIFY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from resnest_gluon.cli import verify
+
+    return verify
 
 
 @pytest.fixture(scope="module")

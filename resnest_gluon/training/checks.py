@@ -11,6 +11,7 @@ import numpy as np
 
 from ..data.index import idx_path, read_index, record_head_problem
 from ..data.lst import read_list
+from ..errors import UserError
 
 # mx.recordio.IRHeader as stored after the 8-byte RecordIO frame head: flag, label, id, id2
 _IR_FORMAT = "<IfQQ"
@@ -19,7 +20,7 @@ _IR_SIZE = struct.calcsize(_IR_FORMAT)
 _CHECKPOINT = re.compile(r"(.+)-\d{4,}\.params")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError):
     """A problem with the run's inputs or its course, with a message that says what to do."""
 
 
