@@ -18,7 +18,8 @@ setup(
     version="0.1.0",
     description="ResNeSt split-attention networks for MXNet Gluon, with RecordIO, training and benchmarks",
     packages=find_packages(include=["resnest_gluon", "resnest_gluon.*"]),
-    package_data={"resnest_gluon.data": ["imagenet_classes.txt"]},  # ImageNet class names, label order
+    # ImageNet class names in label order; the C++ operator's sources (python -m resnest_gluon.ops build)
+    package_data={"resnest_gluon.data": ["imagenet_classes.txt"], "resnest_gluon.ops": ["*.cc", "*.cu"]},
     python_requires=">=3.9",
     # MXNet itself is chosen by the installer: mxnet==1.9.1 (CPU) or mxnet-cu112==1.9.1 (GPU).
     install_requires=["numpy<1.24", "tqdm", "matplotlib", "safetensors"],

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py end to end on a tiny model, and its table/ratio/chart helpers on made-up records."""
+"""resnest-benchmark end to end on a tiny model, and its table/ratio/chart helpers on made-up records."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import resnest_gluon
+from resnest_gluon import benchmarking
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = {
@@ -88,7 +89,7 @@ def test_main_end_to_end_tiny(bench, tmp_path):
 def test_cpu_info_reads_the_flags(bench, tmp_path):
     path = tmp_path / "cpuinfo"
     path.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
-    info = bench.cpu_info(str(path))
+    info = benchmarking.cpu_info(str(path))
     assert info["cpu"] == "Some CPU"
     assert info["isa"] == {"AVX2": True, "AVX-512": True, "VNNI": True, "bf16": False, "AMX": False}
     assert info["isa_text"] == "AVX2 yes, AVX-512 yes, VNNI yes, bf16 no, AMX no"
@@ -100,7 +101,7 @@ def test_gpu_paths_use_a_cpu_copy_on_the_nets_context(bench):
     copy = bench.cpu_copy("resnest14", net)
     x = mx.nd.random.uniform(shape=(1, 3, 32, 32))
     np.testing.assert_allclose(copy(x).asnumpy(), net(x).asnumpy(), rtol=1e-5, atol=1e-6)
-    assert bench.time_stream(lambda: net(x), 2) > 0
+    assert benchmarking.time_stream(lambda: net(x), 2) > 0
 
 
 def test_bad_input_is_rejected(bench, tmp_path):
@@ -154,7 +155,7 @@ def test_ratios_table_and_chart(bench, tmp_path):
         fake("resnest50", "gluoncv", 8, 2.0),
         fake("resnest101", "resnest_gluon", 1, 3.0, top1=82.81, size=256),
     ]
-    rows = {(r["versus"], r["batch_size"]): r["ratio"] for r in bench.ratios(records)}
+    rows = {(r["versus"], r["batch_size"]): r["ratio"] for r in benchmarking.ratios(records)}
     assert rows == {
         ("resnest50 (gluoncv, fused)", 1): pytest.approx(2.5),
         ("resnet50_v1d (gluoncv, fused)", 1): pytest.approx(0.8),
@@ -162,24 +163,25 @@ def test_ratios_table_and_chart(bench, tmp_path):
     }
     # call-by-call ratios: load that slows both calls of a pair cancels out
     records[0]["times_ms"], records[1]["times_ms"] = [100.0, 400.0, 100.0], [250.0, 1000.0, 250.0]
-    paired = [r for r in bench.ratios(records) if r["paired"]]
+    paired = [r for r in benchmarking.ratios(records) if r["paired"]]
     assert len(paired) == 1 and paired[0]["paired"]["median"] == pytest.approx(2.5)
-    assert "call by call 2.50x" in bench.format_ratios(paired)
-    bench.add_peak_share(records, 1000.0)
+    assert "call by call 2.50x" in benchmarking.format_ratios(paired)
+    benchmarking.add_peak_share(records, 1000.0)
     assert records[0]["gflops"] == pytest.approx(2 * 5.4 * 10.0) and records[0][
         "peak_share"
     ] == pytest.approx(0.108)
-    table = bench.format_table(records)
+    table = benchmarking.format_table(records)
     assert table.count("\n") == len(records) + 1 and "| resnest101 (resnest_gluon, fused) |" in table
     assert "| 2.50x (2.50-2.50) |" in table and "| 11 % |" in table
     assert (
-        bench.plot_paths(records, str(tmp_path / "paths.png"), "title") and (tmp_path / "paths.png").exists()
+        benchmarking.plot_paths(records, str(tmp_path / "paths.png"), "title")
+        and (tmp_path / "paths.png").exists()
     )
     os.remove(tmp_path / "paths.png")
-    path = bench.plot(records, str(tmp_path / "chart.png"))
+    path = benchmarking.plot(records, str(tmp_path / "chart.png"))
     assert path and os.path.getsize(path) > 1000
     assert os.listdir(tmp_path) == ["chart.png"]
-    assert bench.plot([fake("resnest14", "resnest_gluon", 1, 5.0)], str(tmp_path / "none.png")) is None
+    assert benchmarking.plot([fake("resnest14", "resnest_gluon", 1, 5.0)], str(tmp_path / "none.png")) is None
 
 
 def test_flops_match_the_paper():
@@ -198,7 +200,9 @@ def test_measure_interleaves_the_paths_as_asked(bench, interleave):
     candidates = {
         key: dict(run=lambda key=key: order.append(key), record=dict(name=key)) for key in ("a", "b")
     }
-    records = bench.measure(candidates, 1, iters=3, rounds=2, warmup=1, progress=False, interleave=interleave)
+    records = benchmarking.measure(
+        candidates, 1, iters=3, rounds=2, warmup=1, progress=False, interleave=interleave
+    )
     if interleave == "blocks":  # per round and path: one untimed call, then 3 timed ones back to back
         assert order == ["a", "b"] + (["a"] * 4 + ["b"] * 4) * 2
     else:

@@ -239,10 +239,10 @@ WRAPPER = """
 import importlib.util, os, signal, sys, time
 import numpy as np
 from resnest_gluon.cli import train
-from resnest_gluon.training import dist
+from resnest_gluon.training import dist, loop
 out, mode, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 seen, nets = [], []
-make_iter, build_net, train_epoch = train.make_train_iter, train.build_net, train.train_epoch
+make_iter, build_net, train_epoch = train.make_train_iter, train.build_net, loop.train_epoch
 
 def record_iter(args, epoch, ctx):
     for batch in make_iter(args, epoch, ctx):
@@ -254,7 +254,7 @@ def keep_net(args, ctx):
     return nets[-1]
 
 def die_in_epoch_2(*args, **kw):
-    if args[4] == 1 and dist.rank() == 1:
+    if args[3] == 1 and dist.rank() == 1:
         with open(os.path.join(out, "died"), "w") as f:
             f.write(repr(time.time()))
         os.kill(os.getpid(), signal.SIGKILL)
@@ -262,7 +262,7 @@ def die_in_epoch_2(*args, **kw):
 
 train.make_train_iter, train.build_net = record_iter, keep_net
 if mode == "die":
-    train.train_epoch = die_in_epoch_2
+    loop.train_epoch = die_in_epoch_2
 train.main(argv)
 rank = dist.rank()
 np.savez(os.path.join(out, f"params{{rank}}.npz"),

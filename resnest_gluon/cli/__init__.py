@@ -115,4 +115,3 @@ def _rank(command: Command) -> str:
     from ..training import dist
 
     return f" (rank {dist.rank()})"
-

@@ -23,51 +23,28 @@ import argparse
 import logging
 import os
 import sys
-import time
 
 import mxnet as mx
-import numpy as np
-from mxnet import autograd, gluon
+from mxnet import gluon
 
 import resnest_gluon
 from resnest_gluon import threads
 from resnest_gluon.data import mixup, num_records, shard_bounds, smooth_one_hot, train_iter, val_iter
 from resnest_gluon.data.class_names import class_names_beside, read_class_names
-from resnest_gluon.interrupts import held_signals
-from resnest_gluon.progress import progress_bar
 from resnest_gluon.training import (
-    LossScaler,
     TrainingError,
-    append_metrics,
-    atomic_json,
-    average_aux_states,
-    best_epochs,
     check_labels,
     check_run_dir,
-    checkpoint_paths,
     copy_atomic,
     dist,
     drop_prob_at,
-    ema_checkpoint_path,
     evaluate,
-    latest_checkpoint,
-    lr_at,
-    no_weight_decay,
-    plot_curves,
-    prune_checkpoints,
-    read_metrics,
-    save_checkpoint,
-    save_params,
-    truncate_metrics,
     writable_dir,
-    write_metrics,
 )
-from resnest_gluon.training.ema import EMA
 from resnest_gluon.training.finetune import freeze_stages, load_backbone, set_backbone_lr_mult
+from resnest_gluon.training.loop import BASE_BATCH, Task, fit, plan_steps
 
 logger = logging.getLogger("resnest_gluon.train")
-
-BASE_BATCH = 256  # --lr is the rate for this many images; it scales linearly with the total batch
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -405,128 +382,69 @@ def _setup_logging(save_dir: str, primary: bool) -> list:
     return handlers
 
 
-def _batches(data_iter, args: argparse.Namespace):
-    """The batches of ``data_iter``; a record it cannot decode stops the run with a TrainingError."""
-    it = iter(data_iter)
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except ValueError as err:
-            raise TrainingError(
-                f"training data: {err}. The checkpoints in {args.save_dir} are intact: --resume continues "
-                "once the data is fixed"
-            ) from err
-        yield batch
+class Classification(Task):
+    """Image classification from RecordIO: the recipe's labels (smoothed, mixed up), DropBlock's ramp, top-1
+    and top-5. The module's :func:`build_net`, :func:`make_train_iter` and :func:`make_val_iter` build its
+    pieces."""
 
+    def __init__(self, args: argparse.Namespace, n_val: int, crop_size: int, class_names=None):
+        super().__init__(args)
+        self.n_val, self.crop_size, self.class_names = n_val, crop_size, class_names
+        self.val_data = make_val_iter(args, crop_size) if args.rec_val else None
+        self.max_drop = resnest_gluon.model_info(args.model).get("dropblock_prob", 0.0)
+        if args.dropblock_prob is not None:
+            self.max_drop = args.dropblock_prob
+        self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)
 
-def _checked_loss(pending, args, bar) -> float:
-    """The mean loss over workers of a step, read now (``pending`` holds it summed over workers on the
-    device); a non-finite one stops the run, on every worker at the same step (they read the same sum)."""
-    summed, workers, where, lr = pending
-    mean_loss = summed.asscalar() / workers
-    if not np.isfinite(mean_loss):
-        bar.close()
-        raise TrainingError(
-            f"non-finite loss ({mean_loss}) at {where}; nothing was saved after the last checkpoint. Lower "
-            f"--lr (now {lr:.4g}) or check the data; --resume continues from the last good checkpoint in "
-            f"{args.save_dir}"
-        )
-    return mean_loss
+    def build_net(self, ctx):
+        return build_net(self.args, ctx)
 
+    def prepare(self, net, ctx, load: bool) -> None:
+        if dist.is_primary() and self.class_names is not None:
+            copy_atomic(self.args.class_names, os.path.join(self.args.save_dir, "classes.txt"))
+        prepare_finetune(net, self.args, ctx, load)
 
-def train_epoch(
-    net,
-    trainer,
-    loss_fn,
-    args,
-    epoch: int,
-    steps: int,
-    ctx,
-    peak_lr: float,
-    warmup_steps: int,
-    scaler=None,
-    ema=None,
-):
-    """One epoch of ``steps`` batches (``steps / --accumulate`` updates); returns (mean training loss over
-    all workers, seconds, last lr).
+    def train_data(self, epoch: int, ctx):
+        return make_train_iter(self.args, epoch, ctx)
 
-    On a GPU the host does not wait for the step it has just queued: a step's loss, summed over workers
-    on the device, is read during the next step (whose forward and backward are queued by then), so the
-    optimizer update, the Horovod calls and the next batch overlap the device's work. On a CPU, where
-    host and device are the same cores, the loss is read before the update (as MXNet's MKLDNN arrays and
-    Horovod's CPU allreduce, left to overlap, let workers' weights drift apart by a rounding error).
-    ``scaler`` (a :class:`~resnest_gluon.training.LossScaler`, float16) scales the loss and skips
-    overflowed steps; ``ema`` (an :class:`~resnest_gluon.training.ema.EMA`) follows every update.
-    """
-    total_steps = args.epochs * steps // args.accumulate
-    use_mixup = args.mixup and epoch < args.epochs - args.mixup_off_epoch
-    rng = np.random.RandomState(args.seed + 7919 * epoch + dist.rank())
-    workers, primary = dist.size(), dist.is_primary()
-    overlap = args.ctx == "gpu"
-    data_iter = make_train_iter(args, epoch, ctx)
-    bar = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not primary, leave=False)
-    loss_sum, lr, start, done, pending = 0.0, 0.0, time.time(), 0, None
+    def begin_epoch(self, net, epoch: int) -> dict:
+        args = self.args
+        drop = drop_prob_at(epoch, args.epochs, self.max_drop) if self.max_drop > 0 else 0.0
+        if self.max_drop > 0:
+            resnest_gluon.set_drop_prob(net, drop)  # clears the cached graph; the next call rebuilds it
+        self.use_mixup = bool(args.mixup and epoch < args.epochs - args.mixup_off_epoch)
+        return dict(dropblock_prob=drop, mixup=self.use_mixup)
 
-    def read(pending):
-        nonlocal loss_sum, done
-        loss_sum += _checked_loss(pending, args, bar)
-        done += 1
-        bar.update(1)
-        bar.set_postfix(  # no refresh: the bar redraws at its own interval (a line per 30 s in a log)
-            loss=f"{loss_sum / done:.3f}",
-            img_s=f"{done * args.batch_size * workers / (time.time() - start):.0f}",
-            refresh=False,
-        )
-
-    for i, batch in enumerate(_batches(data_iter, args)):
-        if i >= steps:  # equal step counts on every worker, whatever the shard sizes
-            break
-        step = (epoch * steps + i) // args.accumulate  # the update this batch contributes to
-        lr = lr_at(step, peak_lr, warmup_steps, total_steps)
-        trainer.set_learning_rate(lr)
+    def inputs(self, batch, ctx, epoch: int, rng):
+        args = self.args
         label = batch.label[0]
         label_np = label.asnumpy()  # a CPU array from the iterator: no wait for the device
-        if ((label_np < 0) | (label_np >= args.classes)).any():
+        outside = (label_np < 0) | (label_np >= args.classes)
+        if outside.any():
             raise TrainingError(
-                f"a training label ({label_np[(label_np < 0) | (label_np >= args.classes)][0]:g}) is outside "
-                f"0..{args.classes - 1}: pass the right --classes"
+                f"a training label ({label_np[outside][0]:g}) is outside 0..{args.classes - 1}: pass the "
+                "right --classes"
             )
         data = batch.data[0].as_in_context(ctx)
         target = smooth_one_hot(label.as_in_context(ctx), args.classes, args.label_smoothing)
-        if use_mixup:
+        if self.use_mixup:
             data, target = mixup(data, target, args.mixup_alpha, rng)
-        with autograd.record():
-            output = net(data.astype(args.dtype, copy=False))
-            loss = loss_fn(output.astype("float32", copy=False), target)
-            scaled = loss * scaler.scale if scaler is not None else loss
-        scaled.backward()
-        if pending is not None:
-            # The previous step's loss: done before this step's forward began, so reading it waits for
-            # nothing the device still has to do. (Read before this step's "loss" allreduce: Horovod
-            # allows one tensor of a name in flight.)
-            read(pending)
-        summed = dist.allreduce_sum(loss.mean().reshape((1,)), name="loss")
-        pending = (summed, workers, f"epoch {epoch + 1}, step {i + 1} of {steps} (update {step + 1})", lr)
-        if not overlap:
-            read(pending)
-            pending = None
-        if (i + 1) % args.accumulate == 0:
-            if scaler is not None:
-                scaler.step(trainer, args.batch_size * args.accumulate)  # skipped when a gradient overflowed
-            else:
-                trainer.step(args.batch_size * args.accumulate)
-            if args.accumulate > 1:
-                net.collect_params().zero_grad()
-            if ema is not None:
-                ema.update()
-    if pending is not None:  # the last step's loss, checked before anything is saved
-        read(pending)
-    mx.nd.waitall()
-    seconds = time.time() - start
-    bar.close()
-    return loss_sum / steps, seconds, lr
+        return data, target
+
+    def loss(self, net, data, target):
+        output = net(data.astype(self.args.dtype, copy=False))
+        return self.loss_fn(output.astype("float32", copy=False), target)
+
+    def validate(self, net, ctx, epoch: int, name: str = "val"):
+        if self.val_data is None:
+            return None
+        top1, top5 = validate(net, self.val_data, ctx, self.args, epoch, self.n_val, name)
+        return dict(val_top1=top1, val_top5=top5)
+
+    def run_info(self) -> dict:
+        return dict(
+            omp_threads=threads.configured(), num_val_samples=self.n_val, val_crop_size=self.crop_size
+        )
 
 
 def main(argv=None) -> dict:
@@ -542,7 +460,8 @@ def main(argv=None) -> dict:
             check_run_dir(args.save_dir, args.model, args.classes)
     handlers = _setup_logging(args.save_dir, primary)
     try:
-        return _run(args, ctx, workers, primary)
+        task, n_train = prepare_data(args, workers, primary)
+        return fit(task, ctx, n_train)
     finally:
         root = logging.getLogger("resnest_gluon")
         for handler in handlers:
@@ -550,10 +469,10 @@ def main(argv=None) -> dict:
             handler.close()
 
 
-def _run(args, ctx: mx.Context, workers: int, primary: bool) -> dict:
+def prepare_data(args: argparse.Namespace, workers: int, primary: bool):
+    """Sizes from the indexes and labels checked before any compute; returns the task and the training
+    image count."""
     crop_size = args.crop_size or resnest_gluon.model_info(args.model)["crop_size"]
-
-    # Data: sizes from the indexes, labels checked before any compute.
     n_train = record_count(args.rec_train, "training file")
     check_labels(args.rec_train, args.classes)
     n_val = 0
@@ -567,111 +486,7 @@ def _run(args, ctx: mx.Context, workers: int, primary: bool) -> dict:
             raise TrainingError(f"{args.rec_val} has {n_val} images, too few for {workers} workers")
         args.val_batch_size = min(args.val_batch_size, val_shard)
     class_names = load_class_names(args)
-    # the smallest shard sets the steps per epoch, the same on every worker (unequal counts would hang)
-    shard = min(end - begin for begin, end in (shard_bounds(n_train, workers, r) for r in range(workers)))
-    if shard < args.batch_size:
-        raise TrainingError(
-            f"--batch-size {args.batch_size} is larger than a worker's shard ({shard} of {n_train} training "
-            f"images over {workers} workers): lower --batch-size or use fewer workers"
-        )
-    steps = shard // args.batch_size // args.accumulate * args.accumulate  # batches: whole updates only
-    if steps < 1:
-        raise TrainingError(
-            f"--accumulate {args.accumulate} x --batch-size {args.batch_size} is more than a worker's shard "
-            f"({shard} images): lower one of them"
-        )
-    total_batch = args.batch_size * workers
-    updates = steps // args.accumulate  # per epoch
-    peak_lr = args.lr * total_batch * args.accumulate / BASE_BATCH
-    warmup_steps = int(round(args.warmup_epochs * updates))
-
-    metrics_path = os.path.join(args.save_dir, "metrics.jsonl")
-    start_epoch = 0
-    if primary:
-        found = latest_checkpoint(args.save_dir, args.model)
-        if args.resume:
-            start_epoch = found[0] if found else 0
-            if not found:
-                logger.info("--resume: no complete checkpoint in %s, starting from scratch", args.save_dir)
-        elif found or read_metrics(metrics_path):
-            raise TrainingError(
-                f"{args.save_dir} already holds a run: pass --resume to continue it, or choose another "
-                "--save-dir"
-            )
-        if start_epoch >= args.epochs:
-            raise TrainingError(
-                f"{args.save_dir} is already at epoch {start_epoch} of --epochs {args.epochs}"
-            )
-        atomic_json(
-            os.path.join(args.save_dir, "args.json"),
-            dict(
-                vars(args),
-                omp_threads=threads.configured(),
-                workers=workers,
-                total_batch=total_batch,
-                peak_lr=peak_lr,
-                steps_per_epoch=steps,
-                updates_per_epoch=updates,
-                update_batch=total_batch * args.accumulate,
-                num_training_samples=n_train,
-                num_val_samples=n_val,
-                val_crop_size=crop_size,
-            ),
-        )
-    # rank 0 decides where to start; the others learn it from a sum in which they add zero
-    start_epoch = int(
-        dist.allreduce_sum(mx.nd.array([start_epoch if primary else 0]), name="start").asscalar()
-    )
-
-    if primary and class_names is not None:
-        copy_atomic(args.class_names, os.path.join(args.save_dir, "classes.txt"))
-
-    net = build_net(args, ctx)
-    # rank 0 loads --pretrained (broadcast below); a resumed run has it in its checkpoint already
-    prepare_finetune(net, args, ctx, load=primary and start_epoch == 0)
-    optimizer_params = dict(
-        learning_rate=peak_lr, momentum=args.momentum, wd=args.wd, multi_precision=args.dtype == "float16"
-    )
-    if args.no_wd:
-        no_weight_decay(net.collect_params())
-    trainer = dist.make_trainer(net.collect_params(), "nag", optimizer_params, args.gradient_predivide_factor)
-    scaler = LossScaler(args.loss_scale) if args.dtype == "float16" else None
-
-    rows, best_top1 = [], -1.0
-    if start_epoch > 0:
-        params_path, states_path = checkpoint_paths(args.save_dir, args.model, start_epoch)
-        if not (os.path.exists(params_path) and os.path.exists(states_path)):
-            raise TrainingError(
-                f"rank {dist.rank()} cannot read {params_path}: with --resume, --save-dir must be on a "
-                f"filesystem every worker sees"
-            )
-        net.load_parameters(params_path, ctx=ctx, cast_dtype=True)
-        trainer.load_states(states_path)  # a pickle: trusted run directories only
-        if primary:
-            logger.info("resumed from %s (epoch %d)", params_path, start_epoch)
-    if primary and args.resume:
-        # lines of epochs after the checkpoint (a kill between the two writes) are dropped
-        rows = truncate_metrics(metrics_path, start_epoch)
-        best_top1 = max((r["val_top1"] for r in rows if r.get("val_top1") is not None), default=-1.0)
-    # every worker starts from rank 0's parameters (fresh initialisation, pretrained or resumed checkpoint)
-    dist.broadcast_parameters(net.collect_params())
-    ema, best_ema = None, -1.0
-    if args.ema is not None:
-        ema = EMA(net, args.ema)
-        ema_path = ema_checkpoint_path(args.save_dir, args.model, start_epoch)
-        if start_epoch > 0 and os.path.exists(ema_path):
-            ema.load(ema_path, start_epoch * updates)
-        elif start_epoch > 0 and primary:
-            logger.warning("no %s: the moving average starts again from the resumed weights", ema_path)
-        best_ema = max((r["val_top1_ema"] for r in rows if r.get("val_top1_ema") is not None), default=-1.0)
-
-    max_drop = resnest_gluon.model_info(args.model).get("dropblock_prob", 0.0)
-    if args.dropblock_prob is not None:
-        max_drop = args.dropblock_prob
-    if not args.no_hybridize:
-        net.hybridize(static_alloc=True, static_shape=True)
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)
-    val_data = make_val_iter(args, crop_size) if args.rec_val else None
+    plan = plan_steps(args, n_train, workers)  # its errors before anything is written
     if primary:
         logger.info(
             "%s: %d workers x batch %d = %d, lr %.4g, %d steps/epoch, %d training / %d validation images, "
@@ -679,9 +494,9 @@ def _run(args, ctx: mx.Context, workers: int, primary: bool) -> dict:
             args.model,
             workers,
             args.batch_size,
-            total_batch,
-            peak_lr,
-            steps,
+            plan.total_batch,
+            plan.peak_lr,
+            plan.steps,
             n_train,
             n_val,
             args.input_size,
@@ -689,102 +504,4 @@ def _run(args, ctx: mx.Context, workers: int, primary: bool) -> dict:
             args.ctx,
             args.dtype,
         )
-
-    row = {}
-    for epoch in range(start_epoch, args.epochs):
-        tic = time.time()
-        drop = drop_prob_at(epoch, args.epochs, max_drop) if max_drop > 0 else 0.0
-        if max_drop > 0:
-            resnest_gluon.set_drop_prob(net, drop)  # clears the cached graph; the next call rebuilds it
-        train_loss, train_seconds, lr = train_epoch(
-            net, trainer, loss_fn, args, epoch, steps, ctx, peak_lr, warmup_steps, scaler=scaler, ema=ema
-        )
-        # BN statistics differ per worker: average them so every worker holds the same model
-        average_aux_states(net, dist.allreduce_sum, workers)
-        row = dict(
-            epoch=epoch + 1,
-            lr=lr,
-            train_loss=train_loss,
-            val_top1=None,
-            val_top5=None,
-            samples_per_sec=steps * total_batch / train_seconds,
-            time=time.time() - tic,
-            dropblock_prob=drop,
-            mixup=bool(args.mixup and epoch < args.epochs - args.mixup_off_epoch),
-            workers=workers,
-            loss_scale=None if scaler is None else scaler.scale,
-            skipped_steps=0 if scaler is None else scaler.skipped,
-        )
-        if ema is not None:
-            row.update(val_top1_ema=None, val_top5_ema=None)
-        if primary:
-            # metrics line, then the moving average and the checkpoint (whose params file marks the epoch
-            # complete), all before validation: a crash there loses no epoch, and a kill before the
-            # checkpoint lands leaves a line that --resume drops
-            with held_signals():
-                append_metrics(metrics_path, row)
-                rows.append(row)
-                if ema is not None:
-                    ema_path = save_ema(net, ema, args, epoch + 1)
-                params_path = save_checkpoint(net, trainer, args.save_dir, args.model, epoch + 1)
-        top1 = top5 = top1_ema = top5_ema = None
-        last = epoch + 1 == args.epochs
-        if val_data is not None and ((epoch + 1) % args.eval_frequency == 0 or last):
-            top1, top5 = validate(net, val_data, ctx, args, epoch + 1, n_val)
-            row.update(val_top1=top1, val_top5=top5)
-            if ema is not None:
-                with ema.applied():
-                    top1_ema, top5_ema = validate(net, val_data, ctx, args, epoch + 1, n_val, "val_ema")
-                row.update(val_top1_ema=top1_ema, val_top5_ema=top5_ema)
-            row.update(time=time.time() - tic)
-        if primary:
-            with held_signals():
-                if top1 is not None:
-                    write_metrics(metrics_path, rows)
-                    if top1 > best_top1:
-                        best_top1 = top1
-                        copy_atomic(params_path, os.path.join(args.save_dir, f"{args.model}-best.params"))
-                    if top1_ema is not None and top1_ema > best_ema:
-                        best_ema = top1_ema
-                        copy_atomic(ema_path, os.path.join(args.save_dir, f"{args.model}-ema-best.params"))
-                protect = best_epochs(rows, args.keep_best) if args.keep_best else ()
-                prune_checkpoints(args.save_dir, args.model, args.keep, protect)
-                title = f"{args.model}, {workers} worker(s)"
-                plot_curves(rows, os.path.join(args.save_dir, "curves.png"), title)
-            logger.info(
-                "epoch %d/%d  loss %.4f  lr %.4g  val top-1 %s top-5 %s%s  %.1f img/s  %.1fs",
-                epoch + 1,
-                args.epochs,
-                train_loss,
-                lr,
-                "-" if top1 is None else f"{top1:.2f}%",
-                "-" if top5 is None else f"{top5:.2f}%",
-                "" if top1_ema is None else f" (EMA top-1 {top1_ema:.2f}%)",
-                row["samples_per_sec"],
-                row["time"],
-            )
-        elif top1 is not None:
-            best_top1 = max(best_top1, top1)
-        dist.barrier(f"epoch{epoch + 1}")  # nobody races ahead of (or exits before) rank 0's writes
-    if primary:
-        logger.info(
-            "done: best val top-1 %s%s; run directory %s",
-            f"{best_top1:.2f}%" if best_top1 >= 0 else "-",
-            f" (EMA {best_ema:.2f}%)" if best_ema >= 0 else "",
-            args.save_dir,
-        )
-    return dict(
-        row,
-        best_top1=best_top1 if best_top1 >= 0 else None,
-        best_top1_ema=best_ema if best_ema >= 0 else None,
-        save_dir=args.save_dir,
-    )
-
-
-def save_ema(net, ema, args: argparse.Namespace, epoch: int) -> str:
-    """``{model}-{epoch}-ema.params`` (for --resume), copied to ``{model}-ema.params``; returns its path."""
-    path = ema_checkpoint_path(args.save_dir, args.model, epoch)
-    with ema.applied():
-        save_params(net, path)
-    copy_atomic(path, os.path.join(args.save_dir, f"{args.model}-ema.params"))
-    return path
+    return Classification(args, n_val, crop_size, class_names), n_train

@@ -3,7 +3,7 @@
 import json
 import os
 import shutil
-from typing import List, Sequence
+from typing import List, Mapping, Sequence
 
 
 def atomic_json(path: str, obj) -> None:
@@ -55,15 +55,23 @@ def write_metrics(path: str, rows: Sequence[dict]) -> None:
     os.replace(tmp, path)
 
 
-def plot_curves(rows: Sequence[dict], path: str, title: str = "") -> None:
-    """Draws training loss and validation top-1/top-5 (and the EMA weights' top-1) per epoch into ``path``
-    (PNG, Agg backend)."""
+def plot_curves(
+    rows: Sequence[dict],
+    path: str,
+    title: str = "",
+    metrics: Mapping[str, str] = None,
+    ylabel: str = "validation accuracy (%)",
+) -> None:
+    """Draws training loss and the validation ``metrics`` (row key -> legend label; default top-1 and top-5),
+    and the EMA weights' first metric, per epoch into ``path`` (PNG, Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    metrics = dict(metrics or {"val_top1": "top-1", "val_top5": "top-5"})
+    first = next(iter(metrics))
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [r["epoch"] for r in rows]
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train loss")
@@ -72,27 +80,24 @@ def plot_curves(rows: Sequence[dict], path: str, title: str = "") -> None:
     ax_loss.set_ylabel("loss")
     ax_loss.grid(alpha=0.3)
     ax_loss.legend()
-    evaluated = [r for r in rows if r.get("val_top1") is not None]
+    evaluated = [r for r in rows if r.get(first) is not None]
     if evaluated:
-        ax_acc.plot(
-            [r["epoch"] for r in evaluated], [r["val_top1"] for r in evaluated], marker="o", label="top-1"
-        )
-        ax_acc.plot(
-            [r["epoch"] for r in evaluated], [r["val_top5"] for r in evaluated], marker="s", label="top-5"
-        )
-        with_ema = [r for r in evaluated if r.get("val_top1_ema") is not None]
+        for (key, label), marker in zip(metrics.items(), "osDv"):
+            values = [r[key] for r in evaluated]
+            ax_acc.plot([r["epoch"] for r in evaluated], values, marker=marker, label=label)
+        with_ema = [r for r in evaluated if r.get(first + "_ema") is not None]
         if with_ema:
             ax_acc.plot(
                 [r["epoch"] for r in with_ema],
-                [r["val_top1_ema"] for r in with_ema],
+                [r[first + "_ema"] for r in with_ema],
                 marker="^",
                 linestyle="--",
-                label="top-1, EMA weights",
+                label=f"{metrics[first]}, EMA weights",
             )
         ax_acc.legend()
     ax_acc.set_xlabel("epoch")
     ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_acc.set_ylabel("validation accuracy (%)")
+    ax_acc.set_ylabel(ylabel)
     ax_acc.grid(alpha=0.3)
     if title:
         fig.suptitle(title)

@@ -1,0 +1,95 @@
+"""The commands' doors: scripts/ and tools/ files, ``python -m resnest_gluon COMMAND`` and
+``resnest_gluon.cli.run`` reach the same code, set the threads first, and print a user's mistake as one
+line."""
+
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+from resnest_gluon import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def door(name):
+    folder = "tools" if name in ("im2rec", "rec-check") else "scripts"
+    return os.path.join(REPO, folder, name.replace("-", "_") + ".py")
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, env=cli.child_env(), capture_output=True, text=True, timeout=120, **kw)
+
+
+def test_every_command_has_a_module_and_a_thin_door():
+    for name in cli.COMMANDS:
+        module = os.path.join(REPO, "resnest_gluon", "cli", name.replace("-", "_") + ".py")
+        assert os.path.isfile(module), module
+        tree = ast.parse(open(module).read())
+        assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body), module
+        text = open(door(name)).read()
+        assert f'run("{name}")' in text and len(text.splitlines()) <= 20, door(name)
+
+
+def test_console_scripts_name_every_command():
+    scripts = cli.console_scripts()
+    assert "resnest-train = resnest_gluon.console:train" in scripts
+    assert "resnest-rec-check = resnest_gluon.console:rec_check" in scripts
+    assert len(scripts) == len(cli.COMMANDS)
+    from resnest_gluon import console
+
+    assert all(callable(getattr(console, n.replace("-", "_"))) for n in cli.COMMANDS)
+
+
+@pytest.mark.parametrize("name", ["train", "im2rec", "verify"])
+def test_three_doors_give_the_same_help(name, tmp_path):
+    by_file = run([sys.executable, door(name), "--help"], cwd=tmp_path)
+    by_module = run([sys.executable, "-m", "resnest_gluon", name, "--help"], cwd=tmp_path)
+    assert by_file.returncode == 0 and by_module.returncode == 0, by_file.stderr + by_module.stderr
+    # the same description and options below the usage lines (argparse names the program differently)
+    assert (
+        by_file.stdout[by_file.stdout.index("\n\n") :] == by_module.stdout[by_module.stdout.index("\n\n") :]
+    )
+
+
+def test_packers_start_without_mxnet():
+    code = "import sys; from resnest_gluon.cli import im2rec, rec_check; print('mxnet' in sys.modules)"
+    assert run([sys.executable, "-c", code]).stdout.strip() == "False"
+
+
+def test_threads_set_before_mxnet_loads(tmp_path):
+    # train reserves --data-threads cores of its share; 2 cores minus 1 leaves 1 (at least 1 anywhere)
+    code = (
+        "import os, sys\n"
+        "from resnest_gluon import cli, threads\n"
+        "threads.usable_cores = lambda *a, **k: 3\n"
+        "sys.modules['resnest_gluon.cli.train'] = type(sys)('stub')\n"
+        "sys.modules['resnest_gluon.cli.train'].main = lambda argv: print(os.environ['OMP_NUM_THREADS'])\n"
+        "cli.run('train', ['--data-threads', '1'])\n"
+    )
+    env = cli.child_env()
+    env.pop("OMP_NUM_THREADS", None)
+    env.pop("MXNET_OMP_MAX_THREADS", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "2", done.stderr
+
+
+def test_user_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    argv = [sys.executable, door("train"), "--rec-train", str(tmp_path / "none.rec"), "--ctx", "cpu"]
+    argv += ["--save-dir", str(tmp_path / "run")]
+    done = run(argv)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error (rank 0): training file")
+    assert "Traceback" not in done.stderr
+    env = dict(cli.child_env(), RESNEST_GLUON_DEBUG="1")
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" in done.stderr and "TrainingError" in done.stderr
+
+
+def test_unknown_command_and_listing():
+    done = run([sys.executable, "-m", "resnest_gluon", "trian"])
+    assert done.returncode == 2 and "unknown command 'trian'" in done.stderr
+    listing = run([sys.executable, "-m", "resnest_gluon", "--help"]).stdout
+    assert all(name in listing for name in cli.COMMANDS)
