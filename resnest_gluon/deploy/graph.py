@@ -3,13 +3,14 @@
 import logging
 import os
 import tempfile
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import mxnet as mx
 from mxnet.gluon import HybridBlock, SymbolBlock
 
 from .. import ops
 from ..models.layers import SplitAttentionConv, set_drop_prob, set_fused_sum
+from .meta import build_meta, write_meta
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,10 @@ def export(
     input_shape: Sequence[int],
     epoch: int = 0,
     ctx: Optional[mx.Context] = None,
+    meta: Union[dict, bool, None] = None,
 ) -> Tuple[str, str]:
-    """Exports ``net`` to ``{prefix}-symbol.json`` and ``{prefix}-{epoch:04d}.params``.
+    """Exports ``net`` to ``{prefix}-symbol.json``, ``{prefix}-{epoch:04d}.params`` and
+    ``{prefix}.meta.json``.
 
     Parameters
     ----------
@@ -115,6 +118,9 @@ def export(
         Number in the params file name.
     ctx : Context, optional
         Where to run the tracing forward pass (default: the context of ``net``'s parameters).
+    meta : dict, optional
+        Fields of ``{prefix}.meta.json`` to set or override (e.g. ``class_names``; see
+        :func:`resnest_gluon.deploy.meta.build_meta`); False writes no metadata.
 
     Returns
     -------
@@ -138,6 +144,8 @@ def export(
                 (f"{tmp_prefix}-{epoch:04d}.params", params_file),
             ]
         )
+    if meta is not False:
+        write_meta(prefix, build_meta(net, input_shape, "symbol", [sym_file, params_file], meta or None))
     if fused:
         prepare_for_inference(net, fuse=True)
     logger.info("exported %s and %s", sym_file, params_file)
