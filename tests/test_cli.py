@@ -93,3 +93,40 @@ def test_unknown_command_and_listing():
     assert done.returncode == 2 and "unknown command 'trian'" in done.stderr
     listing = run([sys.executable, "-m", "resnest_gluon", "--help"]).stdout
     assert all(name in listing for name in cli.COMMANDS)
+
+
+def test_model_table_has_gmacs_and_info_gives_a_card(monkeypatch, capsys, tmp_path):
+    from resnest_gluon import __main__ as entry
+    from resnest_gluon.cli import info
+    from resnest_gluon.models import zoo
+
+    row = info.model_row("resnest50")
+    # the paper's 27.5M parameters and 5.4 GFLOPs (multiply-adds) at 224 px
+    assert row["params"] == pytest.approx(27.5e6, rel=2e-3) and row["gmacs"] == pytest.approx(5.37, abs=0.01)
+    monkeypatch.setattr(zoo, "list_models", lambda: ["resnest14", "resnetd50"])
+    assert entry.main([]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split("|")[1:-1] == [
+        " model                  ",
+        " crop ",
+        " params (M) ",
+        " GMACs ",
+        " published top-1 ",
+    ]
+    assert table[2].split("|")[1:-1] == [
+        " resnest14              ",
+        "  224 ",
+        "       10.6 ",
+        "  2.75 ",
+        "           75.75 ",
+    ]
+    assert table[3].rstrip().endswith("- |")  # resnetd50: nothing published
+    monkeypatch.setenv("RESNEST_GLUON_HOME", str(tmp_path))
+    assert cli.run("info", ["resnest14"]) == 0
+    card = capsys.readouterr().out
+    for expected in ("75.75 %", "224 px centre crop", "10.6 M", "2.75", "resnest14-7e0b0cae.params",
+                     "7e0b0cae2fd7e9084d1e498b858af1429a6eb1cb", "gluon/models/resnest14-7e0b0cae.zip",
+                     "Apache-2.0", "no: resnest-download resnest14"):  # fmt: skip
+        assert expected in card, expected
+    assert cli.run("info", ["resnetd50", "--json"]) == 0
+    assert '"file": null' in capsys.readouterr().out
