@@ -130,3 +130,36 @@ def test_model_table_has_gmacs_and_info_gives_a_card(monkeypatch, capsys, tmp_pa
         assert expected in card, expected
     assert cli.run("info", ["resnetd50", "--json"]) == 0
     assert '"file": null' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["predict", "download", "export", "info", "quantize", "convert-weights", "benchmark", "prepare-imagenet",
+     "average-checkpoints"],
+)  # fmt: skip
+def test_help_in_groups_each_default_once_required_marked(name, capsys):
+    import re
+
+    module = cli._module(name)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in text and not re.search(r"\(default: [^)]*\) \(default:", text)
+    assert "--debug" in text and "--threads" not in text and "--output " not in text  # old spellings hidden
+    if name not in ("info", "convert-weights", "average-checkpoints"):  # a few flags need no groups
+        assert " output: " in text, text
+    required = {"quantize": "--out-prefix", "convert-weights": "--out", "export": "--format"}
+    if name in required:  # the flag's help (its first mention after the usage) says it is required
+        entry = text.split(" options: ", 1)[1].split(required[name] + " ", 1)[1]
+        assert "(required)" in entry.split(" --")[0], entry
+
+
+def test_old_spellings_still_work():
+    from resnest_gluon.cli import convert_weights, predict, prepare_imagenet, quantize
+
+    assert predict.parse_args(["x.jpg", "--run", "r", "--threads", "2"]).data_threads == 2
+    assert predict.parse_args(["x.jpg", "--run", "r", "--no-cuda"]).ctx == "cpu"
+    argv = ["--model", "resnest14", "--params", "p", "--rec-calib", "c", "--rec-val", "v"]
+    assert quantize.parse_args(argv + ["--out", "o"]).out_prefix == "o"
+    assert convert_weights.parse_args(["--model", "resnest14", "--input", "i", "--output", "o"]).out == "o"
+    assert prepare_imagenet.parse_args.__module__  # its parser checks the archives exist: see its own tests
