@@ -66,6 +66,7 @@ def test_every_export_writes_its_metadata(tmp_path):
     assert sym["class_names"] == names and onnx_meta["class_names"] is None
     with pytest.raises(ValueError, match="3 class names for a model with 10 classes"):
         deploy.export(net, str(tmp_path / "bad"), (1, 3, 32, 32), meta={"class_names": ["a", "b", "c"]})
+    assert not any(p.name.startswith("bad") for p in tmp_path.iterdir())  # checked before writing
 
 
 def graph_ops(net):

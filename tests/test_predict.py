@@ -168,8 +168,13 @@ def test_model_sources_backends_tta_and_csv(folder, tmp_path):
     # resnest-export writes PREFIX.meta.json: the export alone is enough, no other flag
     from resnest_gluon.cli import export as export_cli
 
-    for fmt, flag, made in (("onnx", "--onnx", "e.onnx"), ("symbol", "--symbol", "e")):
-        export_cli.main(["--run", str(run), "--format", fmt, "--out-prefix", str(tmp_path / "e")])
+    for fmt, flag, made in (
+        ("onnx", "--onnx", "e.onnx"),
+        ("symbol", "--symbol", "e"),
+        ("openvino", "--openvino", "e.xml"),
+    ):
+        precision = ["--precision", "f32"] if fmt == "openvino" else []
+        export_cli.main(["--run", str(run), "--format", fmt, "--out-prefix", str(tmp_path / "e")] + precision)
         meta = json.loads((tmp_path / "e.meta.json").read_text())
         assert meta["class_names"] == NAMES and meta["input_size"] == 32 and meta["classes"] == 3
         _, rows = run_predict([images, flag, tmp_path / made], tmp_path, "m.json")

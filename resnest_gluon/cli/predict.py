@@ -6,6 +6,7 @@
     python scripts/predict.py photos/ --params my.params --model resnest50 --classes 5 --class-names n.txt
     python scripts/predict.py photos/ --symbol export/resnest50   # exported symbol (resnest-export)
     python scripts/predict.py photos/ --onnx resnest50.onnx       # onnxruntime; .meta.json gives the rest
+    python scripts/predict.py photos/ --openvino resnest50.xml    # OpenVINO (resnest-export)
 
 Inputs are image files, folders (searched recursively for .jpg/.jpeg/.png/.bmp/.webp/.tif/.tiff) and text
 files (``.txt``) of paths, one per line, relative to the text file's folder. The preprocessing is
@@ -49,7 +50,9 @@ class PredictError(UserError):
 def parse_args(argv=None) -> argparse.Namespace:
     p = common.parser("Top-k class names and probabilities of images, from a ResNeSt.")
     p.add_argument("inputs", nargs="+", help="image files, folders (recursive) or .txt files of paths")
-    src = p.add_argument_group("the model (one of --run, --params, --pretrained, --symbol, --onnx)")
+    src = p.add_argument_group(
+        "the model (one of --run, --params, --pretrained, --symbol, --onnx, --openvino)"
+    )
     src.add_argument("--run", help="a scripts/train.py run directory: model, classes, crop and class names")
     src.add_argument("--ema", action="store_true", help="with --run: the EMA weights (<model>-ema-best)")
     src.add_argument("--params", help="a .params file of --model with --classes classes")
@@ -62,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--epoch", type=int, default=0, help="with --symbol: the number in PREFIX-NNNN.params")
     src.add_argument(
         "--onnx", metavar="FILE", help="an .onnx file (and its .meta.json), run with onnxruntime"
+    )
+    src.add_argument(
+        "--openvino", metavar="XML", help="an OpenVINO .xml from resnest-export (and its .meta.json)"
     )
     model = p.add_argument_group("model and classes (an export's .meta.json gives them)")
     model.add_argument("--model", help="one of resnest_gluon.list_models() (with --params or --pretrained)")
@@ -84,9 +90,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--quiet", action="store_true", help="no table on standard output")
     common.add_progress(out)
     args = p.parse_args(argv)
-    sources = [name for name in ("run", "params", "pretrained", "symbol", "onnx") if getattr(args, name)]
+    sources = [
+        name for name in ("run", "params", "pretrained", "symbol", "onnx", "openvino") if getattr(args, name)
+    ]
     if len(sources) != 1:
-        p.error("give exactly one of --run, --params, --pretrained, --symbol, --onnx")
+        p.error("give exactly one of --run, --params, --pretrained, --symbol, --onnx, --openvino")
     if args.top_k < 1 or args.batch_size < 1 or args.data_threads < 0:
         p.error("--top-k and --batch-size must be at least 1, --data-threads at least 0")
     if args.out and os.path.splitext(args.out)[1].lower() not in (".csv", ".json"):
@@ -95,12 +103,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def apply_export_meta(args: argparse.Namespace) -> Optional[dict]:
-    """For --onnx and --symbol: the export's ``.meta.json`` fills --crop-size, --classes and the class
-    names that were not given (``args.meta_class_names``); returns the metadata, or None without one."""
+    """For --onnx, --openvino and --symbol: the export's ``.meta.json`` fills --crop-size, --classes and the
+    class names that were not given (``args.meta_class_names``); returns the metadata, or None without one."""
     from resnest_gluon.deploy import read_meta
 
     args.meta_class_names = None
-    target = args.onnx or args.symbol
+    target = args.onnx or args.openvino or args.symbol
     if not target:
         return None
     try:
@@ -295,12 +303,29 @@ def load_onnx_model(args) -> Model:
     return Model(forward, crop, args.classes)
 
 
-# Every way of running a model; a new backend (e.g. OpenVINO) is one more loader here and one more flag.
-BACKENDS: Dict[str, Callable[[argparse.Namespace], Model]] = {"mxnet": load_mxnet, "onnx": load_onnx_model}
+def load_openvino_model(args) -> Model:
+    """--openvino with OpenVINO (CPU), at the precision it was exported with."""
+    from resnest_gluon.deploy import load_openvino, run_openvino
+
+    if not os.path.isfile(args.openvino):
+        raise PredictError(f"--openvino {args.openvino} does not exist")
+    try:
+        compiled = load_openvino(args.openvino, threads=args.data_threads)
+    except Exception as err:  # OpenVINO raises its own exception types
+        raise PredictError(f"--openvino {args.openvino} cannot be loaded: {err}") from err
+    return Model(lambda x: run_openvino(compiled, x), _default_crop(args), args.classes)
+
+
+# Every way of running a model; a new backend is one more loader here and one more flag.
+BACKENDS: Dict[str, Callable[[argparse.Namespace], Model]] = {
+    "mxnet": load_mxnet,
+    "onnx": load_onnx_model,
+    "openvino": load_openvino_model,
+}
 
 
 def backend_of(args) -> str:
-    return "onnx" if args.onnx else "mxnet"
+    return "onnx" if args.onnx else "openvino" if args.openvino else "mxnet"
 
 
 def class_names_for(args, model: Model) -> Optional[List[str]]:

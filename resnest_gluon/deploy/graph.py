@@ -127,6 +127,11 @@ def export(
     (str, str)
         Paths of the symbol file and the params file; reload them with :func:`load_exported`.
     """
+    sym_file, params_file = f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params"
+    # before anything changes: a mistake in it (class names that do not fit) leaves nothing behind
+    info = None
+    if meta is not False:
+        info = build_meta(net, input_shape, "symbol", [sym_file, params_file], meta or None)
     ctx = ctx or net_context(net)
     fused = is_fused(net)
     # the plain graph: fused oneDNN operators would tie the files to an MXNet built with MKLDNN
@@ -134,7 +139,6 @@ def export(
     net(mx.nd.zeros(tuple(input_shape), ctx=ctx)).wait_to_read()
     out_dir = os.path.dirname(os.path.abspath(prefix))
     os.makedirs(out_dir, exist_ok=True)
-    sym_file, params_file = f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params"
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
         tmp_prefix = os.path.join(tmp, "net")
         net.export(tmp_prefix, epoch=epoch)
@@ -144,8 +148,8 @@ def export(
                 (f"{tmp_prefix}-{epoch:04d}.params", params_file),
             ]
         )
-    if meta is not False:
-        write_meta(prefix, build_meta(net, input_shape, "symbol", [sym_file, params_file], meta or None))
+    if info is not None:
+        write_meta(prefix, info)
     if fused:
         prepare_for_inference(net, fuse=True)
     logger.info("exported %s and %s", sym_file, params_file)

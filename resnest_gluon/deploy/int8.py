@@ -160,6 +160,9 @@ def quantize(
         out_dir = os.path.dirname(os.path.abspath(out_prefix))
         os.makedirs(out_dir, exist_ok=True)
         shape = calib_data.provide_data[0].shape
+        files = [f"{out_prefix}-symbol.json", f"{out_prefix}-0000.params"]
+        fields = dict(meta or {}, calib_mode=calib_mode, precision="int8")
+        info = build_meta(net, shape, "int8", files, fields)
         qnet(mx.nd.zeros(shape)).wait_to_read()
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".quantize-") as tmp:
             tmp_prefix = os.path.join(tmp, "net")
@@ -170,8 +173,6 @@ def quantize(
                     (f"{tmp_prefix}-0000.params", f"{out_prefix}-0000.params"),
                 ]
             )
-        files = [f"{out_prefix}-symbol.json", f"{out_prefix}-0000.params"]
-        fields = dict(meta or {}, calib_mode=calib_mode, precision="int8")
-        write_meta(out_prefix, build_meta(net, shape, "int8", files, fields))
+        write_meta(out_prefix, info)
         logger.info("saved the INT8 model as %s-symbol.json / -0000.params", out_prefix)
     return qnet

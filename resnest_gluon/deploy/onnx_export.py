@@ -86,6 +86,7 @@ def export_onnx(
     str
         ``path``.
     """
+    info = None if meta is False else build_meta(net, input_shape, "onnx", [path], meta or None)
     out_dir = os.path.dirname(os.path.abspath(path))
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".onnx-") as tmp:
@@ -99,8 +100,8 @@ def export_onnx(
         if check_ops:
             check_onnx_ops(tmp_onnx)
         os.replace(tmp_onnx, path)
-    if meta is not False:
-        write_meta(path, build_meta(net, input_shape, "onnx", [path], meta or None))
+    if info is not None:
+        write_meta(path, info)
     logger.info("exported %s", path)
     return path
 

@@ -77,6 +77,9 @@ def export_openvino(
     precision = resolve_precision(precision)
     if precision == "int8" and calib_data is None:
         raise ValueError("precision='int8' needs calib_data (a .rec path or batches of images)")
+    xml, bin_ = f"{prefix}.xml", f"{prefix}.bin"
+    fields = dict(meta or {}, precision=precision)
+    info = None if meta is False else build_meta(net, input_shape, "openvino", [xml, bin_], fields)
     out_dir = os.path.dirname(os.path.abspath(prefix))
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".openvino-") as tmp:
@@ -93,12 +96,10 @@ def export_openvino(
         model.set_rt_info(precision, ["resnest_gluon", "precision"])
         # compress_to_fp16 would round the float32 weights to float16
         ov.save_model(model, os.path.join(tmp, "net.xml"), compress_to_fp16=False)
-        xml, bin_ = f"{prefix}.xml", f"{prefix}.bin"
         os.replace(os.path.join(tmp, "net.bin"), bin_)
         os.replace(os.path.join(tmp, "net.xml"), xml)
-    if meta is not False:
-        fields = dict(meta or {}, precision=precision)
-        write_meta(prefix, build_meta(net, input_shape, "openvino", [xml, bin_], fields))
+    if info is not None:
+        write_meta(prefix, info)
     logger.info("exported %s (%s)", xml, precision)
     return xml
 
