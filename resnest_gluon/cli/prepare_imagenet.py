@@ -9,7 +9,7 @@ Inputs (from image-net.org, not downloadable here):
   ``num_children``, ...) and ``data/ILSVRC2012_validation_ground_truth.txt`` (the ``ILSVRC2012_ID`` of
   each validation image, in file-number order).
 
-Outputs under ``--out``: ``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``, ``synsets.txt`` (label order),
+Outputs under ``--out-dir``: ``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``, ``synsets.txt`` (label order),
 ``train.lst``/``val.lst`` and ``train.rec``/``.idx``, ``val.rec``/``.idx`` made with ``tools/im2rec.py``
 (shorter side 480 px by default, as ResNeSt's training recipe expects; arXiv:2004.08955). Labels are the
 positions of the 1,000 leaf WNIDs in sorted order, the same numbering ``im2rec.py --list --recursive`` gives
@@ -18,7 +18,8 @@ finished ``.rec`` files are kept, so a rerun continues where the last one stoppe
 
 Example::
 
-    python scripts/prepare_imagenet.py --download-dir ~/imagenet_tars --out ~/data/imagenet --num-thread 16
+    python scripts/prepare_imagenet.py --download-dir ~/imagenet_tars --out-dir ~/data/imagenet \\
+        --num-thread 16
 """
 
 from __future__ import annotations
