@@ -268,3 +268,17 @@ def test_convert_weights_missing_file_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "none.safetensors does not exist" in err[0]
     assert not (tmp_path / "x.params").exists()
+
+
+def test_export_of_the_published_weights_carries_imagenet_names(saved, tmp_path):
+    from resnest_gluon.cli import export
+
+    _, path, sha1 = saved
+    root = tmp_path / "home"
+    root.mkdir()
+    (root / f"resnest14-{sha1[:8]}.params").write_bytes(path.read_bytes())
+    argv = ["--model", "resnest14", "--pretrained", "--format", "symbol", "--input-size", "32"]
+    meta = export.main(argv + ["--out-prefix", str(tmp_path / "out" / "r14")])["meta"]
+    assert meta["source_sha1"] == sha1 and meta["source"] == str(root / f"resnest14-{sha1[:8]}.params")
+    assert len(meta["class_names"]) == 1000 and meta["class_names"][0] == "n01440764 tench"
+    assert (meta["classes"], meta["input_size"], meta["resize"]) == (1000, 32, 37)
