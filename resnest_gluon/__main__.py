@@ -31,7 +31,8 @@ def usage() -> str:
     lines = [
         "usage: python -m resnest_gluon [COMMAND [ARGS ...]]",
         "",
-        "With no command: the model table.",
+        "With no command: the model table (crop, parameters, GMACs, published top-1).",
+        "python -m resnest_gluon info NAME: one model's card.",
         "",
     ]
     lines += ["commands (also installed as resnest-COMMAND):"]
