@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     if argv[0] not in COMMANDS:
         print(f"{usage()}\n\nerror: unknown command {argv[0]!r}", file=sys.stderr)
         return 2
+    sys.argv[0] = f"python -m resnest_gluon {argv[0]}"  # argparse's usage line names the program so
     return run(argv[0], argv[1:])
 
 
