@@ -123,3 +123,100 @@ def test_registry_keeps_classifiers_apart():
     assert "deeplab_resnest50_ade" not in resnest_gluon.list_models()  # the classification commands' list
     with pytest.raises(ValueError, match="deeplab_resnest50_ade"):
         get_model("deeplab_resnest51_ade")
+
+
+# ----------------------------------------------------------------------------------------- data, metrics
+def blocks(h, w, labels=(0, 3, 7, -1), seed=0):
+    """A mask of four rectangles of distinct labels (one ignored) and an image that paints each label its own
+    colour, so that alignment can be read off the image wherever it is flat."""
+    rng = np.random.default_rng(seed)
+    y, x = int(rng.integers(h // 4, 3 * h // 4)), int(rng.integers(w // 4, 3 * w // 4))
+    mask = np.empty((h, w), np.int32)
+    mask[:y, :x], mask[:y, x:], mask[y:, :x], mask[y:, x:] = labels
+    # affinely independent colours: no blend of some of them is another one
+    palette = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    colours = {lab: np.array(palette[i], np.uint8) for i, lab in enumerate(labels)}
+    img = np.zeros((h, w, 3), np.uint8)
+    for lab, colour in colours.items():
+        img[mask == lab] = colour
+    return img, mask, colours
+
+
+def test_train_transform_keeps_image_and_mask_aligned_and_labels_unmixed():
+    from resnest_gluon.data.segmentation import IGNORE, train_transform
+
+    rng = np.random.default_rng(0)
+    flips, pads = 0, 0
+    for i in range(40):
+        img, mask, colours = blocks(int(rng.integers(30, 90)), int(rng.integers(30, 90)), seed=i)
+        out_img, out_mask = train_transform(img, mask, rng, crop_size=48, base_size=52, blur=False)
+        assert out_img.shape == (48, 48, 3) and out_img.dtype == np.uint8
+        assert out_mask.shape == (48, 48) and out_mask.dtype == np.int32
+        assert set(np.unique(out_mask)) <= {0, 3, 7, IGNORE}  # nearest: never a label between two
+        for lab, colour in colours.items():  # flat colour inside a block: its mask label is that block's
+            inside = (out_img == colour).all(axis=2)
+            assert (out_mask[inside] == lab).all()
+        padded = (out_img == 0).all(axis=2) & (out_mask == IGNORE)
+        pads += bool(padded.any())
+        # the top-left block (label 0) is left of the top-right one (3) unless the pair was mirrored
+        cols = {lab: np.nonzero((out_mask == lab).any(axis=0))[0] for lab in (0, 3)}
+        if len(cols[0]) and len(cols[3]):
+            flips += cols[0].mean() > cols[3].mean()
+    assert 5 < flips < 35 and pads > 5  # both mirror sides and padding (scale down to 26 px) were drawn
+
+
+def test_train_transform_pads_with_the_ignore_label_and_blurs_only_the_image():
+    from resnest_gluon.data.segmentation import train_transform
+
+    img, mask, _ = blocks(20, 30)
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        out_img, out_mask = train_transform(img, mask, rng, crop_size=64, base_size=30, scale=(1.0, 1.0))
+        # 30 px wide, 20 high at scale 1: the crop's bottom-right overhangs, filled with the ignore label
+        assert ((out_mask == -1).sum(axis=None)) >= 64 * 64 - 20 * 30
+        assert set(np.unique(out_mask)) <= {0, 3, 7, -1}
+    out_img, out_mask = train_transform(img, mask, rng, crop_size=64, base_size=30, ignore_label=255)
+    assert 255 in out_mask
+
+
+def test_val_transform_and_normalize():
+    from resnest_gluon.data.segmentation import ade20k_mask, normalize, val_transform
+
+    img, mask, colours = blocks(60, 90)
+    out_img, out_mask = val_transform(img, mask, crop_size=40)
+    assert out_img.shape == (40, 40, 3) and out_mask.shape == (40, 40)
+    for lab, colour in colours.items():
+        assert (out_mask[(out_img == colour).all(axis=2)] == lab).all()
+    chw = normalize(out_img)
+    assert chw.shape == (3, 40, 40) and chw.dtype == np.float32
+    assert ade20k_mask(np.array([[0, 1, 150]], np.uint8)).tolist() == [[-1, 0, 149]]
+
+
+def test_metric_equals_gluoncv_and_counts_add_up_across_shards():
+    from gluoncv.utils.metrics.segmentation import SegmentationMetric as GluonMetric
+
+    from resnest_gluon.data.segmentation import SegmentationMetric
+
+    rng = np.random.default_rng(0)
+    classes = 6
+    logits = rng.normal(size=(4, classes, 9, 11)).astype(np.float32)
+    label = rng.integers(-1, classes, size=(4, 9, 11)).astype(np.int32)
+    label[label == 5] = 4  # class 5 never labelled nor predicted: its IoU counts 0 in gluoncv's mean
+    logits[:, 5] = -10
+    ref = GluonMetric(classes)
+    ref.update(mx.nd.array(label), mx.nd.array(logits))
+    whole = SegmentationMetric(classes)
+    whole.update(label, logits)
+    np.testing.assert_allclose(whole.get(), ref.get(), rtol=1e-12)
+    assert whole.labelled == int((label >= 0).sum())  # the ignore label is left out
+    shards = [SegmentationMetric(classes) for _ in range(2)]
+    shards[0].update(label[:3], logits[:3])
+    shards[1].update(label[3:], logits[3:])
+    total = SegmentationMetric(classes)
+    total.set_counts(shards[0].counts() + shards[1].counts())
+    np.testing.assert_array_equal(total.counts(), whole.counts())
+    pixacc, miou = whole.get(present_only=True)
+    assert miou > whole.get()[1] and pixacc == whole.get()[0]
+    perfect = SegmentationMetric(classes)
+    perfect.update(label, np.where(label < 0, 0, label))
+    assert perfect.get(present_only=True) == (1.0, 1.0)
