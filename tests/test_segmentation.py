@@ -220,3 +220,66 @@ def test_metric_equals_gluoncv_and_counts_add_up_across_shards():
     perfect = SegmentationMetric(classes)
     perfect.update(label, np.where(label < 0, 0, label))
     assert perfect.get(present_only=True) == (1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------- commands
+def make_seg_folder(root, counts=(("training", 4), ("validation", 2)), size=(40, 48)):
+    """ADE20K's layout with 3 classes: a noisy grey background (0), a red box (1) and a blue disc (2), and
+    a border of 255 (ignored with --classes 3 --mask-offset 0)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    h, w = size
+    for split, n in counts:
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(90, 160, (h, w, 3)).astype(np.uint8)
+            mask = np.zeros((h, w), np.uint8)
+            y, x = int(rng.integers(2, h // 2)), int(rng.integers(2, w // 2))
+            img[y : y + 14, x : x + 16], mask[y : y + 14, x : x + 16] = (230, 30, 30), 1
+            cy, cx = int(rng.integers(10, h - 10)), int(rng.integers(10, w - 10))
+            disc = (np.arange(h)[:, None] - cy) ** 2 + (np.arange(w)[None] - cx) ** 2 < 49
+            img[disc], mask[disc] = (30, 30, 230), 2
+            mask[:1], img[:1] = 255, 0
+            cv2.imwrite(str(root / "images" / split / f"im{i:03d}.jpg"), img[:, :, ::-1])
+            cv2.imwrite(str(root / "annotations" / split / f"im{i:03d}.png"), mask)
+
+
+def test_train_seg_then_verify_seg_on_a_tiny_folder(tmp_path):
+    import json
+
+    from resnest_gluon.cli import train_seg, verify_seg
+
+    make_seg_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    common = ["--data-root", str(tmp_path / "data"), "--classes", "3", "--mask-offset", "0"]
+    model = ["--model", "deeplab_resnest50_ade", "--backbone", "resnest14"]
+    result = train_seg.main(
+        model
+        + common
+        + ["--ctx", "cpu", "--crop-size", "32", "--base-size", "40", "--epochs", "1", "--batch-size", "2"]
+        + ["--lr", "0.5", "--data-threads", "2", "--save-dir", str(run)]
+    )
+    assert 0 <= result["val_miou"] <= 100 and 0 <= result["val_pixacc"] <= 100
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [r["epoch"] for r in rows] == [1] and np.isfinite(rows[0]["train_loss"])
+    best = run / "deeplab_resnest50_ade-best.params"
+    assert best.exists()
+
+    weights = [
+        "--params",
+        str(best),
+        "--base-size",
+        "40",
+        "--crop-size",
+        "32",
+        "--json",
+        str(tmp_path / "v.json"),
+    ]
+    single = verify_seg.main(model + common + weights)
+    assert single["images"] == 2 and single["labelled_pixels"] == 2 * 39 * 48  # the 255 border left out
+    assert json.load(open(tmp_path / "v.json"))["miou"] == single["miou"]
+    multi = ["--scales", "0.75", "1.25", "--flip", "--limit", "1"]  # 1.25: sliding windows
+    multi = verify_seg.main(model + common + weights + multi)
+    assert multi["labelled_pixels"] == 39 * 48 and 0 <= multi["miou"] <= 100

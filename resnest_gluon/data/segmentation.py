@@ -18,24 +18,33 @@ The counts are integers that add up across images and workers (:meth:`Segmentati
 sharded evaluation counts every pixel exactly once.
 """
 
-from typing import Optional, Sequence, Tuple
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-from .transforms import MEAN, STD
-
 __all__ = [
     "IGNORE",
+    "SEG_MEAN",
+    "SEG_STD",
     "SegmentationMetric",
     "ade20k_mask",
     "allreduce_metric",
+    "batches",
+    "list_pairs",
+    "load_pair",
     "normalize",
+    "to_labels",
     "train_transform",
     "val_transform",
 ]
 
 IGNORE = -1  # the label of pixels that neither the loss nor the scores count
+# gluoncv's segmentation normalisation (0-1 scale there, 0-255 here), also the value its evaluator pads with
+SEG_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+SEG_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 def ade20k_mask(label_map: np.ndarray) -> np.ndarray:
@@ -129,10 +138,86 @@ def val_transform(img: np.ndarray, mask: np.ndarray, crop_size: int = 480) -> Tu
     return img[y : y + crop_size, x : x + crop_size], mask[y : y + crop_size, x : x + crop_size]
 
 
-def normalize(img: np.ndarray, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> np.ndarray:
-    """HxWx3 uint8 RGB -> 3xHxW float32, less the ImageNet mean, over its standard deviation (0-255 scale)."""
+def normalize(
+    img: np.ndarray, mean: Sequence[float] = SEG_MEAN, std: Sequence[float] = SEG_STD
+) -> np.ndarray:
+    """HxWx3 uint8 RGB -> 3xHxW float32, less the ImageNet mean, over its standard deviation (gluoncv's)."""
     out = (img.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def to_labels(label_map: np.ndarray, offset: int, classes: int, ignore_label: int = IGNORE) -> np.ndarray:
+    """A stored label map as training labels: ``value - offset``; anything outside 0..classes-1 (ADE20K's
+    "other" with offset 1, a 255 border) becomes ``ignore_label``."""
+    labels = label_map.astype(np.int32) - offset
+    labels[(labels < 0) | (labels >= classes)] = ignore_label
+    return labels
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def list_pairs(image_dir: str, mask_dir: str) -> List[Tuple[str, str]]:
+    """``(image, mask)`` paths: every image of ``image_dir`` (sorted) with the PNG of the same name in
+    ``mask_dir`` (ADE20K's layout: images/training/x.jpg, annotations/training/x.png)."""
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"no image folder {image_dir}")
+    pairs, missing = [], []
+    for name in sorted(os.listdir(image_dir)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() not in IMAGE_EXTENSIONS:
+            continue
+        mask = os.path.join(mask_dir, stem + ".png")
+        (pairs if os.path.isfile(mask) else missing).append((os.path.join(image_dir, name), mask))
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) have no mask, e.g. {missing[0][1]} is missing")
+    if not pairs:
+        raise FileNotFoundError(f"no images in {image_dir}")
+    return pairs
+
+
+def load_pair(pair: Tuple[str, str]) -> Tuple[np.ndarray, np.ndarray]:
+    """The RGB uint8 image and the label map as stored (uint8 or uint16), checked to be the same size."""
+    image_path, mask_path = pair
+    img = cv2.imread(image_path, cv2.IMREAD_COLOR)
+    mask = cv2.imread(mask_path, cv2.IMREAD_UNCHANGED)
+    if img is None or mask is None:
+        raise ValueError(f"cannot decode {image_path if img is None else mask_path}")
+    if mask.ndim == 3:
+        raise ValueError(
+            f"{mask_path} has {mask.shape[2]} channels: a label map has one (a class id per pixel)"
+        )
+    if img.shape[:2] != mask.shape:
+        raise ValueError(f"{image_path} is {img.shape[:2]} but its mask {mask_path} is {mask.shape}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), mask
+
+
+def batches(
+    pairs: Sequence[Tuple[str, str]],
+    batch_size: int,
+    make: Callable[[int, np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]],
+    threads: int = 4,
+    drop_last: bool = True,
+) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """``(data (N, 3, H, W) float32, labels (N, H, W) int32)`` batches of ``pairs`` in order; ``make(i,
+    img, label_map)`` turns the i-th pair into a normalised CHW image and its labels, in ``threads``
+    threads (OpenCV releases the GIL). The next batch is decoded while the caller uses this one."""
+
+    def one(i):
+        img, mask = load_pair(pairs[i])
+        return make(i, img, mask)
+
+    starts = range(0, len(pairs) - (batch_size - 1 if drop_last else 0), batch_size)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+
+        def submit(start):
+            return [pool.submit(one, i) for i in range(start, min(start + batch_size, len(pairs)))]
+
+        pending = submit(starts[0]) if len(starts) else None
+        for k in range(len(starts)):
+            items = [f.result() for f in pending]
+            pending = submit(starts[k + 1]) if k + 1 < len(starts) else None
+            yield np.stack([a for a, _ in items]), np.stack([b for _, b in items])
 
 
 class SegmentationMetric:
