@@ -154,6 +154,34 @@ def test_two_workers_equal_one_process_on_the_joined_batch(tmp_path):
     )
 
 
+@pytest.mark.skipif(not os.path.exists(HOROVODRUN), reason="horovodrun is not installed")
+def test_train_seg_with_sync_bn_on_two_workers(tmp_path):
+    """The segmentation command trains with SyncBatchNorm in the shared loop (hybridized) on 2 workers."""
+    import json
+
+    from test_segmentation import make_seg_folder
+
+    make_seg_folder(tmp_path / "data")
+    cmd = [
+        HOROVODRUN,
+        "-np",
+        "2",
+        "-H",
+        "localhost:2",
+        sys.executable,
+        os.path.join(REPO, "scripts", "train_seg.py"),
+    ]
+    cmd += ["--backbone", "resnest14", "--data-root", str(tmp_path / "data"), "--classes", "3"]
+    cmd += ["--mask-offset", "0", "--ctx", "cpu", "--crop-size", "32", "--base-size", "40", "--epochs", "1"]
+    cmd += ["--batch-size", "2", "--data-threads", "1", "--sync-bn", "--save-dir", str(tmp_path / "run")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    row = json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
+    assert row["workers"] == 2 and np.isfinite(row["train_loss"]) and row["val_miou"] is not None
+    assert json.load(open(tmp_path / "run" / "args.json"))["sync_bn"] is True
+
+
 def test_one_process_equals_batchnorm_imperative_and_hybridized():
     from resnest_gluon.training.syncbn import SyncBatchNorm
 
