@@ -52,13 +52,13 @@ def joined_batch(shape, seed):
     return x, rng
 
 
-def run(net, x, w):
+def run(net, x, w, ctx=None):
     """Forward and backward of sum(out * w): a sum over images, so each image's gradient is its own."""
-    x = mx.nd.array(x, dtype=w.dtype)
+    x = mx.nd.array(x, dtype=w.dtype, ctx=ctx)
     x.attach_grad()
     with autograd.record():
         out = net(x)
-        loss = (out * mx.nd.array(w, dtype=w.dtype)).sum()
+        loss = (out * mx.nd.array(w, dtype=w.dtype, ctx=ctx)).sum()
     loss.backward()
     params = net._collect_params_with_prefix()
     got = {"out": out.asnumpy(), "dx": x.grad.asnumpy()}
@@ -67,31 +67,46 @@ def run(net, x, w):
     return got
 
 
-def worker(out_dir):
+def worker(out_dir, standin_gpu: bool):
+    """One Horovod worker; with ``standin_gpu`` on the tests' stand-in GPU (``mx.gpu(i)`` is ``cpu(i + 1)``,
+    and any operator with inputs on two contexts fails), as ``train_seg.py --ctx gpu`` would run it."""
+    from resnest_gluon.training import dist
+
+    assert dist.init() and dist.size() == len(SPLIT)
+    if not standin_gpu:
+        return _worker(out_dir, mx.cpu())
+    from test_gpu_standin import standin
+
+    with standin() as checker:
+        _worker(out_dir, mx.gpu(dist.local_rank()))
+    assert "Custom" in checker.ops and mx.cpu(dist.local_rank() + 1) in checker.contexts
+
+
+def _worker(out_dir, ctx):
     from resnest_gluon.training import dist
     from resnest_gluon.training.syncbn import SyncBatchNorm
 
-    assert dist.init() and dist.size() == len(SPLIT)
     rank = dist.rank()
     lo = sum(SPLIT[:rank])
     results = {}
     for name, (build, hybridize, shape, dtype, _) in NETS.items():
         x, rng = joined_batch(shape, seed=len(name))
         net = build(SyncBatchNorm)
-        net.initialize(mx.init.Xavier())  # every shape is known: no forward before the broadcast
+        net.initialize(mx.init.Xavier(), ctx=ctx)  # every shape is known: no forward before the broadcast
         for k, p in net._collect_params_with_prefix().items():
             if k.endswith(("gamma", "beta")):
-                p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
+                p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape), ctx=ctx))
         net.cast(dtype)
         dist.broadcast_parameters(net.collect_params())
         if rank == 0:
             net.save_parameters(os.path.join(out_dir, f"{name}.params"))
         if hybridize:
             net.hybridize(static_alloc=True)
-        out = net(mx.nd.array(x, dtype=dtype))
+        out = net(mx.nd.array(x, dtype=dtype, ctx=ctx))
         w = rng.normal(size=out.shape).astype(dtype)
-        got = run(net, x[lo : lo + SPLIT[rank]], w[lo : lo + SPLIT[rank]])
-        got["inference"] = net(mx.nd.array(x[lo : lo + SPLIT[rank]], dtype=dtype)).asnumpy()  # running stats
+        mine = slice(lo, lo + SPLIT[rank])
+        got = run(net, x[mine], w[mine], ctx)
+        got["inference"] = net(mx.nd.array(x[mine], dtype=dtype, ctx=ctx)).asnumpy()  # running statistics
         results.update({f"{name}/{k}": v for k, v in got.items()})
     np.savez(os.path.join(out_dir, f"rank{rank}.npz"), **results)
 
@@ -122,8 +137,11 @@ def close(a, b):
 @pytest.mark.skipif(not os.path.exists(HOROVODRUN), reason="horovodrun is not installed")
 def test_two_workers_equal_one_process_on_the_joined_batch(tmp_path):
     """Outputs, input gradients (each worker's slice), parameter gradients (summed over workers), running
-    statistics and inference outputs, against MXNet's BatchNorm in one process: all within 1e-5."""
+    statistics and inference outputs, against MXNet's BatchNorm in one process: all within 1e-5. The
+    workers run on the stand-in GPU (tests/test_gpu_standin.py), so nothing crosses devices; the plain CPU
+    path runs in test_train_seg_with_sync_bn_on_two_workers."""
     cmd = [HOROVODRUN, "-np", "2", "-H", "localhost:2", sys.executable, __file__, "--worker", str(tmp_path)]
+    cmd.append("--standin-gpu")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -215,4 +233,4 @@ def test_keeps_batchnorm_parameter_names():
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
-    worker(sys.argv[2])
+    worker(sys.argv[2], "--standin-gpu" in sys.argv[3:])
