@@ -266,6 +266,8 @@ def test_train_seg_then_verify_seg_on_a_tiny_folder(tmp_path):
     assert 0 <= result["val_miou"] <= 100 and 0 <= result["val_pixacc"] <= 100
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert [r["epoch"] for r in rows] == [1] and np.isfinite(rows[0]["train_loss"])
+    # poly over 2 updates (4 images, batch 2): the last update's rate is peak * (1 - 1/2) ** 0.9
+    assert rows[0]["lr"] == pytest.approx(0.5 * 2 / 256 * 0.5**0.9)
     best = run / "deeplab_resnest50_ade-best.params"
     assert best.exists()
 

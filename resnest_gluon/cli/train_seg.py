@@ -15,9 +15,8 @@ The augmentation and the scores are gluoncv's (:mod:`resnest_gluon.data.segmenta
 gluoncv's recipe for these models (its train.py and published logs): batch 16 over 8 GPUs, crop 480 from a
 base size of 520, SGD momentum 0.9, weight decay 1e-4, learning rate 0.01 for a batch of 16 (``--lr 0.16``
 here, which is per 256 images), the heads at 10x the backbone's rate (``--head-lr-mult``), auxiliary loss
-weight 0.5, synchronised BatchNorm, 120 epochs (ResNeSt-50) to 180 (ResNeSt-200), poly decay. The shared
-training loop has warm-up + cosine decay, not poly: that is the one known difference (see
-docs/segmentation.md).
+weight 0.5, synchronised BatchNorm, poly decay (power 0.9) per iteration, 120 or 180 epochs (see
+docs/segmentation.md for where each value comes from).
 """
 
 import argparse
@@ -70,7 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--lr", type=float, default=0.16, help=f"learning rate per {BASE_BATCH} images (0.01 / 16)"
     )
-    p.add_argument("--warmup-epochs", type=float, default=0, help="linear warm-up before the cosine decay")
+    p.add_argument("--warmup-epochs", type=float, default=0, help="linear warm-up before the decay")
+    p.add_argument(
+        "--lr-mode", choices=("poly", "cosine"), default="poly", help="decay per update (gluoncv: poly)"
+    )
+    p.add_argument("--power", type=float, default=0.9, help="poly: lr = peak * (1 - step / steps) ** power")
     p.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
     p.add_argument("--wd", type=float, default=1e-4, help="weight decay")
     p.add_argument("--no-wd", action="store_true", help="no weight decay on BN gamma/beta and biases")
@@ -120,6 +123,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise TrainingError("--aux-weight and --head-lr-mult must not be negative")
     if isinstance(args.pretrained, str) and not args.resume and not os.path.isfile(args.pretrained):
         raise TrainingError(f"--pretrained {args.pretrained} does not exist")
+
+
+def poly_lr(step: int, peak_lr: float, warmup_steps: int, total_steps: int, power: float = 0.9) -> float:
+    """gluoncv's "poly" rate: ``peak * (1 - step / total) ** power`` over all updates, after a linear warm-up
+    (none in gluoncv's recipe). It depends on the step alone, so a resumed run continues it exactly."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    return peak_lr * (1.0 - min(step / max(total_steps, 1), 1.0)) ** power
 
 
 def seg_loss(outputs, labels, classes: int):
@@ -229,12 +240,14 @@ class Segmentation(Task):
         pixacc, miou = allreduce_metric(metric, name=name).get()
         return dict(val_miou=100.0 * miou, val_pixacc=100.0 * pixacc)
 
+    def lr_at(self, step: int, peak_lr: float, warmup_steps: int, total_steps: int) -> float:
+        if self.args.lr_mode == "cosine":
+            return super().lr_at(step, peak_lr, warmup_steps, total_steps)
+        return poly_lr(step, peak_lr, warmup_steps, total_steps, self.args.power)
+
     def run_info(self) -> dict:
         return dict(
-            omp_threads=threads.configured(),
-            num_val_samples=len(self.val_pairs),
-            task="segmentation",
-            lr_schedule="warm-up + cosine (the shared loop's; gluoncv: poly)",
+            omp_threads=threads.configured(), num_val_samples=len(self.val_pairs), task="segmentation"
         )
 
 
