@@ -155,13 +155,14 @@ class _GlobalStatsProp(mx.operator.CustomOpProp):
 class SyncBatchNorm(nn.BatchNorm):
     """BatchNorm whose batch statistics and gradients are those of the batch joined over Horovod workers.
 
-    Takes :class:`mxnet.gluon.nn.BatchNorm`'s arguments (channel axis 1 only, no ``fuse_relu``) and has its
-    parameters, so ``norm_layer=SyncBatchNorm`` in any model keeps the published parameter names.
+    Takes :class:`mxnet.gluon.nn.BatchNorm`'s arguments (NCHW input, channel axis 1 only, no ``fuse_relu``)
+    and has its parameters, so ``norm_layer=SyncBatchNorm`` in any model keeps the published parameter names.
+    A layer must not run twice in one forward pass (its collectives would share a name).
 
     Parameters
     ----------
     key : str, optional
-        Name of this layer's allreduce (default: the block's prefix); the same on every worker.
+        Name of this layer's collectives (default: the block's prefix); the same on every worker.
     """
 
     def __init__(self, axis: int = 1, *, key: Optional[str] = None, **kwargs):
