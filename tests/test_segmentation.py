@@ -287,3 +287,32 @@ def test_train_seg_then_verify_seg_on_a_tiny_folder(tmp_path):
     multi = ["--scales", "0.75", "1.25", "--flip", "--limit", "1"]  # 1.25: sliding windows
     multi = verify_seg.main(model + common + weights + multi)
     assert multi["labelled_pixels"] == 39 * 48 and 0 <= multi["miou"] <= 100
+
+
+def test_backbone_starts_from_a_classification_file(tmp_path):
+    """``pretrained_backbone`` (get_model) and ``--pretrained FILE`` (train-seg) copy a classifier's weights
+    into the dilated backbone; the classifier itself is dropped and the heads start fresh."""
+    import argparse
+
+    from resnest_gluon.cli.train_seg import load_backbone_weights
+
+    classifier = get_model("resnest14", classes=10)
+    classifier.initialize(mx.init.Xavier())
+    path = str(tmp_path / "resnest14.params")
+    classifier.save_parameters(path)
+    expected = classifier.layer4[0].conv2.conv.weight.data().asnumpy()
+
+    net = small_deeplab(pretrained_backbone=path)  # heads initialised, backbone loaded
+    np.testing.assert_array_equal(net.layer4[0].conv2.conv.weight.data().asnumpy(), expected)
+    assert net(mx.nd.zeros((1, 3, 32, 32))).shape == (1, 5, 32, 32)
+
+    net = small_deeplab()
+    net.initialize(mx.init.Xavier())
+    args = argparse.Namespace(model="deeplab_resnest50_ade", backbone="resnest14", pretrained=path)
+    assert load_backbone_weights(net, args, mx.cpu()) == "resnest14"
+    np.testing.assert_array_equal(net.layer4[0].conv2.conv.weight.data().asnumpy(), expected)
+    other = get_model("resnest26")
+    other.initialize()
+    other.save_parameters(path)
+    with pytest.raises(ValueError, match="is not a resnest14: it has 'layer1.1"):
+        small_deeplab(pretrained_backbone=path)

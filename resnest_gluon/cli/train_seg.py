@@ -40,7 +40,7 @@ from resnest_gluon.data.segmentation import (
     train_transform,
     val_transform,
 )
-from resnest_gluon.models.deeplab import SEG_MODELS
+from resnest_gluon.models.deeplab import SEG_MODELS, load_backbone_params
 from resnest_gluon.training import TrainingError, check_run_dir, dist, writable_dir
 from resnest_gluon.training.loop import BASE_BATCH, Task, fit
 
@@ -143,16 +143,13 @@ def seg_loss(outputs, labels, classes: int):
 
 
 def load_backbone_weights(net, args: argparse.Namespace, ctx) -> str:
-    """Copies the ImageNet weights of the backbone (published, or ``--pretrained FILE``) into ``net``."""
+    """Copies the ImageNet weights of the backbone (published, or ``--pretrained FILE`` with any classes)
+    into ``net``; returns the backbone's name."""
     name = args.backbone or SEG_MODELS[args.model]["backbone"]
     try:
-        classifier = resnest_gluon.get_model(name, pretrained=args.pretrained)
+        load_backbone_params(net, name, args.pretrained, ctx=ctx)
     except (OSError, ValueError) as err:
         raise TrainingError(f"--pretrained: {err}") from err
-    params = net._collect_params_with_prefix()
-    for key, param in classifier._collect_params_with_prefix().items():
-        if not key.startswith("fc."):
-            params[key].set_data(param.data().as_in_context(ctx))
     return name
 
 

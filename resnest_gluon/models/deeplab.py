@@ -21,7 +21,7 @@ from mxnet.gluon.contrib.nn import HybridConcurrent
 from .layers import make_norm
 from .resnest import ResNeSt
 
-__all__ = ["ASPP", "DeepLabHead", "DeepLabV3", "FCNHead", "SEG_MODELS", "get_deeplab"]
+__all__ = ["ASPP", "DeepLabHead", "DeepLabV3", "FCNHead", "SEG_MODELS", "get_deeplab", "load_backbone_params"]
 
 # Published by gluoncv (model zoo "ADE20K Dataset" table and model_store.py): pixel accuracy and mIoU (%)
 # on ADE20K val, 150 classes, from gluoncv's scripts/segmentation/test.py --eval, which scores every image
@@ -227,6 +227,44 @@ def load_published(net: DeepLabV3, name: str, root: Optional[str] = None, ctx=No
     return path
 
 
+def load_backbone_params(
+    net: DeepLabV3, backbone: str, pretrained: Union[bool, str], root: Optional[str] = None, ctx=None
+) -> str:
+    """Copies ImageNet weights into ``net``'s backbone: the published file of ``backbone`` (``True``; SHA-1
+    checked) or any ``.params`` of that classifier, whatever its classes (its ``fc`` is left out). Every
+    backbone key and shape is checked; the heads are left alone. Returns the file read."""
+    if not isinstance(pretrained, str):
+        from .zoo import get_model
+
+        classifier = get_model(backbone, pretrained=True, root=root)
+        loaded = {k: p.data() for k, p in classifier._collect_params_with_prefix().items()}
+        path = f"published {backbone}"
+    else:
+        from .pretrained import UnreadableParams
+
+        path = pretrained
+        try:
+            loaded = {k.split(":", 1)[-1]: v for k, v in mx.nd.load(path).items()}
+        except (mx.base.MXNetError, AttributeError) as err:
+            raise UnreadableParams(f"{path} is not a readable MXNet .params file of named arrays") from err
+    params = net._collect_params_with_prefix()
+    wanted = {k for k in params if not k.startswith(("head.", "auxlayer."))}
+    loaded = {k: v for k, v in loaded.items() if not k.startswith("fc.")}
+    for key in sorted(wanted | set(loaded)):
+        if key not in loaded:
+            raise ValueError(f"{path} is not a {backbone}: parameter {key!r} is missing from it")
+        if key not in wanted:
+            raise ValueError(f"{path} is not a {backbone}: it has {key!r}, which the backbone does not")
+        if tuple(loaded[key].shape) != tuple(params[key].shape):
+            raise ValueError(
+                f"{path} is not a {backbone}: {key!r} has shape {tuple(loaded[key].shape)} in the file, "
+                f"{tuple(params[key].shape)} in the model"
+            )
+    for key, value in loaded.items():
+        params[key]._load_init(value, ctx or mx.cpu())
+    return path
+
+
 def get_deeplab(
     name: str,
     pretrained: Union[bool, str] = False,
@@ -255,8 +293,8 @@ def get_deeplab(
     backbone : str, optional
         Another registered ResNeSt (``resnest14`` for a small model); default the row's.
     pretrained_backbone : bool or str
-        ImageNet weights for the backbone (``get_model(backbone, pretrained=...)``), when ``pretrained``
-        is not given.
+        ImageNet weights for the backbone when ``pretrained`` is not given: True for the published file
+        of ``backbone``, or a ``.params`` of that classifier with any classes (:func:`load_backbone_params`).
     norm_layer, norm_kwargs
         For the backbone and the heads (e.g. :class:`resnest_gluon.training.syncbn.SyncBatchNorm`).
     **backbone_kwargs
@@ -265,11 +303,9 @@ def get_deeplab(
     from .zoo import get_model
 
     row = SEG_MODELS[name]
+    backbone = backbone or row["backbone"]
     base = get_model(
-        backbone or row["backbone"],
-        pretrained=pretrained_backbone if not pretrained else False,
-        root=root,
-        ctx=ctx,
+        backbone,
         output_stride=8,
         norm_layer=norm_layer,
         norm_kwargs=norm_kwargs,
@@ -284,6 +320,7 @@ def get_deeplab(
     )
     net.model_name, net.crop_size, net.base_size = name, row["crop_size"], row["base_size"]
     if pretrained_backbone and not pretrained:  # the heads start as gluoncv starts them
+        load_backbone_params(net, backbone, pretrained_backbone, root, ctx)
         for head in (net.head, net.auxlayer):
             head.initialize(ctx=ctx)
     if pretrained and not isinstance(pretrained, str):
