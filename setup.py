@@ -19,7 +19,10 @@ setup(
     description="ResNeSt split-attention networks for MXNet Gluon, with RecordIO, training and benchmarks",
     packages=find_packages(include=["resnest_gluon", "resnest_gluon.*"]),
     # ImageNet class names in label order; the C++ operator's sources (python -m resnest_gluon.ops build)
-    package_data={"resnest_gluon.data": ["imagenet_classes.txt"], "resnest_gluon.ops": ["*.cc", "*.cu"]},
+    package_data={
+        "resnest_gluon.data": ["imagenet_classes.txt", "ade20k_classes.txt"],
+        "resnest_gluon.ops": ["*.cc", "*.cu"],
+    },
     python_requires=">=3.9",
     # MXNet itself is chosen by the installer: mxnet==1.9.1 (CPU) or mxnet-cu112==1.9.1 (GPU).
     install_requires=["numpy<1.24", "tqdm", "matplotlib", "safetensors"],

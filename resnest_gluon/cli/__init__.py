@@ -70,6 +70,13 @@ COMMANDS = {
     "verify-seg": Command(
         "pixel accuracy and mIoU of a segmentation model", True, on_stop="no result was written"
     ),
+    "predict-seg": Command(
+        "label maps, colour overlays and class shares of images with a segmentation model", mxnet=True
+    ),
+    "prepare-ade20k": Command(
+        "turn ADEChallengeData2016.zip into image-mask pair records",
+        on_stop="finished parts are kept: run it again to go on",
+    ),
 }
 
 

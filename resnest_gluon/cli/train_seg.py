@@ -34,8 +34,9 @@ from resnest_gluon.data.segmentation import (
     SegmentationMetric,
     allreduce_metric,
     batches,
-    list_pairs,
+    load_pair,
     normalize,
+    open_split,
     to_labels,
     train_transform,
     val_transform,
@@ -54,7 +55,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--model", default="deeplab_resnest50_ade", help=f"one of {', '.join(SEG_MODELS)}")
     p.add_argument("--backbone", default=None, help="another ResNeSt as backbone (resnest14: a small model)")
-    p.add_argument("--data-root", required=True, help="folder with images/<split> and annotations/<split>")
+    p.add_argument(
+        "--data-root",
+        required=True,
+        help="folder with <split>.rec/.idx pair records (prepare-ade20k, im2rec --mask-root), or with the "
+        "folders images/<split> and annotations/<split>",
+    )
     p.add_argument("--train-split", default="training", help="sub-folder of images/ and annotations/")
     p.add_argument("--val-split", default="validation", help="sub-folder for validation ('' for none)")
     p.add_argument(
@@ -160,9 +166,10 @@ class Segmentation(Task):
     metrics = {"val_miou": "mIoU", "val_pixacc": "pixAcc"}
     metric_axis = "validation (%)"
 
-    def __init__(self, args: argparse.Namespace, train_pairs, val_pairs):
+    def __init__(self, args: argparse.Namespace, train_pairs, val_pairs, load_train=None, load_val=None):
         super().__init__(args)
         self.train_pairs, self.val_pairs = train_pairs, val_pairs
+        self.load_train, self.load_val = load_train or load_pair, load_val or load_pair
 
     def build_net(self, ctx):
         args = self.args
@@ -205,7 +212,7 @@ class Segmentation(Task):
             img, labels = train_transform(img, labels, rng, args.crop_size, args.base_size)
             return normalize(img), labels
 
-        return batches(pairs, args.batch_size, make, args.data_threads)
+        return batches(pairs, args.batch_size, make, args.data_threads, load=self.load_train)
 
     def inputs(self, batch, ctx, epoch: int, rng):
         data, labels = batch
@@ -230,7 +237,9 @@ class Segmentation(Task):
             return normalize(img), labels
 
         metric = SegmentationMetric(args.classes)
-        for data, labels in batches(self._shard(self.val_pairs), args.val_batch_size, make, drop_last=False):
+        for data, labels in batches(
+            self._shard(self.val_pairs), args.val_batch_size, make, drop_last=False, load=self.load_val
+        ):
             out = net(mx.nd.array(data, ctx=ctx))
             out = out[0] if isinstance(out, (list, tuple)) else out
             metric.update(labels, out.argmax(axis=1).asnumpy().astype(np.int64))
@@ -250,9 +259,7 @@ class Segmentation(Task):
 
 def find_pairs(args: argparse.Namespace, split: str):
     try:
-        return list_pairs(
-            os.path.join(args.data_root, "images", split), os.path.join(args.data_root, "annotations", split)
-        )
+        return open_split(args.data_root, split)
     except FileNotFoundError as err:
         raise TrainingError(f"--data-root {args.data_root}, split {split!r}: {err}") from err
 
@@ -272,8 +279,8 @@ def main(argv=None) -> dict:
             check_run_dir(args.save_dir, args.model, args.classes)
     handlers = _setup_logging(args.save_dir, primary)
     try:
-        train_pairs = find_pairs(args, args.train_split)
-        val_pairs = find_pairs(args, args.val_split) if args.val_split else []
+        train_pairs, load_train = find_pairs(args, args.train_split)
+        val_pairs, load_val = find_pairs(args, args.val_split) if args.val_split else ([], None)
         if val_pairs and len(val_pairs) < workers:
             raise TrainingError(f"{len(val_pairs)} validation images are too few for {workers} workers")
         if primary:
@@ -289,7 +296,7 @@ def main(argv=None) -> dict:
                 args.ctx,
                 ", SyncBN" if args.sync_bn else "",
             )
-        return fit(Segmentation(args, train_pairs, val_pairs), ctx, len(train_pairs))
+        return fit(Segmentation(args, train_pairs, val_pairs, load_train, load_val), ctx, len(train_pairs))
     finally:
         root = logging.getLogger("resnest_gluon")
         for handler in handlers:

@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import time
 from typing import Sequence
 
@@ -33,9 +32,8 @@ from resnest_gluon.data.segmentation import (
     SEG_STD,
     SegmentationMetric,
     allreduce_metric,
-    list_pairs,
-    load_pair,
     normalize,
+    open_split,
     to_labels,
 )
 from resnest_gluon.errors import UserError
@@ -57,7 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     weights = p.add_mutually_exclusive_group(required=True)
     weights.add_argument("--params", help="a .params file of the model (e.g. a train_seg run's best)")
     weights.add_argument("--pretrained", action="store_true", help="gluoncv's published weights")
-    p.add_argument("--data-root", required=True, help="folder with images/<split> and annotations/<split>")
+    p.add_argument(
+        "--data-root",
+        required=True,
+        help="folder with <split>.rec pair records, or images/<split> and annotations/<split>",
+    )
     p.add_argument("--split", default="validation", help="sub-folder of images/ and annotations/")
     p.add_argument(
         "--classes", type=int, default=150, help="classes; labels outside 0..classes-1 are ignored"
@@ -160,10 +162,7 @@ def main(argv=None) -> dict:
     dist.init()
     ctx = dist.worker_context(args.ctx)
     try:
-        pairs = list_pairs(
-            os.path.join(args.data_root, "images", args.split),
-            os.path.join(args.data_root, "annotations", args.split),
-        )
+        pairs, load = open_split(args.data_root, args.split)
     except FileNotFoundError as err:
         raise UserError(f"--data-root {args.data_root}: {err}") from err
     pairs = pairs[: args.limit] if args.limit else pairs
@@ -172,7 +171,7 @@ def main(argv=None) -> dict:
     metric = SegmentationMetric(args.classes)
     tic = time.time()
     for pair in pairs[begin:end]:
-        img, mask = load_pair(pair)
+        img, mask = load(pair)
         image = mx.nd.array(normalize(img)[None], ctx=ctx)
         scores = predict_scores(
             net, image, args.classes, args.base_size, args.crop_size, args.scales, args.flip

@@ -36,6 +36,7 @@ __all__ = [
     "list_pairs",
     "load_pair",
     "normalize",
+    "open_split",
     "to_labels",
     "train_transform",
     "val_transform",
@@ -192,19 +193,39 @@ def load_pair(pair: Tuple[str, str]) -> Tuple[np.ndarray, np.ndarray]:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), mask
 
 
+def open_split(root: str, split: str) -> Tuple[list, Callable]:
+    """The pairs of one split and the function that loads one: ``root/<split>.rec`` (pair records, see
+    :mod:`.seg_records`) when it exists, else the folders ``root/images/<split>`` and
+    ``root/annotations/<split>``. Returns ``(items, load)``; ``load(items[i])`` gives ``(RGB image,
+    mask)``."""
+    rec = os.path.join(root, split + ".rec")
+    if os.path.isfile(rec):
+        from .seg_records import PairRecords
+
+        reader = PairRecords(rec)
+        if not len(reader):
+            raise FileNotFoundError(f"{rec} holds no records")
+        return list(reader.keys), reader.read
+    return list_pairs(
+        os.path.join(root, "images", split), os.path.join(root, "annotations", split)
+    ), load_pair
+
+
 def batches(
-    pairs: Sequence[Tuple[str, str]],
+    pairs: Sequence,
     batch_size: int,
     make: Callable[[int, np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]],
     threads: int = 4,
     drop_last: bool = True,
+    load: Callable = load_pair,
 ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    """``(data (N, 3, H, W) float32, labels (N, H, W) int32)`` batches of ``pairs`` in order; ``make(i,
-    img, label_map)`` turns the i-th pair into a normalised CHW image and its labels, in ``threads``
-    threads (OpenCV releases the GIL). The next batch is decoded while the caller uses this one."""
+    """``(data (N, 3, H, W) float32, labels (N, H, W) int32)`` batches of ``pairs`` in order; ``load(pair)``
+    reads one (default: a pair of files), ``make(i, img, label_map)`` turns the i-th pair into a normalised
+    CHW image and its labels, in ``threads`` threads (OpenCV releases the GIL). The next batch is decoded
+    while the caller uses this one."""
 
     def one(i):
-        img, mask = load_pair(pairs[i])
+        img, mask = load(pairs[i])
         return make(i, img, mask)
 
     starts = range(0, len(pairs) - (batch_size - 1 if drop_last else 0), batch_size)
