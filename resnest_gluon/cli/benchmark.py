@@ -354,6 +354,13 @@ def parse_args(argv=None):
         "  python scripts/benchmark.py --all --json cpu.json --plot cpu.png",
     )
     p = parser.add_argument_group("models and inputs")
+    p.add_argument(
+        "--task",
+        choices=["cls", "seg"],
+        default="cls",
+        help="seg: our deeplab_resnest50_ade against gluoncv's, same weights, batch 1 (--input-size, "
+        "default 480), with peak memory",
+    )
     p.add_argument("--model", action="append", help="model name (repeat); default: the paper's table")
     p.add_argument("--batch-size", type=int, nargs="+", default=None, help="batch sizes (default 1 8)")
     p.add_argument(
@@ -445,9 +452,33 @@ def parse_args(argv=None):
     return args
 
 
+def _segmentation(args) -> List[Dict]:
+    from resnest_gluon.benchmarking_seg import format_seg, seg_benchmark
+
+    env = environment()
+    print(describe(env, None), flush=True)
+    records = seg_benchmark(
+        size=args.input_size or 480,
+        iters=args.iters or 5,
+        rounds=args.rounds,
+        fuse=not args.no_fuse,
+        progress=common.progress_enabled(args),
+    )
+    env["load_average_after"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    for rec in records:
+        rec.update(env)
+    print(format_seg(records))
+    print(f"load average after: {env['load_average_after']}")
+    if args.json:
+        save_json(records, args.json)
+    return records
+
+
 def main(argv=None) -> List[Dict]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.task == "seg":
+        return _segmentation(args)
     if args.model:
         unknown = [m for m in args.model if m not in resnest_gluon.list_models()]
         if unknown:
