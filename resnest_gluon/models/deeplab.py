@@ -108,12 +108,18 @@ class DeepLabHead(HybridBlock):
     """ASPP, then 3x3 conv, norm, ReLU, dropout and a 1x1 classifier (logits at the feature resolution)."""
 
     def __init__(
-        self, classes, in_channels=2048, rates=(12, 24, 36), norm_layer=nn.BatchNorm, norm_kwargs=None
+        self,
+        classes,
+        in_channels=2048,
+        rates=(12, 24, 36),
+        norm_layer=nn.BatchNorm,
+        norm_kwargs=None,
+        channels: int = 256,
     ):
         super().__init__()
         with self.name_scope():
-            self.aspp = ASPP(in_channels, rates, 256, norm_layer, norm_kwargs)
-            self.block = _classifier(256, 256, classes, norm_layer, norm_kwargs)
+            self.aspp = ASPP(in_channels, rates, channels, norm_layer, norm_kwargs)
+            self.block = _classifier(channels, channels, classes, norm_layer, norm_kwargs)
 
     def hybrid_forward(self, F, x):
         return self.block(self.aspp(x))
@@ -148,6 +154,8 @@ class DeepLabV3(HybridBlock):
         Normalisation of the heads (use the backbone's).
     rates : sequence of 3 ints
         ASPP dilation rates (gluoncv: 12, 24, 36 at output stride 8).
+    head_channels : int
+        Channels of the ASPP branches and of the main head (gluoncv: 256); fewer make a small model.
 
     Outputs are logits of shape (N, classes, H, W) for an input of (N, 3, H, W), any H and W.
     """
@@ -161,6 +169,7 @@ class DeepLabV3(HybridBlock):
         norm_layer=nn.BatchNorm,
         norm_kwargs: Optional[dict] = None,
         rates: Sequence[int] = (12, 24, 36),
+        head_channels: int = 256,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -170,7 +179,7 @@ class DeepLabV3(HybridBlock):
             for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
                 setattr(self, name, getattr(backbone, name))
             c4 = backbone.fc._in_units  # C5 channels; the auxiliary head reads C4, half as many
-            self.head = DeepLabHead(classes, c4, rates, norm_layer, norm_kwargs)
+            self.head = DeepLabHead(classes, c4, rates, norm_layer, norm_kwargs, head_channels)
             self.auxlayer = FCNHead(classes, c4 // 2, norm_layer, norm_kwargs)
 
     def set_aux(self, on: bool) -> None:
@@ -277,6 +286,9 @@ def get_deeplab(
     pretrained_backbone: Union[bool, str] = False,
     norm_layer=nn.BatchNorm,
     norm_kwargs: Optional[dict] = None,
+    output_stride: int = 8,
+    rates: Sequence[int] = (12, 24, 36),
+    head_channels: int = 256,
     **backbone_kwargs,
 ) -> DeepLabV3:
     """Builds ``name`` (one of :data:`SEG_MODELS`); ``resnest_gluon.get_model(name)`` calls this.
@@ -297,6 +309,9 @@ def get_deeplab(
         of ``backbone``, or a ``.params`` of that classifier with any classes (:func:`load_backbone_params`).
     norm_layer, norm_kwargs
         For the backbone and the heads (e.g. :class:`resnest_gluon.training.syncbn.SyncBatchNorm`).
+    output_stride, rates, head_channels
+        The backbone's output stride and the ASPP's dilation rates and width (gluoncv's: 8, (12, 24, 36),
+        256); the built-in demo uses a smaller model (16, (2, 4, 6), 64).
     **backbone_kwargs
         Passed to the backbone's ``get_model`` (``dropblock_prob``, ``last_gamma``, ...).
     """
@@ -306,7 +321,7 @@ def get_deeplab(
     backbone = backbone or row["backbone"]
     base = get_model(
         backbone,
-        output_stride=8,
+        output_stride=output_stride,
         norm_layer=norm_layer,
         norm_kwargs=norm_kwargs,
         **backbone_kwargs,
@@ -317,6 +332,8 @@ def get_deeplab(
         aux=aux,
         norm_layer=norm_layer,
         norm_kwargs=norm_kwargs,
+        rates=rates,
+        head_channels=head_channels,
     )
     net.model_name, net.crop_size, net.base_size = name, row["crop_size"], row["base_size"]
     if pretrained_backbone and not pretrained:  # the heads start as gluoncv starts them
