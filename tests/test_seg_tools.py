@@ -202,3 +202,26 @@ def test_train_and_verify_seg_read_pair_records(tmp_path):
     assert scores["images"] == 2 and 0 <= scores["miou"] <= 100
     assert scores["labelled_pixels"] == 2 * 40 * 48
     assert json.load(open(tmp_path / "v.json"))["images"] == 2
+
+
+def test_deeplab_exports_to_onnx_and_openvino_with_the_same_outputs(tmp_path):
+    """ONNX (onnxruntime) and OpenVINO f32 give MXNet's logits for a small DeepLab; the model itself still
+    takes any input size after the export."""
+    from resnest_gluon import deploy, get_model
+    from resnest_gluon.deploy.onnx_export import onnx_ops, run_onnx
+
+    net = get_model(
+        "deeplab_resnest50_ade", backbone="resnest14", classes=5, head_channels=32, rates=(2, 4, 6)
+    )
+    net.initialize(mx.init.Xavier())
+    x = np.random.default_rng(7).uniform(-1, 1, (2, 3, 64, 48)).astype(np.float32)
+    ref = net(mx.nd.array(x)).asnumpy()
+    path = deploy.export_onnx(net, str(tmp_path / "seg.onnx"), (2, 3, 64, 48))
+    assert "Resize" in onnx_ops(path)
+    np.testing.assert_allclose(run_onnx(path, x), ref, rtol=1e-4, atol=1e-4)
+    assert net(mx.nd.zeros((1, 3, 40, 40))).shape == (1, 5, 40, 40)  # back to the input's own size
+    pytest.importorskip("openvino")
+    from resnest_gluon.deploy.openvino_export import run_openvino
+
+    xml = deploy.export_openvino(net, str(tmp_path / "seg"), (2, 3, 64, 48), precision="f32")
+    np.testing.assert_allclose(run_openvino(xml, x), ref, rtol=1e-4, atol=1e-4)

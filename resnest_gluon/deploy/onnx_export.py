@@ -54,6 +54,11 @@ TENSORRT_ONNX_OPS = frozenset(
 )
 
 
+# What a DeepLab adds (its upsampling, and the spread of its image pooling over the feature map); not
+# checked against TensorRT's parser.
+DEEPLAB_EXTRA_OPS = frozenset({"Expand", "GatherND", "Less", "Resize", "ScatterND"})
+
+
 def export_onnx(
     net: HybridBlock,
     path: str,
@@ -89,8 +94,17 @@ def export_onnx(
     info = None if meta is False else build_meta(net, input_shape, "onnx", [path], meta or None)
     out_dir = os.path.dirname(os.path.abspath(path))
     os.makedirs(out_dir, exist_ok=True)
+    # a DeepLab upsamples to its input's size, which MXNet's exporter cannot translate: fix it for the export
+    deeplab = hasattr(net, "set_output_size")
+    fixed = deeplab and net.output_size is None
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".onnx-") as tmp:
-        sym_file, params_file = export(net, os.path.join(tmp, "net"), input_shape, meta=False)
+        if fixed:
+            net.set_output_size(tuple(input_shape)[2:])
+        try:
+            sym_file, params_file = export(net, os.path.join(tmp, "net"), input_shape, meta=False)
+        finally:
+            if fixed:
+                net.set_output_size(None)
         tmp_onnx = os.path.join(tmp, "net.onnx")
         kwargs = {}
         if dynamic_batch:
@@ -98,7 +112,7 @@ def export_onnx(
         mx.onnx.export_model(sym_file, params_file, [tuple(input_shape)], [np.float32], tmp_onnx, **kwargs)
         _fix_onnx(tmp_onnx)
         if check_ops:
-            check_onnx_ops(tmp_onnx)
+            check_onnx_ops(tmp_onnx, TENSORRT_ONNX_OPS | (DEEPLAB_EXTRA_OPS if deeplab else set()))
         os.replace(tmp_onnx, path)
     if info is not None:
         write_meta(path, info)

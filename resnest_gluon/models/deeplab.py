@@ -175,6 +175,7 @@ class DeepLabV3(HybridBlock):
         super().__init__(**kwargs)
         self.aux = aux
         self.classes = classes
+        self.output_size = None  # (height, width) fixed for export, see set_output_size
         with self.name_scope():
             for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
                 setattr(self, name, getattr(backbone, name))
@@ -188,6 +189,22 @@ class DeepLabV3(HybridBlock):
             self.aux = bool(on)
             self._clear_cached_op()
 
+    def set_output_size(self, size: Optional[Sequence[int]]) -> None:
+        """Upsample to a fixed ``(height, width)`` instead of the input's own size (None: the input's).
+
+        MXNet's ONNX exporter translates a bilinear resize to a fixed size but not one that takes the size
+        of another array; :func:`resnest_gluon.deploy.export_onnx` sets the exported input's size here for
+        the export and clears it afterwards. The outputs are the same for that input size."""
+        size = None if size is None else (int(size[0]), int(size[1]))
+        if size != self.output_size:
+            self.output_size = size
+            self._clear_cached_op()
+
+    def _upsample(self, F, x, like):
+        if self.output_size is None:
+            return F.contrib.BilinearResize2D(x, like=like, mode="like")
+        return F.contrib.BilinearResize2D(x, height=self.output_size[0], width=self.output_size[1])
+
     def forward(self, x, *args):
         if self.aux:
             return super().forward(x, *args)
@@ -198,9 +215,9 @@ class DeepLabV3(HybridBlock):
     def hybrid_forward(self, F, x):
         c = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c3 = self.layer3(self.layer2(self.layer1(c)))
-        out = F.contrib.BilinearResize2D(self.head(self.layer4(c3)), like=x, mode="like")
+        out = self._upsample(F, self.head(self.layer4(c3)), x)
         if self.aux:  # a construction-time switch (set_aux), not a train/inference branch
-            return out, F.contrib.BilinearResize2D(self.auxlayer(c3), like=x, mode="like")
+            return out, self._upsample(F, self.auxlayer(c3), x)
         return out
 
 
