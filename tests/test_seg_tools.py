@@ -225,3 +225,17 @@ def test_deeplab_exports_to_onnx_and_openvino_with_the_same_outputs(tmp_path):
 
     xml = deploy.export_openvino(net, str(tmp_path / "seg"), (2, 3, 64, 48), precision="f32")
     np.testing.assert_allclose(run_openvino(xml, x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_demo_seg_quick_scores_both_runs_and_writes_overlays(tmp_path):
+    from resnest_gluon.cli import demo_seg
+
+    images, masks = demo_seg.make_scenes(4, 48, demo_seg.digits_split()[1], np.random.default_rng(0))
+    assert images.shape == (4, 48, 48, 3) and masks.max() <= 10 and (masks > 0).any() and (masks == 0).any()
+    out = str(tmp_path / "demo")
+    assert demo_seg.main(["--quick", "--out-dir", out]) == 0
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    for run in ("scratch", "finetuned"):
+        assert 0 <= summary[run]["miou"] <= 100 and np.isfinite(summary[run]["last_loss"])
+    assert len(summary["overlays"]) == 2 and all(os.path.isfile(p) for p in summary["overlays"])
+    assert len(PairRecords(os.path.join(out, "train.rec"))) == 32

@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-scenes", type=int, default=800, help="training scenes")
     p.add_argument("--val-scenes", type=int, default=100, help="validation scenes")
     p.add_argument("--steps", type=int, default=200, help="segmentation training steps (each run)")
-    p.add_argument("--pretrain-steps", type=int, default=150, help="steps of the digit classifier")
+    p.add_argument("--pretrain-steps", type=int, default=600, help="steps of the digit classifier")
     p.add_argument("--batch-size", type=int, default=8, help="scenes per step")
     p.add_argument("--lr", type=float, default=0.02, help="peak learning rate (SGD, momentum 0.9, poly)")
     p.add_argument(
@@ -184,6 +184,13 @@ def pretrain_backbone(path: str, digits, size: int, steps: int, batch: int, lr: 
         loss.backward()
         trainer.step(batch)
         hits.append(float((out.argmax(axis=1) == y).mean().asscalar()))
+        if (step + 1) % 100 == 0:
+            logger.info(
+                "classifier step %d/%d: accuracy %.2f over the last 100",
+                step + 1,
+                steps,
+                np.mean(hits[-100:]),
+            )
     net.save_parameters(path)
     return float(np.mean(hits[-max(1, steps // 5) :]))
 
@@ -226,6 +233,8 @@ def train_segmenter(net, train, steps: int, batch: int, lr: float, seed: int) ->
             loss = loss_fn(net(x), y)
         loss.backward()
         trainer.step(batch)
+        if (step + 1) % 50 == 0:
+            logger.info("segmentation step %d/%d: loss %.3f", step + 1, steps, float(loss.mean().asscalar()))
     return float(loss.mean().asscalar()) if loss is not None else float("nan")
 
 
@@ -294,7 +303,7 @@ def run(args: argparse.Namespace) -> Dict:
     if backbone is None:
         backbone = os.path.join(args.out_dir, "digits_resnest14.params")
         t = time.time()
-        acc = pretrain_backbone(backbone, train_digits, 32, args.pretrain_steps, 32, 0.1, args.seed)
+        acc = pretrain_backbone(backbone, train_digits, 32, args.pretrain_steps, 32, 0.05, args.seed)
         summary["pretrain"] = dict(steps=args.pretrain_steps, train_accuracy=acc, seconds=time.time() - t)
         logger.info(
             "backbone: a digit classifier, %d steps, training accuracy %.1f %%",
