@@ -239,3 +239,32 @@ def test_demo_seg_quick_scores_both_runs_and_writes_overlays(tmp_path):
         assert 0 <= summary[run]["miou"] <= 100 and np.isfinite(summary[run]["last_loss"])
     assert len(summary["overlays"]) == 2 and all(os.path.isfile(p) for p in summary["overlays"])
     assert len(PairRecords(os.path.join(out, "train.rec"))) == 32
+
+
+def test_pack_mask_list_pairs_images_with_same_named_masks(tmp_path):
+    from resnest_gluon.data.seg_records import pack_mask_list, pair_parts, pair_problem
+
+    rng = np.random.default_rng(8)
+    (tmp_path / "img" / "a").mkdir(parents=True)
+    (tmp_path / "masks" / "a").mkdir(parents=True)
+    masks = {}
+    for i, ext in enumerate((".jpg", ".png", ".jpg")):
+        img, mask = _pair(rng, 20, 24, top=5)
+        cv2.imwrite(str(tmp_path / "img" / "a" / f"{i}{ext}"), img[..., ::-1])
+        if i < 2:  # the third has no mask
+            cv2.imwrite(str(tmp_path / "masks" / "a" / f"{i}.png"), mask)
+        masks[i] = mask
+    lst = tmp_path / "pairs.lst"
+    lst.write_text("".join(f"{i}\t0\ta/{i}{ext}\n" for i, ext in enumerate((".jpg", ".png", ".jpg"))))
+    n, skipped = pack_mask_list(str(lst), str(tmp_path / "img"), str(tmp_path / "masks"))
+    assert n == 2 and len(skipped) == 1 and "a/2.jpg" in skipped[0]
+    reader = PairRecords(str(tmp_path / "pairs.rec"))
+    for key, i in zip(reader.keys, (0, 1)):
+        np.testing.assert_array_equal(reader.read(key)[1], masks[i])
+    import struct
+
+    payload = reader.read_raw(reader.keys[0])
+    label = struct.unpack_from("<2f", payload, 24)
+    image, mask = pair_parts(label, payload[32:])
+    assert pair_problem(image, mask) is None and pair_parts([3.0], payload[32:]) is None
+    assert "size" in pair_problem(image, encode_pair(*_pair(rng, 5, 5))[1])

@@ -62,6 +62,8 @@ def encode_pair(img: np.ndarray, mask: np.ndarray, quality: int = 95) -> Tuple[b
 def decode_pair(image: bytes, mask: bytes, where: str = "pair") -> Tuple[np.ndarray, np.ndarray]:
     """``(RGB uint8 image, HxW mask as stored)`` from the two encoded files; ``ValueError`` names ``where``
     when either does not decode, the mask has more than one channel, or the sizes differ."""
+    if not len(image) or not len(mask):
+        raise ValueError(f"{where}: the {'image' if not len(image) else 'mask'} is empty")
     img = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError(f"{where}: the image does not decode")
@@ -208,3 +210,58 @@ def check_pair_records(rec_path: str) -> dict:
     finally:
         reader.close()
     return dict(records=len(reader.keys), ok=len(reader.keys) - len(bad), bad=bad, mask_values=sorted(values))
+
+
+def pair_parts(label, data: bytes) -> Optional[Tuple[bytes, bytes]]:
+    """``(image, mask)`` bytes of a record whose header label vector is ``label`` and whose data follows it,
+    when it is laid out as :func:`pack_pair` writes it; None for any other record (a classification one)."""
+    sizes = np.asarray(label, np.float64).ravel()
+    if sizes.size != 2 or sizes.min() <= 0 or int(sizes[0]) + int(sizes[1]) != len(data):
+        return None
+    return data[: int(sizes[0])], data[int(sizes[0]) :]
+
+
+def pair_problem(image: bytes, mask: bytes) -> Optional[str]:
+    """What is wrong with a pair (image or mask not decoding, a mask with channels, sizes differing), or
+    None."""
+    try:
+        decode_pair(image, mask, "pair")
+    except ValueError as err:
+        return str(err).replace("pair: ", "", 1)
+    return None
+
+
+def pack_mask_list(
+    lst_path: str, root: str, mask_root: str, prefix: Optional[str] = None, quality: int = 95
+) -> Tuple[int, List[str]]:
+    """Packs the images of an im2rec ``.lst`` (paths relative to ``root``) with their masks: the PNG of the
+    same relative name under ``mask_root``. JPEG images are stored unchanged, others re-encoded as JPEG.
+    Writes ``prefix`` (default: the list's) ``.rec``/``.idx``; returns records written and pairs left out."""
+    from .lst import read_list
+
+    items, _ = read_list(lst_path)
+
+    def mask_of(item):
+        return os.path.join(mask_root, os.path.splitext(item.path)[0] + ".png")
+
+    missing = [f"{item.path}: no mask {mask_of(item)}" for item in items if not os.path.isfile(mask_of(item))]
+    items = [item for item in items if os.path.isfile(mask_of(item))]
+    names = [item.path for item in items]
+
+    def pairs():
+        for item in items:
+            try:
+                with open(os.path.join(root, item.path), "rb") as f:
+                    image = f.read()
+                with open(mask_of(item), "rb") as f:
+                    mask = f.read()
+            except OSError:
+                image, mask = b"", b""
+            if not image.startswith(b"\xff\xd8"):  # not a JPEG: re-encode it
+                img = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+                if img is not None:
+                    image = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+            yield image, mask
+
+    written, skipped = write_pair_records(prefix or os.path.splitext(lst_path)[0], pairs(), names=names)
+    return written, missing + skipped
