@@ -13,7 +13,7 @@
 4. Both are scored on the validation scenes (pixel accuracy and mIoU over the 11 classes, gluoncv's
    metric), and a few overlays (image | truth | prediction) are written.
 
-    python -c "from resnest_gluon.cli import demo_seg; demo_seg.main(['--out-dir', 'demo_seg_out'])"
+    python scripts/demo.py --task seg --out-dir demo_seg_out
 
 ``--quick`` is the tiny version the tests run (seconds).
 """
