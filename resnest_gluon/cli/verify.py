@@ -6,9 +6,12 @@
     python scripts/verify.py --model resnest50 --rec-val val.rec --params p.params --backend openvino \
         --precision int8 --rec-calib train.rec                                     # OpenVINO INT8
 
-The crop is the model's paper crop (224/256/320/416) unless ``--crop-size`` says otherwise; the shorter
-side is resized to ``crop / 0.875`` first (bicubic from 320 px). Under horovodrun every worker takes its
-shard and the counts are summed, so every image is counted exactly once.
+The crop is the model's paper crop (224/256/320/416) unless ``--crop-size`` says otherwise, taken as the
+ResNeSt reference does (:func:`resnest_gluon.data.val_iter`): below 320 px the shorter side resized to
+``crop / 0.875`` and the centre crop; from 320 px the centre square of ``crop / (crop + 32)`` of the shorter
+side, resized with PIL's bicubic filter. ``--resize`` resizes the shorter side instead, at any crop.
+Under horovodrun every worker takes its shard and the counts are summed, so every image is counted
+exactly once.
 """
 
 import argparse
@@ -44,7 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--crop-size", type=int, default=None, help="centre crop (default: the model's paper crop)"
     )
     p.add_argument(
-        "--resize", type=int, default=None, help="shorter side before cropping (default crop/0.875)"
+        "--resize",
+        type=int,
+        default=None,
+        help="shorter side before the centre crop (default: the reference's protocol)",
     )
     p.add_argument("--batch-size", type=int, default=32, help="images per worker and batch")
     p.add_argument(
