@@ -236,22 +236,23 @@ def test_torchvision_ops_keep_shape_and_dtype(name):
 
 def test_torchvision_ops_values():
     rng = np.random.default_rng(0)
+    op = aa.apply_torchvision_op
     img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(aa.apply_torchvision_op(img, "Invert", 0, rng), 255 - img)
-    np.testing.assert_array_equal(aa.apply_torchvision_op(img, "Solarize", 0, rng), img)  # threshold 256: nothing
-    np.testing.assert_array_equal(aa.apply_torchvision_op(img, "Solarize", 9, rng), 255 - img)  # threshold 0: all
+    np.testing.assert_array_equal(op(img, "Invert", 0, rng), 255 - img)
+    np.testing.assert_array_equal(op(img, "Solarize", 0, rng), img)  # threshold 256: nothing
+    np.testing.assert_array_equal(op(img, "Solarize", 9, rng), 255 - img)  # threshold 0: all
     half = np.array([[[10, 127, 128], [200, 255, 0]]], np.uint8)
     # magnitude 4.5 would be 128; magnitude 4 gives threshold 256 - 4 * 256 / 9 = 142.2.
-    np.testing.assert_array_equal(aa.apply_torchvision_op(half, "Solarize", 4, rng), [[[10, 127, 128], [55, 0, 0]]])
-    np.testing.assert_array_equal(aa.apply_torchvision_op(img, "Posterize", 0, rng), img)  # keeps 8 bits
-    np.testing.assert_array_equal(aa.apply_torchvision_op(img, "Posterize", 9, rng), img & 0xF0)  # keeps 4 bits
-    assert aa.apply_torchvision_op(half, "Posterize", 9, rng).tolist() == [[[0, 112, 128], [192, 240, 0]]]
+    np.testing.assert_array_equal(op(half, "Solarize", 4, rng), [[[10, 127, 128], [55, 0, 0]]])
+    np.testing.assert_array_equal(op(img, "Posterize", 0, rng), img)  # keeps 8 bits
+    np.testing.assert_array_equal(op(img, "Posterize", 9, rng), img & 0xF0)  # keeps 4 bits
+    assert op(half, "Posterize", 9, rng).tolist() == [[[0, 112, 128], [192, 240, 0]]]
     grad = np.tile(np.arange(50, 150, dtype=np.uint8)[None, :, None], (4, 1, 3))
-    stretched = aa.apply_torchvision_op(grad, "AutoContrast", 0, rng)
+    stretched = op(grad, "AutoContrast", 0, rng)
     assert stretched.min() == 0 and stretched.max() == 255
-    np.testing.assert_array_equal(aa.apply_torchvision_op(img, "Rotate", 0, rng), img)  # 0 degrees
+    np.testing.assert_array_equal(op(img, "Rotate", 0, rng), img)  # 0 degrees
     with pytest.raises(ValueError, match="unknown"):
-        aa.apply_torchvision_op(img, "Cutout", 3, rng)
+        op(img, "Cutout", 3, rng)
 
 
 def test_imagenet_policy():
