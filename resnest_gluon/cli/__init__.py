@@ -4,8 +4,9 @@
 ``python -m resnest_gluon <command>`` and ``scripts/<command>.py`` / ``tools/<command>.py`` all call it.
 It sets MXNet's OpenMP threads before libmxnet loads (:mod:`resnest_gluon.threads`), imports the command,
 and turns a mistake the user can fix (:class:`~resnest_gluon.errors.UserError`) into one ``error:`` line
-and exit status 1, and a stop (Ctrl-C, SIGTERM) into one line and 130 / 143. ``RESNEST_GLUON_DEBUG=1``
-shows the traceback instead.
+and exit status 1, and a stop (Ctrl-C, SIGTERM) into one line and 130 / 143. ``--debug`` (or
+``RESNEST_GLUON_DEBUG=1``) shows the traceback instead. :mod:`.common` holds the options every command
+spells the same way.
 """
 
 import importlib
@@ -92,7 +93,7 @@ def run(name: str, argv: Optional[Sequence[str]] = None) -> int:
         threads.configure(reserve=threads.argv_int(flag, default, argv) if flag else 0)
     if command.on_stop is not None:
         stop_on_sigterm()
-    debug = os.environ.get("RESNEST_GLUON_DEBUG", "") not in ("", "0")
+    debug = os.environ.get("RESNEST_GLUON_DEBUG", "") not in ("", "0") or "--debug" in argv
     module = _module(name)
     try:
         status = module.main(argv)
