@@ -243,14 +243,15 @@ def test_resnest_autoaugment_runs_on_the_whole_image_before_the_crop(photo_rec):
     payload = np.frombuffer(jpeg_bytes(img), np.uint8)
     seen = []
 
-    def invert_whole(image, rng, bgr=False):
-        seen.append(image.shape)
-        return 255 - image
+    class InvertWhole:
+        def before_crop(self, image, rng, bgr=False):
+            seen.append(image.shape)
+            return 255 - image, None
 
     plain = transforms.TrainTransform(32, 0.0, 0.0, None, "bilinear")
     augmented = transforms.TrainTransform(32, 0.0, 0.0, "resnest", "bilinear")
     assert augmented.whole_image_aa and augmented.auto_aug.flavour == "resnest"
-    augmented.auto_aug = invert_whole
+    augmented.auto_aug = InvertWhole()
     draw = plain.draw(np.random.default_rng(0), 1)[0]
     a, _ = plain(payload, draw, np.random.default_rng(1))
     b, _ = augmented(payload, draw, np.random.default_rng(1))
@@ -304,3 +305,24 @@ def test_colour_is_clipped_after_each_operation():
     assert np.abs(unclipped - want).max() > 10
     # The default pipeline clips; clip_colour=False is the one affine map.
     assert transforms.TrainTransform(32, 0.4, 0.1, None, "bilinear").clip_colour
+
+
+def test_table_operations_left_for_the_crop_give_the_same_pixels():
+    """``before_crop`` + the table on the crop region == the whole sub-policy on the image, then the crop."""
+    img = cv2.resize(load_sample_images().images[0], (160, 107))
+    augment = aa.AutoAugment("resnest")
+    deferred = 0
+    for seed in range(60):
+        whole = augment(img, np.random.default_rng(seed), bgr=True)
+        image, table = augment.before_crop(img, np.random.default_rng(seed), bgr=True)
+        region = image[20:90, 30:140]
+        if table is not None:
+            deferred += 1
+            region = cv2.LUT(region, table)
+        np.testing.assert_array_equal(region, whole[20:90, 30:140])
+    assert deferred > 20
+    steps = [("Equalize", 8, 1), ("Solarize", 5, 1), ("AutoContrast", 5, 1), ("Posterize2", 7, 1)]
+    chained = img
+    for name, level, sign in steps:
+        chained = aa.apply_op(chained, name, level, sign)
+    np.testing.assert_array_equal(cv2.LUT(img, aa.channel_tables(img, steps)), chained)

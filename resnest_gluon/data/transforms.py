@@ -346,13 +346,19 @@ class TrainTransform:
                     else:
                         img = None
                     break
+        table = None
         if img is None:
             img = decode(payload, cv2.IMREAD_COLOR, *where)
             if self.whole_image_aa:
-                img = self.auto_aug(img, rng, bgr=True)
+                # The whole image, as the reference; a trailing run of per-channel table operations is
+                # left for the crop region alone (the same pixels, for a fraction of the work).
+                img, table = self.auto_aug.before_crop(img, rng, bgr=True)
             if img.shape[:2] != hw:
                 y, x, ch, cw = self._box(*img.shape[:2], areas, log_ratios, py, px)
-        img = cv2.resize(img[y : y + ch, x : x + cw], (size, size), interpolation=self.interp)
+        region = img[y : y + ch, x : x + cw]
+        if table is not None:
+            region = cv2.LUT(region, table)
+        img = cv2.resize(region, (size, size), interpolation=self.interp)
         if self.mirror and flip < 0.5:
             img = cv2.flip(img, 1)
         if self.auto_aug is not None and not self.whole_image_aa:
