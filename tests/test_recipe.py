@@ -80,3 +80,36 @@ def test_print_recipe_prints_json_and_exits_0():
     assert resolved["batch_size"] == 128 and resolved["no_wd"] is True
     out = run_train("--recipe", "resnet50", "--print-recipe")
     assert out.returncode != 0 and "resnest50" in out.stderr
+
+
+def test_args_json_records_the_recipe_and_resolved_values(tmp_path):
+    import mxnet as mx
+    import numpy as np
+
+    from resnest_gluon.cli import train
+
+    prefix = str(tmp_path / "train")
+    record = mx.recordio.MXIndexedRecordIO(prefix + ".idx", prefix + ".rec", "w")
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        img = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        record.write_idx(i, mx.recordio.pack_img(mx.recordio.IRHeader(0, float(i % 4), i, 0), img))
+    record.close()
+    run = tmp_path / "run"
+    overrides = ["--model", "resnest14", "--classes", "4", "--input-size", "32", "--crop-size", "32"]
+    overrides += ["--epochs", "1", "--batch-size", "8", "--warmup-epochs", "0"]
+    train.main(
+        ["--recipe", "resnest50", "--rec-train", prefix + ".rec", "--ctx", "cpu", "--data-threads", "1"]
+        + overrides
+        + ["--save-dir", str(run)]
+    )
+    saved = json.loads((run / "args.json").read_text())
+    assert saved["recipe"] == "resnest50" and saved["model"] == "resnest14"
+    assert (
+        saved["mixup"] is True and saved["auto_aug"] == "resnest" and saved["no_wd"] and saved["last_gamma"]
+    )
+    assert saved["lr"] == 0.1 and saved["label_smoothing"] == 0.1 and saved["dtype"] == "float32"
+    assert saved["final_drop"] == 0.0 and saved["dropblock_prob"] == 0.1 and saved["mixup_alpha"] == 0.2
+    assert set(saved["recipe_overrides"]) == {
+        "model", "input_size", "crop_size", "epochs", "batch_size", "warmup_epochs"
+    }  # fmt: skip

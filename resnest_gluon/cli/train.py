@@ -1,9 +1,12 @@
 """Trains a ResNeSt on ImageNet-style RecordIO files, on one worker or many with Horovod.
 
-    horovodrun -np 8 -H server1:4,server2:4 python scripts/train.py --ctx gpu --model resnest50 \\
-        --rec-train train.rec --rec-val val.rec --batch-size 64 --epochs 270 --lr 0.1 \\
-        --no-wd --last-gamma --mixup --auto-aug --save-dir runs/resnest50
+    horovodrun -np 64 -H ... python scripts/train.py --ctx gpu --recipe resnest50 \\
+        --rec-train train.rec --rec-val val.rec --save-dir runs/resnest50     # the published run
+    python scripts/train.py --recipe resnest269 --print-recipe                # its options, as JSON
     python scripts/train.py --ctx cpu --model resnest14 --classes 10 --input-size 32 ...   # one worker
+
+``--recipe MODEL`` sets every option of the published run of MODEL (resnest_gluon.training.recipes);
+any flag given explicitly wins, and args.json records the recipe and every resolved value.
 
 The recipe follows Zhang et al., "ResNeSt: Split-Attention Networks" (arXiv:2004.08955), section 5.1:
 SGD with Nesterov momentum 0.9, learning rate 0.1 per 256 images scaled to the total batch, linear
@@ -20,6 +23,7 @@ pickles: resume only from a run directory you trust.
 """
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -31,6 +35,7 @@ import resnest_gluon
 from resnest_gluon import threads
 from resnest_gluon.data import mixup, num_records, shard_bounds, smooth_one_hot, train_iter, val_iter
 from resnest_gluon.data.class_names import class_names_beside, read_class_names
+from resnest_gluon.models.layers import set_drop_per_sample
 from resnest_gluon.training import (
     TrainingError,
     check_labels,
@@ -39,6 +44,7 @@ from resnest_gluon.training import (
     dist,
     drop_prob_at,
     evaluate,
+    recipes,
     writable_dir,
 )
 from resnest_gluon.training.finetune import freeze_stages, load_backbone, set_backbone_lr_mult
@@ -53,7 +59,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", default="resnest50", help="one of resnest_gluon.list_models()")
-    p.add_argument("--rec-train", required=True, help="training .rec (its .idx beside it)")
+    p.add_argument(
+        "--recipe",
+        choices=recipes.names(),
+        default=None,
+        help="every option of this model's published run (explicit flags win; see --print-recipe)",
+    )
+    p.add_argument("--print-recipe", action="store_true", help="print the resolved options as JSON and exit")
+    p.add_argument("--rec-train", default=None, help="training .rec (its .idx beside it); required")
     p.add_argument(
         "--rec-val", default=None, help="validation .rec (its .idx beside it); none: no evaluation"
     )
@@ -67,13 +80,48 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wd", type=float, default=1e-4, help="weight decay")
     p.add_argument("--no-wd", action="store_true", help="no weight decay on BN gamma/beta and biases")
     p.add_argument(
-        "--last-gamma", action="store_true", help="zero-initialise the last BN gamma of each block"
+        "--wd-all", dest="no_wd", action="store_false", default=argparse.SUPPRESS, help="undoes --no-wd"
+    )
+    p.add_argument(
+        "--last-gamma",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="zero-initialise the last BN gamma of each block",
     )
     p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing epsilon (0: off)")
-    p.add_argument("--mixup", action="store_true", help="mixup training")
+    p.add_argument("--mixup", action=argparse.BooleanOptionalAction, default=False, help="mixup training")
     p.add_argument("--mixup-alpha", type=float, default=0.2, help="mixup Beta(alpha, alpha)")
     p.add_argument("--mixup-off-epoch", type=int, default=0, help="train the last N epochs without mixup")
-    p.add_argument("--auto-aug", action="store_true", help="AutoAugment (ImageNet policy)")
+    p.add_argument(
+        "--auto-aug",
+        nargs="?",
+        const="resnest",
+        default="none",
+        choices=("resnest", "torchvision", "none"),
+        help="AutoAugment's ImageNet policy: resnest (the bare flag: the reference's, on the whole image), "
+        "torchvision (on the crop), none",
+    )
+    p.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="decode large JPEG crops at 1/2-1/8 size in the DCT (faster, smoother crops than the reference)",
+    )
+    p.add_argument(
+        "--unclipped-colour",
+        action="store_true",
+        help="jitter, lighting and normalisation as one unclipped map (the reference clips after each)",
+    )
+    p.add_argument(
+        "--train-crop",
+        choices=("auto", "resized", "tf"),
+        default="auto",
+        help="random resized crop, or the reference's TF-style crop (auto: TF-style from 320 px)",
+    )
+    p.add_argument(
+        "--dropblock-per-sample",
+        action="store_true",
+        help="one DropBlock mask per sample (the reference draws one per device batch)",
+    )
     p.add_argument("--jitter", type=float, default=0.4, help="colour jitter strength")
     p.add_argument("--lighting", type=float, default=0.1, help="PCA lighting noise strength")
     p.add_argument("--no-mirror", action="store_true", help="no random horizontal flips (digits, text)")
@@ -180,6 +228,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="also keep the K best epoch checkpoints by validation top-1 (scripts/average_checkpoints.py)",
     )
     args = p.parse_args(argv)
+    if args.recipe:
+        recipes.apply(args, recipes.explicit_options(p, argv))
+    if args.rec_train is None and not args.print_recipe:
+        p.error("the following arguments are required: --rec-train")
     if args.no_cuda:
         args.ctx = "cpu"
     if args.save_dir is None:
@@ -187,6 +239,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.val_batch_size is None:
         args.val_batch_size = args.batch_size
     return args
+
+
+def recipe_options(args: argparse.Namespace) -> dict:
+    """The options a recipe sets, as ``args`` holds them now (the recipe's, or the flags that won)."""
+    keys = recipes.RECIPES[args.recipe] if args.recipe else recipes.RECIPES["resnest50"]
+    return {"recipe": args.recipe, **{key: getattr(args, key) for key in keys}}
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -294,12 +352,14 @@ def record_count(path: str, what: str) -> int:
 
 def build_net(args: argparse.Namespace, ctx: mx.Context):
     """The model with the recipe's options, initialised (Xavier magnitude 2, i.e. Kaiming) on ``ctx``."""
-    overrides = dict(classes=args.classes, last_gamma=args.last_gamma)
+    overrides = dict(classes=args.classes, last_gamma=args.last_gamma)  # DropBlock: one mask per batch
     if args.dropblock_prob is not None:
         overrides["dropblock_prob"] = args.dropblock_prob
     if args.final_drop is not None:
         overrides["final_drop"] = args.final_drop
     net = resnest_gluon.get_model(args.model, **overrides)
+    if args.dropblock_per_sample:
+        set_drop_per_sample(net, True)
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=ctx)
     if args.dtype == "float16":
         net.cast("float16")  # BatchNorm keeps float32 parameters; the optimizer keeps float32 masters
@@ -324,7 +384,10 @@ def make_train_iter(args: argparse.Namespace, epoch: int, ctx: mx.Context):
         part_index=dist.rank(),
         threads=args.data_threads,
         seed=args.seed + epoch,
-        auto_aug=args.auto_aug,
+        auto_aug=False if args.auto_aug == "none" else args.auto_aug,
+        reduced_decode=args.fast_decode,
+        clip_colour=not args.unclipped_colour,
+        crop=args.train_crop,
         jitter=args.jitter,
         lighting=args.lighting,
         mirror=not args.no_mirror,
@@ -450,6 +513,10 @@ class Classification(Task):
 def main(argv=None) -> dict:
     """Runs the training; returns the last epoch's metrics plus ``best_top1`` and ``save_dir``."""
     args = parse_args(argv)
+    if args.print_recipe:
+        resolved = recipe_options(args)
+        print(json.dumps(resolved, indent=1))
+        return resolved
     check_args(args)
     dist.init()
     ctx = dist.worker_context(args.ctx)  # every worker stops here alike if one has no GPU
