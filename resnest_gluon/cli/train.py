@@ -352,7 +352,7 @@ def record_count(path: str, what: str) -> int:
 
 def build_net(args: argparse.Namespace, ctx: mx.Context):
     """The model with the recipe's options, initialised (Xavier magnitude 2, i.e. Kaiming) on ``ctx``."""
-    overrides = dict(classes=args.classes, last_gamma=args.last_gamma)  # DropBlock: one mask per batch
+    overrides = dict(classes=args.classes, last_gamma=args.last_gamma)
     if args.dropblock_prob is not None:
         overrides["dropblock_prob"] = args.dropblock_prob
     if args.final_drop is not None:

@@ -237,6 +237,77 @@ def channel_tables(img: np.ndarray, steps) -> np.ndarray:
     return total.T.reshape(256, 1, 3).astype(np.uint8)
 
 
+PIXEL_OPS = frozenset(("Color", "Brightness", "Contrast"))
+_PIL_GREY = (19595 / 65536, 38470 / 65536, 7471 / 65536)  # PIL's "L" conversion, R G B
+_TRUNCATE = -0.5 + 1.0 / 1024  # cv2 rounds, PIL's blend truncates: shift by just under half a level
+
+
+def _grey_weights(bgr: bool) -> np.ndarray:
+    return np.array([_PIL_GREY[::-1] if bgr else _PIL_GREY], np.float32)
+
+
+def pixel_step(img: np.ndarray, name: str, level: float, bgr: bool, mean_grey: float = 0.0) -> np.ndarray:
+    """Color, Brightness or Contrast (``mean_grey``: the mean PIL grey level of the whole image) with
+    OpenCV: PIL's ``degenerate + factor * (image - degenerate)``, truncated and clipped to uint8.
+
+    The same as :func:`apply_op` but where a blend lands within a thousandth of a level below an integer
+    or float rounding differs (a grey level, on a few pixels in a hundred; mean difference < 0.05)."""
+    f = _factor(level)
+    if name == "Brightness":
+        return cv2.addWeighted(img, f, img, 0.0, _TRUNCATE)
+    if name == "Contrast":
+        return cv2.addWeighted(img, f, img, 0.0, (1.0 - f) * int(mean_grey + 0.5) + _TRUNCATE)
+    grey = cv2.cvtColor(cv2.transform(img, _grey_weights(bgr)), cv2.COLOR_GRAY2BGR)
+    return cv2.addWeighted(img, f, grey, 1.0 - f, _TRUNCATE)
+
+
+def _deferred_from(steps) -> int:
+    """Index of the first step of the longest tail that can run on a crop region: table and pixel
+    operations only, and no histogram-based table (Equalize, AutoContrast) after a pixel operation (its
+    histogram would need the whole image)."""
+    for k in range(len(steps) + 1):
+        tail = [name for name, _, _ in steps[k:]]
+        if not all(n in TABLE_OPS or n in PIXEL_OPS for n in tail):
+            continue
+        first_pixel = next((i for i, n in enumerate(tail) if n in PIXEL_OPS), len(tail))
+        if all(n not in _HIST_TABLES for n in tail[first_pixel:]):
+            return k
+    return len(steps)
+
+
+def _finisher(img: np.ndarray, tail, bgr: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """``finish(region)`` applying ``tail`` (see :func:`_deferred_from`) to a region of ``img``."""
+    stages: List[Callable[[np.ndarray], np.ndarray]] = []
+    run: list = []
+
+    def flush(run):
+        if run:
+            table = channel_tables(img, run)  # histogram tables only in a first run: img is its input
+            stages.append(lambda x, table=table: cv2.LUT(x, table))
+        return []
+
+    for name, level, sign in tail:
+        if name in TABLE_OPS:
+            run.append((name, level, sign))
+            continue
+        run = flush(run)
+        mean_grey = 0.0
+        if name == "Contrast":  # PIL's mean grey level of the whole image as it is at this step
+            now = img
+            for stage in stages:
+                now = stage(now)
+            mean_grey = cv2.mean(cv2.transform(now, _grey_weights(bgr)))[0]
+        stages.append(lambda x, n=name, lv=level, m=mean_grey: pixel_step(x, n, lv, bgr, m))
+    flush(run)
+
+    def finish(region: np.ndarray) -> np.ndarray:
+        for stage in stages:
+            region = stage(region)
+        return region
+
+    return finish
+
+
 RESNEST_OPS: Dict[str, Callable] = {
     "ShearX": _shear("x"),
     "ShearY": _shear("y"),
@@ -458,20 +529,22 @@ class AutoAugment:
         return img
 
     def before_crop(self, img: np.ndarray, rng: np.random.Generator, bgr: bool = False):
-        """The ``"resnest"`` flavour for a pipeline that crops next: ``(image, table)``, where ``table``
-        (None if there is none) is what is left to apply, with ``cv2.LUT``, to the crop region.
+        """The ``"resnest"`` flavour for a pipeline that crops next: ``(image, finish)``, where ``finish``
+        (None if nothing is left) applies the rest of the sub-policy to a crop region of ``image``.
 
-        ``cv2.LUT(image[box], table)`` equals ``self(img)[box]`` for the same draws, but a trailing run of
-        table operations (most sub-policies are nothing else) costs only histograms of the whole image
-        and one pass over the crop region.
+        ``finish(image[box])`` gives ``self(img)[box]`` for the same draws, but the trailing operations that
+        work pixel by pixel (the per-channel tables, Color, Brightness, Contrast: most sub-policies are
+        nothing else) touch only the crop region, with the whole image's histograms and mean grey. The
+        tables give the same pixels; Color, Brightness and Contrast are OpenCV's rounding of PIL's
+        truncated blend (a grey level apart on the odd pixel, see :func:`pixel_step`).
         """
         steps = self.draw(rng)
-        k = len(steps)
-        while k > 0 and steps[k - 1][0] in TABLE_OPS:
-            k -= 1
+        k = _deferred_from(steps)
         for name, level, sign in steps[:k]:
             img = RESNEST_OPS[name](img, level, sign, bgr)
-        return img, (channel_tables(img, steps[k:]) if k < len(steps) else None)
+        if k == len(steps):
+            return img, None
+        return img, _finisher(img, steps[k:], bgr)
 
     def __repr__(self) -> str:
         return f"AutoAugment({self.flavour!r}, {len(self.sub_policies)} sub-policies)"
