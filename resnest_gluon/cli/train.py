@@ -51,6 +51,7 @@ from resnest_gluon.training.finetune import (
     set_backbone_lr_mult,
 )
 from resnest_gluon.training.loop import BASE_BATCH, Task, fit, plan_steps, show_progress
+from resnest_gluon.training.quiet import held_native_stderr
 from resnest_gluon.training.tensorboard import check_available as check_tensorboard
 
 logger = logging.getLogger("resnest_gluon.train")
@@ -501,6 +502,7 @@ class Classification(Task):
         if args.dropblock_prob is not None:
             self.max_drop = args.dropblock_prob
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)
+        self.first_forward_done = False
 
     def build_net(self, ctx):
         return build_net(self.args, ctx)
@@ -538,7 +540,15 @@ class Classification(Task):
         return data, target
 
     def loss(self, net, data, target):
-        output = net(data.astype(self.args.dtype, copy=False))
+        if not self.first_forward_done and self.args.ctx == "cpu":
+            # MXNet's oneDNN pooling says "training with prop_kind is forward_scoring" as it builds its
+            # primitives in the first training forward: that forward runs with those lines held back
+            with held_native_stderr():
+                output = net(data.astype(self.args.dtype, copy=False))
+                output.wait_to_read()
+            self.first_forward_done = True
+        else:
+            output = net(data.astype(self.args.dtype, copy=False))
         return self.loss_fn(output.astype("float32", copy=False), target)
 
     def validate(self, net, ctx, epoch: int, name: str = "val"):
