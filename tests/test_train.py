@@ -337,14 +337,15 @@ def test_a_dying_worker_ends_the_job_quickly(data, tmp_path):
 
 # ----------------------------------------------------------------------------------------- demo
 def test_one_process_learns_the_digits(tmp_path):
-    """Four epochs on 600 of the demo's digits in a plain process, default data path: far above the
-    10 % of chance (80-87 % measured), and verify.py agrees with the last validation. (The fine-tuning
-    step has its own tests in test_finetune.py; test_demo_quick runs it.)"""
+    """Four epochs on 600 of the demo's digits in a plain process, default data path: 87.39 % top-1 measured
+    (2026-12-06), and verify.py agrees with the best validation. The bar sits between that and what a
+    broken recipe reaches (4x the learning rate: 58 %), so a change that hurts learning fails here. (The
+    fine-tuning step has its own tests in test_finetune.py; test_demo_quick runs it.)"""
     demo = load_script("demo")
     argv = ["--workers", "1", "--limit", "600", "--epochs", "4", "--no-finetune", "--out-dir", str(tmp_path)]
     summary = demo.main(argv)
     assert summary["workers"] == 1 and summary["epochs"] == 4
-    assert summary["best_val_top1"] > 50
+    assert summary["best_val_top1"] > 75
     assert summary["verify_top1"] == pytest.approx(summary["best_val_top1"])
 
 

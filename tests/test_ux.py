@@ -182,7 +182,7 @@ def test_a_short_run_logs_what_it_chose_its_eta_and_summary(data, tmp_path, capf
     assert lrs[0] < max(lrs)  # the warm-up: the rate rises from the first step
 
 
-def test_a_failed_run_writes_its_reason_into_train_log(data, tmp_path):
+def test_a_failed_run_writes_its_reason_into_train_log(data, tmp_path, capfd):
     run = tmp_path / "run"
     args = argv(data, run, "--epochs", "1", "--input-size", "32")
     args[args.index("--classes") + 1] = "3"  # the labels go to 3
@@ -190,6 +190,7 @@ def test_a_failed_run_writes_its_reason_into_train_log(data, tmp_path):
         train.main(args)
     log = (run / "train.log").read_text()
     assert "ERROR the run stopped:" in log and "outside" in log
+    assert "the run stopped" not in capfd.readouterr().err  # the console gets cli.run's one error line
 
 
 def test_tensorboard_without_tensorboardx_is_one_clear_error(data, tmp_path, monkeypatch):

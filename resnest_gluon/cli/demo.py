@@ -128,7 +128,7 @@ def run(cmd: Sequence[str], log_path: str, env=None, quiet: bool = False) -> flo
                 sys.stderr.write(line)
         code = proc.wait()
     if code != 0:
-        raise RuntimeError(f"command failed with exit status {code} (see {log_path}): {' '.join(cmd)}")
+        raise UserError(f"command failed with exit status {code} (see {log_path}): {' '.join(cmd)}")
     return time.time() - tic
 
 

@@ -590,7 +590,7 @@ def main(argv=None) -> dict:
         return fit(task, ctx, n_train)
     except BaseException as err:
         if primary:  # the reason goes into train.log too, not only to the console
-            log_failure(err)
+            log_failure(err, handlers)
         raise
     finally:
         root = logging.getLogger("resnest_gluon")
@@ -599,16 +599,26 @@ def main(argv=None) -> dict:
             handler.close()
 
 
-def log_failure(err: BaseException) -> None:
-    """One line in train.log saying why the run stopped (the traceback too, for a bug)."""
+def log_failure(err: BaseException, handlers: list) -> None:
+    """Why the run stopped, into train.log only (the console gets the one ``error:`` line from
+    :func:`resnest_gluon.cli.run`); the traceback too, for a bug."""
+    import traceback
+
     from resnest_gluon.errors import UserError
 
     if isinstance(err, UserError):
-        logger.error("the run stopped: %s", err)
+        text = f"the run stopped: {err}"
     elif isinstance(err, KeyboardInterrupt):
-        logger.error("the run was stopped (%s): every checkpoint saved is complete", type(err).__name__)
+        text = f"the run was stopped ({type(err).__name__}): every checkpoint saved is complete"
     else:
-        logger.exception("the run failed: %s: %s", type(err).__name__, err)
+        text = (
+            f"the run failed: {type(err).__name__}: {err}\n"
+            + "".join(traceback.format_exception(err)).rstrip()
+        )
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, text, None, None)
+    for handler in handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def prepare_data(args: argparse.Namespace, workers: int, primary: bool):

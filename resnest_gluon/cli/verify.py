@@ -142,10 +142,13 @@ def settle_run(args: argparse.Namespace) -> Optional[List[str]]:
         setattr(args, key, saved[key])
     args.crop_size = args.crop_size or saved.get("val_crop_size") or saved.get("crop_size")
     names_path = os.path.join(args.run, "classes.txt")
-    names = read_class_names(names_path) if os.path.isfile(names_path) else None
     beside = class_names_beside(args.rec_val)
-    if names is not None and beside is not None:
-        data_names = read_class_names(beside)
+    try:
+        names = read_class_names(names_path) if os.path.isfile(names_path) else None
+        data_names = read_class_names(beside) if beside is not None else None
+    except (OSError, ValueError) as err:
+        raise TrainingError(f"class names: {err}") from err
+    if names is not None and data_names is not None:
         if data_names != names:
             diff = next(
                 (i for i, (a, b) in enumerate(zip(names, data_names)) if a != b),
@@ -190,6 +193,8 @@ def openvino_net(net, args, crop: int):
 def main(argv=None) -> dict:
     """Runs the evaluation; returns ``{top1, top5, images, images_per_sec, ...}`` (on every worker)."""
     args = parse_args(argv)
+    if not logging.getLogger().handlers:  # a command, not a library call: its notes on the console
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     class_names = settle_run(args)
     common.resolve_ctx(args)
     if args.model not in resnest_gluon.list_models():
