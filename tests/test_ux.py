@@ -151,9 +151,13 @@ def read_events(folder):
 
 def test_a_short_run_logs_what_it_chose_its_eta_and_summary(data, tmp_path, capfd):
     run, board = tmp_path / "run", tmp_path / "tb"
-    result = train.main(
-        argv(data, run, "--epochs", "2", "--input-size", "32", "--tensorboard", str(board), "--no-progress")
+    args = argv(
+        data, run, "--epochs", "2", "--input-size", "32", "--tensorboard", str(board), "--no-progress"
     )
+    del args[args.index("--ctx") : args.index("--ctx") + 2]  # the default, auto
+    result = train.main(args)
+    assert "--ctx auto: no GPU, on the CPU" in (run / "train.log").read_text()
+    assert json.loads((run / "args.json").read_text())["ctx"] == "cpu"
     log = (run / "train.log").read_text()
     saved = json.loads((run / "args.json").read_text())
     assert saved["warmup_epochs"] == 0.5 and saved["val_crop_size"] == 32 and saved["input_size"] == 32
@@ -169,9 +173,10 @@ def test_a_short_run_logs_what_it_chose_its_eta_and_summary(data, tmp_path, capf
         and "classes.txt" not in log.split("files to ship")[1]
     )
     assert result["summary"]["ship"][0] == ("resnest14-best.params", size)
-    # MXNet's oneDNN pooling notes were held back; nothing else was
+    # MXNet's oneDNN pooling notes were held back; nothing else was; no progress bars (--no-progress)
     err = capfd.readouterr().err
     assert "prop_kind is forward_scoring" not in err and "epoch 1/2" in err
+    assert "%|" not in err and "validation 1" not in err
     # TensorBoard: the loss and rate of each of the 2 x 4 steps, every figure of each epoch
     scalars = read_events(board)
     steps = [(s, v) for t, s, v in scalars if t == "train/loss"]
@@ -180,6 +185,37 @@ def test_a_short_run_logs_what_it_chose_its_eta_and_summary(data, tmp_path, capf
     assert tops[2] == pytest.approx(last["val_top1"]) and sorted(tops) == [1, 2]
     lrs = [v for t, s, v in scalars if t == "train/lr"]
     assert lrs[0] < max(lrs)  # the warm-up: the rate rises from the first step
+
+
+def test_progress_bars_for_training_and_validation(data, tmp_path, capfd):
+    train.main(argv(data, tmp_path / "run", "--epochs", "1", "--input-size", "32", "--progress"))
+    err = capfd.readouterr().err
+    assert "epoch 1/1:" in err and "validation 1:" in err and "%|" in err
+
+
+def test_help_in_groups_each_default_once_required_marked(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for group in (
+        "data:",
+        "model:",
+        "optimisation:",
+        "regularisation",
+        "fine-tuning",
+        "distributed",
+        "output:",
+    ):
+        assert f"\n{group}" in text, group
+    assert "(default: None)" not in text and text.count("(default: runs/<model>)") == 1
+    assert "(required)" in text.split("--rec-train REC_TRAIN", 2)[2].split("\n  --")[0]
+    assert "--threads" not in text and "--no-cuda" not in text  # old spellings work, unlisted
+    from resnest_gluon.cli import verify
+
+    with pytest.raises(SystemExit):
+        verify.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "--run DIR" in text and "(default: None)" not in text and "--data-threads" in text
 
 
 def test_a_failed_run_writes_its_reason_into_train_log(data, tmp_path, capfd):

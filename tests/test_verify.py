@@ -154,7 +154,9 @@ def test_pretrained_without_the_weights_is_one_error_line(setup, tmp_path):
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert done.returncode == 1, done.stderr
-    assert done.stderr.startswith("error: --pretrained:") and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --pretrained:") and "Traceback" not in done.stderr
+    assert [line for line in lines if "error" in line.lower()] == lines[-1:]
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, timeout=180, env=env)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 

@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     opt = p.add_argument_group("optimisation")
     reg = p.add_argument_group("regularisation and augmentation")
     ft = p.add_argument_group("fine-tuning and better weights (docs/finetune.md)")
-    dev = p.add_argument_group("devices and workers (distributed)")
+    dev = p.add_argument_group("distributed: devices and workers")
     out = p.add_argument_group("output")
     model.add_argument("--model", default="resnest50", help="one of resnest_gluon.list_models()")
     data.add_argument("--rec-train", required=True, help="training .rec (its .idx beside it)")
