@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import resnest_gluon
+from resnest_gluon import cli
 from resnest_gluon.training import TrainingError, read_metrics, save_params, saved_epochs
 from resnest_gluon.training.ema import EMA
 from resnest_gluon.training.finetune import freeze_stages, load_backbone
@@ -367,7 +368,7 @@ def test_ema_on_two_workers_matches_and_rank0_weights_are_broadcast(small_data, 
         sys.executable,
         os.path.join(REPO, "scripts", "train.py"),
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    env = cli.child_env(dict(os.environ, OMP_NUM_THREADS="1"))  # the workers import this checkout
     proc = subprocess.run(cmd + argv, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (row,) = read_metrics(str(run / "metrics.jsonl"))
