@@ -26,7 +26,7 @@ def held_native_stderr(drop: Sequence[str] = NOISE) -> Iterator[None]:
     try:
         sys.stderr.flush()
         saved = os.dup(2)
-    except (OSError, ValueError):  # no real descriptor (an embedded interpreter): change nothing
+    except (AttributeError, OSError, ValueError):  # no real descriptor (pythonw, embedded): change nothing
         yield
         return
     with tempfile.TemporaryFile(mode="w+b") as held:
@@ -36,7 +36,7 @@ def held_native_stderr(drop: Sequence[str] = NOISE) -> Iterator[None]:
         finally:
             try:
                 sys.stderr.flush()
-            except ValueError:
+            except (AttributeError, ValueError):
                 pass
             os.dup2(saved, 2)
             os.close(saved)
