@@ -169,7 +169,7 @@ def test_a_short_run_logs_what_it_chose_its_eta_and_summary(data, tmp_path, capf
     assert "chosen on validation" in log and f"best:   val top-1 {result['best_top1']:.2f}%" in log
     size = (run / "resnest14-best.params").stat().st_size
     assert (
-        f"resnest14-best.params ({size / 2**20:.1f} MB)" in log
+        f"resnest14-best.params ({size / 2**20:.1f} MiB)" in log
         and "classes.txt" not in log.split("files to ship")[1]
     )
     assert result["summary"]["ship"][0] == ("resnest14-best.params", size)
