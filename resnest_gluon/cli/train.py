@@ -12,8 +12,14 @@ mixup (alpha 0.2), AutoAugment, DropBlock ramped linearly to its final probabili
 BN gamma of each block. Rank 0 alone writes the run directory: args.json, train.log, metrics.jsonl,
 curves.png and checkpoints.
 
+Defaults that depend on other options are settled in :func:`settle_defaults` and logged: the warm-up is cut
+to a quarter of a short run, the validation crop follows ``--input-size``, and ``--ctx auto`` takes the GPU
+when MXNet sees one. The run ends with a summary (last and best top-1, time, the files to ship) and, when it
+fails, its reason in train.log too; ``--tensorboard DIR`` adds TensorBoard scalars.
+
 Fine-tuning (docs/finetune.md): ``--pretrained [FILE]`` starts from the published weights of ``--model`` or
-from any ``.params`` of the same architecture (the classifier replaced when its classes differ),
+from any ``.params`` of the same architecture (the classifier replaced when its classes differ, in number or
+in name, or always with ``--reset-classifier``),
 ``--backbone-lr-mult`` and ``--freeze-stages`` decide how much of the backbone learns, ``--ema`` keeps a
 moving average of the weights, ``--keep-best`` the best checkpoints. Trainer ``.states`` files are MXNet
 pickles: resume only from a run directory you trust.
