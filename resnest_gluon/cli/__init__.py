@@ -42,6 +42,13 @@ COMMANDS = {
         "top-1/top-5 of a checkpoint on a validation .rec", mxnet=True, on_stop="no result was written"
     ),
     "predict": Command("label images with a trained or published model", mxnet=True),
+    "download": Command("fetch published ImageNet weights, SHA-1 checked", mxnet=True),
+    "info": Command(
+        "a model's card: published top-1 and how it was measured, size, its weights file", mxnet=True
+    ),
+    "export": Command(
+        "a run or checkpoint as symbol, ONNX, OpenVINO or INT8 files, with .meta.json", mxnet=True
+    ),
     "im2rec": Command("pack image folders into RecordIO (.lst/.rec/.idx), MXNet's format"),
     "rec-check": Command("check a .rec/.idx pair record by record"),
     "benchmark": Command("inference speed of every CPU path, reported as the paper reports it", mxnet=True),
