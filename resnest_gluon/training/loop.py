@@ -103,6 +103,10 @@ class Task:
         """Extra fields for args.json."""
         return {}
 
+    def lr_at(self, step: int, peak_lr: float, warmup_steps: int, total_steps: int) -> float:
+        """The learning rate of update ``step``: warm-up then cosine (segmentation: poly)."""
+        return lr_at(step, peak_lr, warmup_steps, total_steps)
+
 
 class Plan(NamedTuple):
     steps: int  # batches per epoch and worker (whole updates only)
@@ -285,7 +289,7 @@ def train_epoch(task: Task, net, trainer, epoch: int, ctx, plan: Plan, scaler=No
         if i >= steps:  # equal step counts on every worker, whatever the shard sizes
             break
         step = (epoch * steps + i) // args.accumulate  # the update this batch contributes to
-        lr = lr_at(step, plan.peak_lr, plan.warmup_steps, total_steps)
+        lr = task.lr_at(step, plan.peak_lr, plan.warmup_steps, total_steps)
         trainer.set_learning_rate(lr)
         data, target = task.inputs(batch, ctx, epoch, rng)
         with autograd.record():
