@@ -228,12 +228,12 @@ def test_deeplab_exports_to_onnx_and_openvino_with_the_same_outputs(tmp_path):
 
 
 def test_demo_seg_quick_scores_both_runs_and_writes_overlays(tmp_path):
-    from resnest_gluon.cli import demo_seg
+    from resnest_gluon.cli import demo, demo_seg
 
     images, masks = demo_seg.make_scenes(4, 48, demo_seg.digits_split()[1], np.random.default_rng(0))
     assert images.shape == (4, 48, 48, 3) and masks.max() <= 10 and (masks > 0).any() and (masks == 0).any()
     out = str(tmp_path / "demo")
-    assert demo_seg.main(["--quick", "--out-dir", out]) == 0
+    demo.main(["--task", "seg", "--quick", "--out-dir", out])  # the door: scripts/demo.py --task seg
     summary = json.load(open(os.path.join(out, "summary.json")))
     for run in ("scratch", "finetuned"):
         assert 0 <= summary[run]["miou"] <= 100 and np.isfinite(summary[run]["last_loss"])
@@ -268,3 +268,36 @@ def test_pack_mask_list_pairs_images_with_same_named_masks(tmp_path):
     image, mask = pair_parts(label, payload[32:])
     assert pair_problem(image, mask) is None and pair_parts([3.0], payload[32:]) is None
     assert "size" in pair_problem(image, encode_pair(*_pair(rng, 5, 5))[1])
+
+
+def test_im2rec_mask_root_packs_pairs_and_rec_check_checks_both_parts(tmp_path):
+    from resnest_gluon.cli import im2rec, rec_check
+    from resnest_gluon.data.seg_records import encode_pair, write_pair_records
+
+    rng = np.random.default_rng(9)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(3):
+        img, mask = _pair(rng, 20, 24, top=4)
+        cv2.imwrite(str(tmp_path / "img" / f"{i}.jpg"), img[..., ::-1])
+        cv2.imwrite(str(tmp_path / "masks" / f"{i}.png"), mask if i < 2 else mask[:5])  # the last: wrong size
+    (tmp_path / "p.lst").write_text("".join(f"{i}\t0\t{i}.jpg\n" for i in range(3)))
+    prefix, root = str(tmp_path / "p"), str(tmp_path / "img")
+    assert im2rec.main([prefix, root, "--mask-root", str(tmp_path / "masks"), "--no-progress"]) == 2
+    assert len(PairRecords(prefix + ".rec")) == 2
+    assert rec_check.main([prefix]) == 0
+
+    good, bad_mask = encode_pair(*_pair(rng, 20, 24)), encode_pair(*_pair(rng, 6, 6))[1]
+    write_pair_records(str(tmp_path / "q"), [good, (good[0], bad_mask)], check=False)
+    assert rec_check.main([str(tmp_path / "q")]) == 1  # the second record's mask has another size
+
+
+def test_train_sync_bn_builds_the_classifier_with_syncbn():
+    from resnest_gluon.cli import train
+    from resnest_gluon.training.syncbn import SyncBatchNorm
+
+    args = train.parse_args(["--rec-train", "x.rec", "--model", "resnest14", "--classes", "3", "--sync-bn"])
+    net = train.build_net(args, mx.cpu())
+    found = []
+    net.apply(lambda b: found.append(b) if isinstance(b, SyncBatchNorm) else None)
+    assert found and net(mx.nd.zeros((1, 3, 32, 32))).shape == (1, 3)

@@ -46,6 +46,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="output folder: one an earlier demo made is replaced; any other with files in it is refused",
     )
     common.alias(p, "--out", dest="out_dir")
+    p.add_argument(
+        "--task",
+        choices=("cls", "seg"),
+        default="cls",
+        help="seg: the segmentation demo instead (resnest_gluon.cli.demo_seg; --out-dir, --seed, --quick)",
+    )
     p.add_argument("--workers", type=int, default=2, help="Horovod workers (1: a plain process)")
     p.add_argument("--model", default="resnest14", help="model name")
     p.add_argument("--size", type=int, default=32, help="image side in pixels")
@@ -294,6 +300,12 @@ def print_finetune(ft: dict, args) -> None:
 def main(argv=None) -> dict:
     """Runs the whole demo; returns the summary (also written to ``OUT/summary.json``)."""
     args = parse_args(argv)
+    if args.task == "seg":
+        from . import demo_seg
+
+        seg_argv = ["--out-dir", args.out_dir, "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        return demo_seg.run(demo_seg.parse_args(seg_argv))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logger.setLevel(logging.INFO)

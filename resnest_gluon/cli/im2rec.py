@@ -982,6 +982,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     rgroup.add_argument("--pack-label", action="store_true", help="store every label of multi-label lines")
     rgroup.add_argument(
+        "--mask-root",
+        default=None,
+        help="segmentation: pack each image with the PNG label map of the same relative name under this "
+        "folder, image (JPEG) and mask (lossless PNG) in one record",
+    )
+    rgroup.add_argument(
         "--skip-corrupt",
         action="store_true",
         help="skip JPEGs whose data libjpeg calls corrupt (packed with a warning by default)",
@@ -1060,6 +1066,17 @@ def _pack(args: argparse.Namespace) -> int:
     lists = find_lists(args.prefix)
     if not lists:
         raise PackError(f"no .lst file starts with {args.prefix}: create one with --list first")
+    if args.mask_root:  # image-mask pairs: resnest_gluon.data.seg_records
+        from resnest_gluon.data.seg_records import pack_mask_list
+
+        status = 0
+        for lst in lists:
+            written, skipped = pack_mask_list(lst, args.root, args.mask_root, quality=args.quality)
+            logger.info("wrote %d image-mask pairs to %s", written, os.path.splitext(lst)[0] + ".rec")
+            for line in skipped:
+                logger.warning("left out %s", line)
+            status = SKIP_EXIT_STATUS if skipped else status
+        return status
     opts = EncodeOptions(
         resize=args.resize,
         center_crop=args.center_crop,

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from resnest_gluon.data.lst import read_list
+from resnest_gluon.data.seg_records import pair_parts, pair_problem
 from resnest_gluon.interrupts import ParentWatch, exit_status, stop_message, stop_on_sigterm, worker_signals
 
 RECORDIO_MAGIC = 0xCED7230A
@@ -254,6 +255,14 @@ def check_rec(
                         undecodable.append({"offset": offset, "reason": str(e)})
                         continue
                     ids[offset] = rec_id
+                    parts = pair_parts(label, image) if flag == 2 else None
+                    if parts is not None:  # an image-mask pair: the mask is checked here, the image below
+                        problem = pair_problem(*parts) if decode else None
+                        flag, label, image = 0, 0.0, parts[0]
+                        if problem:
+                            bad_payload += 1
+                            undecodable.append({"offset": offset, "id": rec_id, "reason": problem})
+                            continue
                     widths.add(max(flag, 1))
                     labels[rec_id] = float(label if flag == 0 else label[0])
                     counts[_label_key(labels[rec_id])] += 1

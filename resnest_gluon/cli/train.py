@@ -127,6 +127,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=False,
         help="zero-initialise the last BN gamma of each block",
     )
+    model.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="BatchNorm statistics over all Horovod workers (training.syncbn), for small batches per GPU",
+    )
     reg.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing epsilon (0: off)")
     reg.add_argument("--mixup", action=argparse.BooleanOptionalAction, default=False, help="mixup training")
     reg.add_argument("--mixup-alpha", type=float, default=0.2, help="mixup Beta(alpha, alpha)")
@@ -461,6 +466,10 @@ def build_net(args: argparse.Namespace, ctx: mx.Context):
         overrides["dropblock_prob"] = args.dropblock_prob
     if args.final_drop is not None:
         overrides["final_drop"] = args.final_drop
+    if getattr(args, "sync_bn", False):
+        from resnest_gluon.training.syncbn import SyncBatchNorm
+
+        overrides["norm_layer"] = SyncBatchNorm
     net = resnest_gluon.get_model(args.model, **overrides)
     if args.dropblock_per_sample:
         set_drop_per_sample(net, True)
