@@ -93,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--print-recipe", action="store_true", help="print the resolved options as JSON and exit")
     model.add_argument("--model", default="resnest50", help="one of resnest_gluon.list_models()")
-    data.add_argument("--rec-train", default=None, help="training .rec (its .idx beside it); required")
+    data.add_argument("--rec-train", default=None, help="training .rec (its .idx beside it) (required)")
     data.add_argument(
         "--rec-val", default=None, help="validation .rec (its .idx beside it); none: no evaluation"
     )
