@@ -362,3 +362,11 @@ def test_shear_x_region_is_pils_bicubic_affine(shear):
         got = aa.shear_x_region(img, shear, (y, x, ch, cw))
         diff = np.abs(got - want[y : y + ch, x : x + cw])
         assert diff.max() <= 1 and (diff > 0).mean() < 0.05  # float32 against PIL's double
+
+
+def test_bench_transform_returns_per_image_figures(photo_rec):
+    from resnest_gluon.cli import bench_pipeline
+
+    rows = bench_pipeline.bench_transform(photo_rec[0], ("train", "train_autoaug"), rounds=1, size=32)
+    assert [r["pipeline"] for r in rows] == ["decode_limit", "train", "train_autoaug"]
+    assert all(r["ms_per_image"] > 0 and r["ratio"] > 0 for r in rows)

@@ -302,6 +302,8 @@ def _finisher(img: np.ndarray, tail, bgr: bool) -> Callable[[np.ndarray], np.nda
     def flush(run):
         if run:
             table = channel_tables(img, run)  # histogram tables only in a first run: img is its input
+            if (table == table[:, :, :1]).all():  # one table for every channel: OpenCV's LUT is 1.6x faster
+                table = np.ascontiguousarray(table[:, :, :1])
             stages.append(lambda x, table=table: cv2.LUT(x, table))
         return []
 
@@ -388,21 +390,28 @@ def shear_x_region(img: np.ndarray, shear: float, box) -> np.ndarray:
     lo, hi = max(0, x + int(k.min()) - pad), min(w, x + cw + int(k.max()) + pad + 1)
     # The columns the rows read, with PIL's clamp at the image's edges (replicated pixels).
     part = cv2.copyMakeBorder(img[y : y + ch, lo:hi], 0, 0, pad, pad, cv2.BORDER_REPLICATE)
-    filtered = np.empty(part.shape, np.float32)
+    # Rows sorted by their offset, so that each offset's rows are one slice for one filter.
     keys = np.round(d, 9)
-    for value in np.unique(keys):
-        group = np.flatnonzero(keys == value)
-        kernel = _cubic_weights(d[group[0]])[None, :].astype(np.float32)
+    order = np.argsort(keys, kind="stable")
+    part = part[order]
+    filtered = np.empty(part.shape, np.float32)
+    values, starts = np.unique(keys[order], return_index=True)
+    for i, first in enumerate(starts.tolist()):
+        end = starts[i + 1] if i + 1 < len(starts) else ch
+        kernel = _cubic_weights(d[order[first]])[None, :].astype(np.float32)
         # anchor 1: output column c reads columns c - 1 .. c + 2
-        filtered[group] = cv2.filter2D(part[group], cv2.CV_32F, kernel, anchor=(1, 0))
-    out = np.zeros((ch, cw, 3), np.float32)
-    for v in range(ch):
-        # output column X reads input column X + k (floor of X + t): part's column X + k - lo + pad
-        start = x + int(k[v]) - lo + pad
-        first = max(0, math.ceil(-0.5 - t[v]) - x)  # PIL fills where x + 0.5 + t is outside [0, w)
-        last = min(cw, math.ceil(w - 0.5 - t[v]) - x)
-        if last > first:
-            out[v, first:last] = filtered[v, start + first : start + last]
+        filtered[first:end] = cv2.filter2D(part[first:end], cv2.CV_32F, kernel, anchor=(1, 0))
+    # Output column X of row v reads filtered column X + k - lo + pad of its sorted row; PIL fills where
+    # X + 0.5 + t is outside [0, w): there the map points outside (OpenCV's constant border, 0).
+    cols = np.arange(x, x + cw, dtype=np.int32)[None, :]
+    first = np.ceil(-0.5 - t).astype(np.int32)[:, None]
+    last = np.ceil(w - 0.5 - t).astype(np.int32)[:, None]
+    where = np.empty((ch, cw, 2), np.int16)
+    where[..., 0] = np.where(
+        (cols < first) | (cols >= last), -1, cols + (k - lo + pad).astype(np.int32)[:, None]
+    )
+    where[..., 1] = np.argsort(order).astype(np.int16)[:, None]
+    out = cv2.remap(filtered, where, None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     # PIL's clip and truncation (OpenCV's conversion rounds: shift by just under half a level)
     return cv2.subtract(out, 0.5 - 1.0 / 1024, dtype=cv2.CV_8U)
 
