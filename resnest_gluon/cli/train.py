@@ -41,8 +41,10 @@ from resnest_gluon.training import (
     evaluate,
     writable_dir,
 )
+from resnest_gluon.training.checks import check_recipe
 from resnest_gluon.training.finetune import freeze_stages, load_backbone, set_backbone_lr_mult
 from resnest_gluon.training.loop import BASE_BATCH, Task, fit, plan_steps
+from resnest_gluon.training.rundir import lock_run_dir, unlock_run_dir
 
 logger = logging.getLogger("resnest_gluon.train")
 
@@ -126,6 +128,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-dir", default=None, help="run directory (default: runs/<model>)")
     p.add_argument("--keep", type=int, default=3, help="epoch checkpoints to keep (plus <model>-best.params)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument(
+        "--allow-recipe-change",
+        action="store_true",
+        help="with --resume: continue with recipe options (--lr, --batch-size, ...) other than the run's",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--data-threads", type=int, default=4, help="decoding threads per worker")
     p.add_argument("--no-hybridize", action="store_true", help="run imperatively (debugging)")
@@ -454,15 +461,20 @@ def main(argv=None) -> dict:
     dist.init()
     ctx = dist.worker_context(args.ctx)  # every worker stops here alike if one has no GPU
     workers, primary = dist.size(), dist.is_primary()
+    lock = None
     if primary:
         writable_dir(args.save_dir, "--save-dir")
-        if args.resume:
-            check_run_dir(args.save_dir, args.model, args.classes)
+        lock = lock_run_dir(args.save_dir)  # one run per directory; released when this process ends
     handlers = _setup_logging(args.save_dir, primary)
     try:
+        if primary and args.resume:
+            check_run_dir(args.save_dir, args.model, args.classes)
+            for change in check_recipe(args.save_dir, args, args.allow_recipe_change):
+                logger.warning("--resume with --allow-recipe-change: %s", change)
         task, n_train = prepare_data(args, workers, primary)
         return fit(task, ctx, n_train)
     finally:
+        unlock_run_dir(lock)
         root = logging.getLogger("resnest_gluon")
         for handler in handlers:
             root.removeHandler(handler)
@@ -474,10 +486,11 @@ def prepare_data(args: argparse.Namespace, workers: int, primary: bool):
     image count."""
     crop_size = args.crop_size or resnest_gluon.model_info(args.model)["crop_size"]
     n_train = record_count(args.rec_train, "training file")
+    n_val = record_count(args.rec_val, "validation file") if args.rec_val else 0
+    # every worker counts its steps from these: a stale copy on one machine would hang the job
+    dist.agree_counts({args.rec_train: n_train, **({args.rec_val: n_val} if args.rec_val else {})})
     check_labels(args.rec_train, args.classes)
-    n_val = 0
     if args.rec_val:
-        n_val = record_count(args.rec_val, "validation file")
         check_labels(args.rec_val, args.classes)
         val_shard = min(
             end - begin for begin, end in (shard_bounds(n_val, workers, r) for r in range(workers))
