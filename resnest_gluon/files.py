@@ -17,6 +17,7 @@ from typing import Callable, Optional
 from .errors import UserError
 
 __all__ = [
+    "IMAGE_EXTS",
     "MAX_IMAGE_BYTES",
     "NotRegularFile",
     "WriteFailed",
@@ -27,6 +28,8 @@ __all__ = [
     "write_failed",
 ]
 
+#: the image types every tool reads (im2rec --list, predict): what OpenCV decodes in the pip wheel
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: the largest image file read (an image of 2^30 pixels, OpenCV's own limit, needs far less)
 MAX_IMAGE_BYTES = 1 << 30
 

@@ -20,6 +20,7 @@ pickles: resume only from a run directory you trust.
 """
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -31,6 +32,7 @@ import resnest_gluon
 from resnest_gluon import threads
 from resnest_gluon.data import mixup, num_records, shard_bounds, smooth_one_hot, train_iter, val_iter
 from resnest_gluon.data.class_names import class_names_beside, read_class_names
+from resnest_gluon.data.recordio import find_bad_record
 from resnest_gluon.training import (
     TrainingError,
     check_labels,
@@ -323,7 +325,7 @@ def colour_ctx(args: argparse.Namespace, ctx: mx.Context):
 
 def make_train_iter(args: argparse.Namespace, epoch: int, ctx: mx.Context):
     """This worker's shard of the training set, reshuffled with a seed per epoch (so a resume repeats it)."""
-    return train_iter(
+    it = train_iter(
         args.rec_train,
         args.batch_size,
         args.input_size,
@@ -340,6 +342,9 @@ def make_train_iter(args: argparse.Namespace, epoch: int, ctx: mx.Context):
         backend=args.data_backend,
         ctx=colour_ctx(args, ctx),
     )
+    # the C++ iterator's errors name no record: a scan of the shard finds it
+    it.locate_bad_record = functools.partial(find_bad_record, args.rec_train, dist.size(), dist.rank())
+    return it
 
 
 def make_val_iter(args: argparse.Namespace, crop_size: int):
@@ -461,16 +466,17 @@ def main(argv=None) -> dict:
     dist.init()
     ctx = dist.worker_context(args.ctx)  # every worker stops here alike if one has no GPU
     workers, primary = dist.size(), dist.is_primary()
-    lock = None
+    lock, changes = None, []
     if primary:
         writable_dir(args.save_dir, "--save-dir")
+        if args.resume:
+            check_run_dir(args.save_dir, args.model, args.classes)
+            changes = check_recipe(args.save_dir, args, args.allow_recipe_change)
         lock = lock_run_dir(args.save_dir)  # one run per directory; released when this process ends
     handlers = _setup_logging(args.save_dir, primary)
     try:
-        if primary and args.resume:
-            check_run_dir(args.save_dir, args.model, args.classes)
-            for change in check_recipe(args.save_dir, args, args.allow_recipe_change):
-                logger.warning("--resume with --allow-recipe-change: %s", change)
+        for change in changes:
+            logger.warning("--resume with --allow-recipe-change: %s", change)
         task, n_train = prepare_data(args, workers, primary)
         return fit(task, ctx, n_train)
     finally:

@@ -13,6 +13,9 @@ class ShardIter(mx.io.DataIter):
 
     # Whether ``_next`` already fills the padded slots of the last batch with repeats of its samples.
     _fills_pad = False
+    #: set by the builder for back ends whose errors name no record (the C++ iterator): a callable
+    #: returning the message of the first bad record of the shard (see recordio.find_bad_record)
+    locate_bad_record = None
 
     def __init__(self, batch_size: int, num_samples: int, data_shape, dtype: str):
         super().__init__(batch_size)
@@ -46,7 +49,10 @@ class ShardIter(mx.io.DataIter):
         if self._batch >= self.num_batches:
             raise StopIteration
         pad = self._pad()
-        data, label = self._next()
+        try:
+            data, label = self._next()
+        except mx.base.MXNetError as err:  # the C++ iterator (OpenCV, a short read) names no record
+            raise ValueError(self._explain(err)) from None
         if pad and not self._fills_pad:
             # Padded slots may hold garbage (ImageRecordIter leaves stale or uninitialised memory there):
             # overwrite them with copies of the real samples so that nothing downstream sees NaN or
@@ -61,6 +67,17 @@ class ShardIter(mx.io.DataIter):
             pad=pad,
             provide_data=self._provide_data,
             provide_label=self._provide_label,
+        )
+
+    def _explain(self, err: Exception) -> str:
+        lines = [line for line in str(err).strip().splitlines() if line.strip() and "Stack trace" not in line]
+        cause = lines[0][:300] if lines else type(err).__name__
+        found = self.locate_bad_record() if self.locate_bad_record is not None else ""
+        if found:
+            return f"{found} (MXNet's C++ iterator: {cause})"
+        return (
+            f"MXNet's C++ iterator failed in batch {self._batch + 1} ({cause}); it names no record: "
+            "`python tools/rec_check.py PREFIX` lists the bad ones, and --data-backend python names them"
         )
 
     def _reset(self):

@@ -68,7 +68,7 @@ def non_finite_arrays(arrays: Dict[str, mx.nd.NDArray]) -> List[str]:
 
     One fused ``multi_all_finite`` over every array (in chunks of 200 inputs) and one read; the names are
     looked for only when something is not finite."""
-    items = [(k, a) for k, a in arrays.items() if a.size and a.dtype.kind == "f"] if arrays else []
+    items = [(k, a) for k, a in arrays.items() if a.size and np.dtype(a.dtype).kind == "f"] if arrays else []
     if not items:
         return []
     flag = mx.nd.ones((1,), ctx=items[0][1].context)
