@@ -121,8 +121,10 @@ def free_space(path: str) -> str:
 
 def write_failed(path: str, err) -> WriteFailed:
     """The one-line error for a failed write of ``path`` (``err``: an exception or a reason)."""
-    text = str(err).strip()
-    reason = getattr(err, "strerror", None) or (text.splitlines()[0] if text else repr(err))
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback"):  # an MXNetError: the reason is its last line
+        lines = [lines[-1].split(": ")[-1]]
+    reason = getattr(err, "strerror", None) or (lines[0] if lines else repr(err))
     return WriteFailed(
         f"cannot write {path}: {reason} ({free_space(path)}); nothing was replaced. Free some space "
         "or choose another folder, then run again"

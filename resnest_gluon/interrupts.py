@@ -87,14 +87,25 @@ def stop_message(tool: str, err: KeyboardInterrupt, what: str) -> str:
     return f"{tool}: stopped by {signal.Signals(_signum(err)).name}; {what}"
 
 
+_FATAL_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT")
+
+
 def report_crashes() -> None:
     """A native crash (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT) prints the Python stack of every thread
-    (``faulthandler``) before the handler in place runs: call it after ``import mxnet``, whose own handler
-    then adds the native stack and ends the process. Idempotent."""
+    (``faulthandler``), then ends the process by that signal: a core file where ``ulimit -c`` allows one,
+    and a status that names the signal. Call it after ``import mxnet``: libmxnet installs a SIGSEGV
+    handler of its own that prints ``Segmentation fault: 11`` and exits with status 255 (no core, no
+    signal); it is replaced here. Idempotent."""
     import faulthandler
 
-    if not faulthandler.is_enabled():
-        faulthandler.enable(file=sys.__stderr__ or sys.stderr, all_threads=True)
+    if faulthandler.is_enabled():
+        return
+    for name in _FATAL_SIGNALS:
+        try:
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        except (OSError, ValueError, AttributeError):  # not in the main thread, or no such signal
+            pass
+    faulthandler.enable(file=sys.__stderr__ or sys.stderr, all_threads=True)
 
 
 def end_process(status: int) -> None:

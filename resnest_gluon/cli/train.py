@@ -417,7 +417,13 @@ class Classification(Task):
         prepare_finetune(net, self.args, ctx, load)
 
     def train_data(self, epoch: int, ctx):
-        return make_train_iter(self.args, epoch, ctx)
+        try:
+            return make_train_iter(self.args, epoch, ctx)
+        except (OSError, ValueError) as err:  # e.g. the file changed or was cut short since the last epoch
+            raise TrainingError(
+                f"training data: {err}. The checkpoints in {self.args.save_dir} are intact: --resume "
+                "continues once the data is fixed"
+            ) from None
 
     def begin_epoch(self, net, epoch: int) -> dict:
         args = self.args
@@ -478,13 +484,33 @@ def main(argv=None) -> dict:
         for change in changes:
             logger.warning("--resume with --allow-recipe-change: %s", change)
         task, n_train = prepare_data(args, workers, primary)
-        return fit(task, ctx, n_train)
+        try:
+            return fit(task, ctx, n_train)
+        except (MemoryError, mx.base.MXNetError) as err:
+            explained = out_of_memory(err, args)
+            if explained is None:
+                raise
+            raise explained from None
     finally:
         unlock_run_dir(lock)
         root = logging.getLogger("resnest_gluon")
         for handler in handlers:
             root.removeHandler(handler)
             handler.close()
+
+
+def out_of_memory(err: Exception, args: argparse.Namespace):
+    """A TrainingError saying what to lower when ``err`` is a failed allocation, else None."""
+    text = str(err).lower()
+    if not isinstance(err, MemoryError) and not any(
+        word in text for word in ("bad_alloc", "out of memory", "failed to allocate", "cannot allocate")
+    ):
+        return None
+    return TrainingError(
+        f"out of memory with --batch-size {args.batch_size} at --input-size {args.input_size} on --ctx "
+        f"{args.ctx}: lower --batch-size (--accumulate N keeps the update batch), --input-size or "
+        "--data-threads"
+    )
 
 
 def prepare_data(args: argparse.Namespace, workers: int, primary: bool):

@@ -70,8 +70,10 @@ class ShardIter(mx.io.DataIter):
         )
 
     def _explain(self, err: Exception) -> str:
-        lines = [line for line in str(err).strip().splitlines() if line.strip() and "Stack trace" not in line]
-        cause = lines[0][:300] if lines else type(err).__name__
+        # an MXNetError starts with "Traceback (most recent call last):"; its last line is the reason
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        lines = [line for line in lines if not line.startswith(("Traceback", "[bt]", "File ", "Stack trace"))]
+        cause = lines[-1][:300] if lines else type(err).__name__
         found = self.locate_bad_record() if self.locate_bad_record is not None else ""
         if found:
             return f"{found} (MXNet's C++ iterator: {cause})"

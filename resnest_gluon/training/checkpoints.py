@@ -87,6 +87,12 @@ def param_arrays(net) -> Dict[str, mx.nd.NDArray]:
     return {key: param.data() for key, param in net._collect_params_with_prefix().items()}
 
 
+def mxnet_reason(err: Exception) -> str:
+    """The last line of an MXNetError (its first is "Traceback (most recent call last):"), shortened."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return (lines[-1].split(": ")[-1] if lines else type(err).__name__)[:200]
+
+
 def check_params_file(path: str, expected: Optional[Dict[str, tuple]] = None) -> Dict[str, mx.nd.NDArray]:
     """Loads the ``.params`` file ``path``; returns its arrays.
 
@@ -98,7 +104,7 @@ def check_params_file(path: str, expected: Optional[Dict[str, tuple]] = None) ->
     try:
         loaded = mx.nd.load(path)
     except mx.base.MXNetError as err:
-        raise ValueError(f"{path} is not a readable .params file: {str(err).splitlines()[0]}") from None
+        raise ValueError(f"{path} is not a readable .params file ({mxnet_reason(err)})") from None
     if not isinstance(loaded, dict) or not loaded:
         raise ValueError(f"{path} holds no named arrays")
     if expected is not None:
@@ -118,7 +124,7 @@ def save_arrays(arrays: Dict[str, mx.nd.NDArray], path: str) -> None:
     except (OSError, mx.base.MXNetError) as err:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise write_failed(path, err) from None
+        raise write_failed(path, mxnet_reason(err) if isinstance(err, mx.base.MXNetError) else err) from None
     expected = {k: tuple(v.shape) for k, v in arrays.items()}
     verified_replace(tmp, path, check=lambda p: check_params_file(p, expected))
 

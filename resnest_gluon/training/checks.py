@@ -106,9 +106,10 @@ def check_labels(rec_path: str, classes: int, max_records: Optional[int] = 200_0
     return int(values.min()), int(values.max())
 
 
-#: options that change what a run learns: a --resume that changes one of them says so (or is refused)
+#: options that change what a run learns: a --resume that changes one of them says so (or is refused).
+#: --epochs is not one: a resume often extends a run (the cosine decay then follows the new length)
 RECIPE_OPTIONS = (
-    "lr", "batch_size", "epochs", "warmup_epochs", "momentum", "wd", "no_wd", "last_gamma",
+    "lr", "batch_size", "warmup_epochs", "momentum", "wd", "no_wd", "last_gamma",
     "label_smoothing", "mixup", "mixup_alpha", "mixup_off_epoch", "auto_aug", "jitter", "lighting",
     "no_mirror", "min_area", "dropblock_prob", "final_drop", "input_size", "dtype", "accumulate",
     "backbone_lr_mult", "freeze_stages", "ema", "seed", "loss_scale", "gradient_predivide_factor",
