@@ -284,18 +284,39 @@ def test_predict_survives_fifos_odd_names_and_a_full_disk(packed, tmp_path):  # 
         f.write(jpeg(5))
     os.mkfifo(folder / "fifo.jpg")
     os.symlink("/dev/zero", folder / "zero.jpg")
-    common = [folder, "--model", "resnest14", "--classes", "4", "--params", packed / "net.params"]
-    common += ["--input-size", "32", "--threads", "1", "--top-k", "2", "--quiet"]
+    names = ["ok.jpg", "=HYPERLINK(1).jpg", b"caf\xe9.jpg", "fifo.jpg", "zero.jpg"]
+    common = [*names, "--model", "resnest14", "--classes", "4", "--params", packed / "net.params"]
+    common += ["--crop-size", "32", "--threads", "1", "--top-k", "2", "--quiet"]
     out = tmp_path / "p.csv"
-    proc = run(PREDICT, *common, "--out", out, timeout=120)  # a FIFO blocked it forever
+    cmd = [
+        sys.executable,
+        PREDICT,
+        *[n if isinstance(n, bytes) else str(n) for n in common],
+        "--out",
+        str(out),
+    ]
+    # a FIFO blocked it forever, a name that is not UTF-8 lost the whole CSV
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV, cwd=folder)
     assert proc.returncode == 2, proc.stderr[-3000:]
     text = out.read_text(encoding="utf-8")
-    assert "caf\\xe9.jpg" in text and "'=HYPERLINK(1).jpg" in text
-    assert "FIFO" in text and "device" in text
+    assert "caf\\xe9.jpg,ok" in text and "'=HYPERLINK(1).jpg,ok" in text
+    assert 'fifo.jpg,"cannot read: a FIFO' in text and 'zero.jpg,"cannot read: a device' in text
     json_out = tmp_path / "p.json"
-    full = run_limited(PREDICT, *common, "--out", json_out, max_file_bytes=300, timeout=120)
+    cmd[-1] = str(json_out)
+    full = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, env=ENV, cwd=folder, preexec_fn=limited(300)
+    )
     assert full.returncode == 1 and "cannot write" in one_line(full) and "MiB free" in full.stderr
     assert not json_out.exists() and not leftovers(tmp_path)
+
+
+def test_the_demo_names_a_dead_rank_in_one_line():
+    from resnest_gluon.cli.demo import worker_death
+
+    line = "[1]<stderr>:Fatal Python error: Segmentation fault"
+    assert worker_death(line) == "training rank 1 died of SIGSEGV (Segmentation fault)"
+    assert worker_death("Process 1 exit with status code -11.") == "training rank 1 was killed by SIGSEGV"
+    assert worker_death("Process 0 exit with status code 143.") is None
 
 
 def test_predict_csv_cells_are_text_and_names_valid_unicode():
@@ -385,9 +406,12 @@ def test_ranks_with_records_of_other_lengths_stop_with_the_counts(packed, tmp_pa
     lines = open(short + ".idx").read().splitlines()[:32]  # a stale, shorter copy
     open(short + ".idx", "w").write("\n".join(lines) + "\n")
     code = (
-        "import os, sys; from resnest_gluon.cli import run; argv = sys.argv[1:]; "
-        "argv[argv.index('--rec-train') + 1] = sys.argv.pop() if os.environ['HOROVOD_RANK'] == '1' "
-        "else argv.pop() and argv[argv.index('--rec-train') + 1]; sys.exit(run('train', argv))"
+        "import os, sys\n"
+        "from resnest_gluon.cli import run\n"
+        "argv, short = sys.argv[1:-1], sys.argv[-1]\n"
+        "if os.environ['HOROVOD_RANK'] == '1':\n"
+        "    argv[argv.index('--rec-train') + 1] = short\n"
+        "sys.exit(run('train', argv))\n"
     )
     argv = train_argv(str(packed / "data.rec"), str(tmp_path / "run"), "--batch-size", "4")
     proc = horovod(code, *argv, short + ".rec")  # was a hang until killed
@@ -399,10 +423,11 @@ def test_ranks_with_records_of_other_lengths_stop_with_the_counts(packed, tmp_pa
 @needs_horovod
 def test_a_crashed_rank_prints_its_stacks_and_the_others_stop_in_one_line(packed, tmp_path):  # noqa: F811
     code = (
-        "import ctypes, os, sys, threading, time\n"
+        "import ctypes, faulthandler, os, sys, threading, time\n"
         "from resnest_gluon.cli import run\n"
-        "def crash():\n"
-        "    time.sleep(6); ctypes.string_at(0)\n"  # a native crash in one worker, as in the demo
+        "def crash():\n"  # a native crash in one worker, as in the demo, once training runs
+        "    while not faulthandler.is_enabled(): time.sleep(0.1)\n"
+        "    time.sleep(4); ctypes.string_at(0)\n"
         "if os.environ['HOROVOD_RANK'] == '1':\n"
         "    threading.Thread(target=crash, daemon=True).start()\n"
         "sys.exit(run('train', sys.argv[1:]))\n"

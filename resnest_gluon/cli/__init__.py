@@ -110,6 +110,8 @@ def run(name: str, argv: Optional[Sequence[str]] = None) -> int:
         if debug:
             raise
         print(f"error{_rank(command)}: {err}", file=sys.stderr)
+        if command.ranked and _distributed():
+            end_process(1)  # MXNet's exit hook would wait on workers that may be gone
         return 1
     except KeyboardInterrupt as err:
         if debug or command.on_stop is None:
@@ -119,6 +121,14 @@ def run(name: str, argv: Optional[Sequence[str]] = None) -> int:
             end_process(exit_status(err))  # nothing after the stop line (see interrupts.end_process)
         return exit_status(err)
     return status if isinstance(status, int) else 0
+
+
+def _distributed() -> bool:
+    if "mxnet" not in sys.modules:
+        return False
+    from ..training import dist
+
+    return dist.is_distributed()
 
 
 def _rank(command: Command) -> str:

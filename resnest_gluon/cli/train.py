@@ -32,6 +32,7 @@ import resnest_gluon
 from resnest_gluon import threads
 from resnest_gluon.data import mixup, num_records, shard_bounds, smooth_one_hot, train_iter, val_iter
 from resnest_gluon.data.class_names import class_names_beside, read_class_names
+from resnest_gluon.data.iterator import explain_iter_error
 from resnest_gluon.data.recordio import find_bad_record
 from resnest_gluon.training import (
     TrainingError,
@@ -419,7 +420,10 @@ class Classification(Task):
     def train_data(self, epoch: int, ctx):
         try:
             return make_train_iter(self.args, epoch, ctx)
-        except (OSError, ValueError) as err:  # e.g. the file changed or was cut short since the last epoch
+        except (OSError, ValueError, mx.base.MXNetError) as err:  # e.g. the file was cut short since
+            if isinstance(err, mx.base.MXNetError):  # the C++ iterator reads its first batch at once
+                locate = functools.partial(find_bad_record, self.args.rec_train, dist.size(), dist.rank())
+                err = explain_iter_error(err, locate)
             raise TrainingError(
                 f"training data: {err}. The checkpoints in {self.args.save_dir} are intact: --resume "
                 "continues once the data is fixed"
@@ -483,11 +487,11 @@ def main(argv=None) -> dict:
     try:
         for change in changes:
             logger.warning("--resume with --allow-recipe-change: %s", change)
-        task, n_train = prepare_data(args, workers, primary)
         try:
+            task, n_train = prepare_data(args, workers, primary)
             return fit(task, ctx, n_train)
         except (MemoryError, mx.base.MXNetError) as err:
-            explained = out_of_memory(err, args)
+            explained = out_of_memory(err, args) or peer_lost(err)
             if explained is None:
                 raise
             raise explained from None
@@ -510,6 +514,24 @@ def out_of_memory(err: Exception, args: argparse.Namespace):
         f"out of memory with --batch-size {args.batch_size} at --input-size {args.input_size} on --ctx "
         f"{args.ctx}: lower --batch-size (--accumulate N keeps the update batch), --input-size or "
         "--data-threads"
+    )
+
+
+def peer_lost(err: Exception):
+    """A TrainingError when ``err`` is Horovod's shutdown after another worker died or failed, else None:
+    that worker's own message (or crash report) is the one that says what happened."""
+    text = str(err)
+    lost = (
+        "Horovod has been shut down",
+        "Connection reset by peer",
+        "Connection closed by peer",
+        "Broken pipe",
+    )
+    if not dist.is_distributed() or not any(word in text for word in lost):
+        return None
+    return TrainingError(
+        "stopped because another worker failed or died (Horovod has been shut down); its own message, "
+        "with its rank, says why"
     )
 
 

@@ -70,20 +70,27 @@ class ShardIter(mx.io.DataIter):
         )
 
     def _explain(self, err: Exception) -> str:
-        # an MXNetError starts with "Traceback (most recent call last):"; its last line is the reason
-        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-        lines = [line for line in lines if not line.startswith(("Traceback", "[bt]", "File ", "Stack trace"))]
-        cause = lines[-1][:300] if lines else type(err).__name__
-        found = self.locate_bad_record() if self.locate_bad_record is not None else ""
-        if found:
-            return f"{found} (MXNet's C++ iterator: {cause})"
-        return (
-            f"MXNet's C++ iterator failed in batch {self._batch + 1} ({cause}); it names no record: "
-            "`python tools/rec_check.py PREFIX` lists the bad ones, and --data-backend python names them"
-        )
+        return explain_iter_error(err, self.locate_bad_record, f"in batch {self._batch + 1}")
 
     def _reset(self):
         raise NotImplementedError
 
     def _next(self):
         raise NotImplementedError
+
+
+def explain_iter_error(err: Exception, locate=None, where: str = "") -> str:
+    """The message for an error of MXNet's C++ iterator (an OpenCV assertion, a short read), which names no
+    record: ``locate()`` (e.g. :func:`~resnest_gluon.data.recordio.find_bad_record` on the shard) finds it
+    when given."""
+    # an MXNetError starts with "Traceback (most recent call last):"; its last line is the reason
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("Traceback", "[bt]", "File ", "Stack trace"))]
+    cause = lines[-1][:300] if lines else type(err).__name__
+    found = locate() if locate is not None else ""
+    if found:
+        return f"{found} (MXNet's C++ iterator: {cause})"
+    return (
+        f"MXNet's C++ iterator failed{' ' + where if where else ''} ({cause}); it names no record: "
+        "`python tools/rec_check.py PREFIX` lists the bad ones, and --data-backend python names them"
+    )
