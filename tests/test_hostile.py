@@ -127,6 +127,18 @@ def test_im2rec_on_a_full_disk_names_the_file_and_leaves_no_tmp(packed, tmp_path
     assert not leftovers(tmp_path) and not os.path.exists(prefix + ".rec")
 
 
+def test_a_batch_that_does_not_fit_in_memory_says_what_to_lower(packed, tmp_path):  # noqa: F811
+    def small_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # MXNet alone maps about 1 GiB
+
+    argv = train_argv(str(packed / "data.rec"), str(tmp_path / "run"), "--batch-size", "40")
+    argv[argv.index("--input-size") + 1] = "512"
+    cmd = [sys.executable, TRAIN, *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV, preexec_fn=small_memory)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "out of memory with --batch-size 40" in one_line(proc) and "lower --batch-size" in proc.stderr
+
+
 # ------------------------------------------------------------------------------------ non-finite weights
 def test_nan_weights_are_never_saved_and_the_best_file_is_kept(packed, two_epochs, tmp_path):  # noqa: F811
     save_dir = clone(two_epochs, tmp_path)

@@ -121,9 +121,14 @@ def plot_curves(
         fig.suptitle(title)
     fig.tight_layout()
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=100)
+    except OSError as err:
+        _remove(tmp)
+        raise write_failed(path, err) from None
+    finally:
+        plt.close(fig)
+    verified_replace(tmp, path)
 
 
 def copy_atomic(src: str, dst: str) -> None:
