@@ -1,35 +1,28 @@
-"""``python -m resnest_gluon``: the model table; ``python -m resnest_gluon COMMAND ...`` runs a command."""
+"""``python -m resnest_gluon``: the model table (crop, parameters, GMACs, published top-1);
+``python -m resnest_gluon COMMAND ...`` runs a command (``info NAME``: one model's card)."""
 
 import sys
-
-import numpy as np
 
 from .cli import COMMANDS, run
 
 
 def model_table() -> list:
-    """One row per registered model: name, crop size, parameter count (learned values), published top-1."""
-    from .models.zoo import get_model, list_models, model_info
+    """One row per registered model: name, crop, parameters (learned values), GMACs at the crop, published
+    top-1."""
+    from .cli.info import model_row
+    from .models.zoo import list_models
 
-    rows = []
-    for name in list_models():
-        params = get_model(name)._collect_params_with_prefix()
-        count = sum(
-            int(np.prod(p.shape))
-            for k, p in params.items()
-            if not k.endswith(("running_mean", "running_var"))
-        )
-        info = model_info(name)
-        rows.append((name, info["crop_size"], count, info["top1"]))
-    return rows
+    return [model_row(name) for name in list_models()]
 
 
 def print_model_table() -> None:
-    print(f"| {'model':<24}| crop | params (M) | published top-1 |")
-    print(f"|{'-' * 25}|------|-----------|-----------------|")
-    for name, crop, count, top1 in model_table():
+    print(f"| {'model':<23}| crop | params (M) | GMACs | published top-1 |")
+    print(f"|{'-' * 24}|-----:|-----------:|------:|----------------:|")
+    for row in model_table():
+        top1 = "-" if row["top1"] is None else f"{row['top1']:.2f}"
         print(
-            f"| {name:<24}| {crop:>4} | {count / 1e6:>9.1f} | {'-' if top1 is None else f'{top1:.2f}':>15} |"
+            f"| {row['model']:<23}| {row['crop']:>4} | {row['params'] / 1e6:>10.1f} | {row['gmacs']:>5.2f} "
+            f"| {top1:>15} |"
         )
 
 
@@ -38,7 +31,8 @@ def usage() -> str:
     lines = [
         "usage: python -m resnest_gluon [COMMAND [ARGS ...]]",
         "",
-        "With no command: the model table.",
+        "With no command: the model table (crop, parameters, GMACs, published top-1).",
+        "python -m resnest_gluon info NAME: one model's card.",
         "",
     ]
     lines += ["commands (also installed as resnest-COMMAND):"]
@@ -49,6 +43,9 @@ def usage() -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
+        from . import threads
+
+        threads.configure()  # before libmxnet loads, as every command does
         print_model_table()
         return 0
     if argv[0] in ("-h", "--help"):
@@ -57,6 +54,7 @@ def main(argv=None) -> int:
     if argv[0] not in COMMANDS:
         print(f"{usage()}\n\nerror: unknown command {argv[0]!r}", file=sys.stderr)
         return 2
+    sys.argv[0] = f"python -m resnest_gluon {argv[0]}"  # argparse's usage line names the program so
     return run(argv[0], argv[1:])
 
 

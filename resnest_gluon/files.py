@@ -58,7 +58,8 @@ def _kind(mode: int) -> Optional[str]:
 
 def file_problem(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> Optional[str]:
     """Why ``path`` (symlinks followed) cannot be read as a data file, or None: ``"a FIFO (named pipe)"``,
-    ``"a device"``, ``"a socket"``, ``"a folder"``, ``"broken or looping symlink"``, ``"larger than N bytes"``."""
+    ``"a device"``, ``"a socket"``, ``"a folder"``, ``"broken or looping symlink"``,
+    ``"larger than N bytes"``."""
     try:
         st = os.stat(path)
     except OSError as err:

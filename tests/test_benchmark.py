@@ -104,11 +104,19 @@ def test_gpu_paths_use_a_cpu_copy_on_the_nets_context(bench):
     assert benchmarking.time_stream(lambda: net(x), 2) > 0
 
 
-def test_bad_input_is_rejected(bench, tmp_path):
-    with pytest.raises(SystemExit, match="unknown model"):
+def test_bad_input_is_rejected(bench, tmp_path, capsys):
+    from resnest_gluon import cli
+    from resnest_gluon.errors import UserError
+
+    with pytest.raises(UserError, match="unknown model"):
         bench.main(["--model", "resnest5000"])
-    with pytest.raises(SystemExit, match="no such .rec"):
+    with pytest.raises(UserError, match="no such .rec"):
         bench.main(["--model", "resnest14", "--quantize", str(tmp_path / "nope.rec")])
+    capsys.readouterr()
+    assert cli.run("benchmark", ["--model", "resnest5000"]) == 1  # one error line, no traceback
+    assert capsys.readouterr().err.startswith("error: unknown model(s) ['resnest5000']")
+    args = bench.parse_args(["--no-progress", "--model", "resnest14"])
+    assert (args.ctx, args.progress) == ("auto", False)
 
 
 def test_default_plan_is_the_papers_table(bench):

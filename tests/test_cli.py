@@ -93,3 +93,73 @@ def test_unknown_command_and_listing():
     assert done.returncode == 2 and "unknown command 'trian'" in done.stderr
     listing = run([sys.executable, "-m", "resnest_gluon", "--help"]).stdout
     assert all(name in listing for name in cli.COMMANDS)
+
+
+def test_model_table_has_gmacs_and_info_gives_a_card(monkeypatch, capsys, tmp_path):
+    from resnest_gluon import __main__ as entry
+    from resnest_gluon.cli import info
+    from resnest_gluon.models import zoo
+
+    row = info.model_row("resnest50")
+    # the paper's 27.5M parameters and 5.4 GFLOPs (multiply-adds) at 224 px
+    assert row["params"] == pytest.approx(27.5e6, rel=2e-3) and row["gmacs"] == pytest.approx(5.37, abs=0.01)
+    monkeypatch.setattr(zoo, "list_models", lambda: ["resnest14", "resnetd50"])
+    assert entry.main([]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split("|")[1:-1] == [
+        " model                  ",
+        " crop ",
+        " params (M) ",
+        " GMACs ",
+        " published top-1 ",
+    ]
+    assert table[2].split("|")[1:-1] == [
+        " resnest14              ",
+        "  224 ",
+        "       10.6 ",
+        "  2.75 ",
+        "           75.75 ",
+    ]
+    assert table[3].rstrip().endswith("- |")  # resnetd50: nothing published
+    monkeypatch.setenv("RESNEST_GLUON_HOME", str(tmp_path))
+    assert cli.run("info", ["resnest14"]) == 0
+    card = capsys.readouterr().out
+    for expected in ("75.75 %", "224 px centre crop", "10.6 M", "2.75", "resnest14-7e0b0cae.params",
+                     "7e0b0cae2fd7e9084d1e498b858af1429a6eb1cb", "gluon/models/resnest14-7e0b0cae.zip",
+                     "Apache-2.0", "no: resnest-download resnest14"):  # fmt: skip
+        assert expected in card, expected
+    assert cli.run("info", ["resnetd50", "--json"]) == 0
+    assert '"file": null' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["predict", "download", "export", "info", "quantize", "convert-weights", "benchmark", "prepare-imagenet",
+     "average-checkpoints"],
+)  # fmt: skip
+def test_help_in_groups_each_default_once_required_marked(name, capsys):
+    import re
+
+    module = cli._module(name)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in text and not re.search(r"\(default: [^)]*\) \(default:", text)
+    assert "--debug" in text and "--threads" not in text and "--output " not in text  # old spellings hidden
+    if name not in ("info", "convert-weights", "average-checkpoints"):  # a few flags need no groups
+        assert " output: " in text, text
+    required = {"quantize": "--out-prefix", "convert-weights": "--out", "export": "--format"}
+    if name in required:  # the flag's help (its first mention after the usage) says it is required
+        entry = text.split(" options: ", 1)[1].split(required[name] + " ", 1)[1]
+        assert "(required)" in entry.split(" --")[0], entry
+
+
+def test_old_spellings_still_work():
+    from resnest_gluon.cli import convert_weights, predict, prepare_imagenet, quantize
+
+    assert predict.parse_args(["x.jpg", "--run", "r", "--threads", "2"]).data_threads == 2
+    assert predict.parse_args(["x.jpg", "--run", "r", "--no-cuda"]).ctx == "cpu"
+    argv = ["--model", "resnest14", "--params", "p", "--rec-calib", "c", "--rec-val", "v"]
+    assert quantize.parse_args(argv + ["--out", "o"]).out_prefix == "o"
+    assert convert_weights.parse_args(["--model", "resnest14", "--input", "i", "--output", "o"]).out == "o"
+    assert prepare_imagenet.parse_args.__module__  # its parser checks the archives exist: see its own tests

@@ -11,6 +11,7 @@ import pytest
 
 import resnest_gluon
 from resnest_gluon import deploy
+from resnest_gluon.errors import UserError
 
 SHAPE = (4, 3, 32, 32)
 
@@ -34,11 +35,38 @@ def test_export_reimport_same_outputs(tmp_path, data):
     expected = net(data).asnumpy()
     sym_file, params_file = deploy.export(net, str(tmp_path / "out" / "tiny"), SHAPE)
     assert os.path.isfile(sym_file) and os.path.isfile(params_file)
-    assert sorted(os.listdir(tmp_path / "out")) == ["tiny-0000.params", "tiny-symbol.json"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["tiny-0000.params", "tiny-symbol.json", "tiny.meta.json"]
     loaded = deploy.load_exported(str(tmp_path / "out" / "tiny"))
     np.testing.assert_allclose(loaded(data).asnumpy(), expected, rtol=1e-5, atol=1e-6)
     # the exported graph accepts another batch size
     assert loaded(data[:1]).shape == (1, 10)
+
+
+def test_every_export_writes_its_metadata(tmp_path):
+    from resnest_gluon.data.transforms import MEAN, STD
+    from resnest_gluon.models.pretrained import file_sha1, load_params_checked
+
+    source = str(tmp_path / "trained.params")
+    tiny_net().save_parameters(source)
+    net = resnest_gluon.get_model("resnest14", classes=10)
+    load_params_checked(net, source)
+    names = [f"class {i}" for i in range(10)]
+    deploy.export(net, str(tmp_path / "sym"), (1, 3, 32, 32), meta={"class_names": names})
+    deploy.export_onnx(net, str(tmp_path / "net.onnx"), (1, 3, 40, 40))
+    sym, onnx_meta = deploy.read_meta(str(tmp_path / "sym")), deploy.read_meta(str(tmp_path / "net.onnx"))
+    assert sym == deploy.read_meta(str(tmp_path / "sym-symbol.json"))  # found from the prefix or a file
+    assert sym["format"] == "symbol" and sym["files"] == ["sym-symbol.json", "sym-0000.params"]
+    assert onnx_meta["format"] == "onnx" and onnx_meta["files"] == ["net.onnx"]
+    for meta, size in ((sym, 32), (onnx_meta, 40)):
+        assert (meta["model"], meta["classes"], meta["input_size"]) == ("resnest14", 10, size)
+        assert meta["resize"] == int(np.ceil(size / 0.875)) and meta["interpolation"] == "bilinear"
+        assert meta["mean"] == list(MEAN) and meta["std"] == list(STD)
+        assert (meta["channel_order"], meta["layout"], meta["pixel_scale"]) == ("RGB", "NCHW", "0-255")
+        assert meta["source"] == source and meta["source_sha1"] == file_sha1(source)
+    assert sym["class_names"] == names and onnx_meta["class_names"] is None
+    with pytest.raises(ValueError, match="3 class names for a model with 10 classes"):
+        deploy.export(net, str(tmp_path / "bad"), (1, 3, 32, 32), meta={"class_names": ["a", "b", "c"]})
+    assert not any(p.name.startswith("bad") for p in tmp_path.iterdir())  # checked before writing
 
 
 def graph_ops(net):
@@ -95,7 +123,7 @@ def test_onnx_matches_mxnet_and_is_tensorrt_parsable(tmp_path, data):
     assert {"Conv", "Softmax"} <= ops  # the split-attention block is really in the graph
     got = deploy.run_onnx(path, data.asnumpy())
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
-    assert sorted(os.listdir(tmp_path)) == ["tiny.onnx"]  # no temporary files left
+    assert sorted(os.listdir(tmp_path)) == ["tiny.meta.json", "tiny.onnx"]  # no temporary files left
 
 
 def test_onnx_has_no_unused_initializers_and_loads_without_warnings(tmp_path):
@@ -156,6 +184,13 @@ def test_quantize_int8_close_to_float32(tmp_path):
         assert "quantized_" in f.read()
     reloaded = deploy.load_exported(prefix)
     np.testing.assert_allclose(reloaded(test_x).asnumpy(), got, rtol=0, atol=1e-5)
+    meta = deploy.read_meta(prefix)
+    assert (meta["format"], meta["precision"], meta["input_size"], meta["classes"]) == (
+        "int8",
+        "int8",
+        32,
+        10,
+    )
 
 
 def make_rec(path, count=16, size=40):
@@ -201,7 +236,7 @@ def test_quantize_script_end_to_end(tmp_path):
     argv += [
         "--rec-val",
         rec,
-        "--out",
+        "--out-prefix",
         out,
         "--input-size",
         "32",
@@ -221,5 +256,61 @@ def test_quantize_script_end_to_end(tmp_path):
     assert 0 <= result["int8_top1"] <= 100 and 0 <= result["float32_top1"] <= 100
     assert result["top1_drop"] == pytest.approx(result["float32_top1"] - result["int8_top1"])
     assert os.path.isfile(out + "-symbol.json") and os.path.isfile(out + "-0000.params")
-    with pytest.raises(FileNotFoundError, match="make demo"):
+    assert deploy.read_meta(out)["format"] == "int8"
+    with pytest.raises(UserError, match="missing.params does not exist"):
         script.main(argv[:4] + ["--params", str(tmp_path / "missing.params")] + argv[6:])
+    # the old spelling --out still works, hidden
+    assert script.parse_args(argv[:10] + ["--out", "old"] + argv[12:]).out_prefix == "old"
+
+
+def run_export(argv, tmp_path):
+    from resnest_gluon.cli import export as export_cli
+
+    return export_cli.main([str(a) for a in argv])
+
+
+def fake_run(tmp_path, classes=3):
+    """A run directory as resnest-train leaves it: args.json, classes.txt, the best checkpoint."""
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny = resnest_gluon.get_model("resnest14", classes=classes)
+    tiny.initialize(mx.init.Xavier())
+    tiny.save_parameters(str(run / "resnest14-best.params"))
+    rec = make_rec(str(tmp_path / "train.rec"))
+    saved = dict(model="resnest14", classes=classes, val_crop_size=32, rec_train=rec)
+    (run / "args.json").write_text(json.dumps(saved))
+    (run / "classes.txt").write_text("cat\ndog\nfox\n")
+    return run, tiny
+
+
+def test_export_command_every_format_from_a_run(tmp_path):
+    from resnest_gluon.models.pretrained import file_sha1
+
+    run, tiny = fake_run(tmp_path)
+    x = np.random.RandomState(3).uniform(-2, 2, (2, 3, 32, 32)).astype(np.float32)
+    expected = tiny(mx.nd.array(x)).asnumpy()
+    got = {}
+    for fmt in ("symbol", "onnx", "int8"):
+        result = run_export(["--run", run, "--format", fmt], tmp_path)
+        meta = result["meta"]
+        assert meta["format"] == fmt and all(os.path.isfile(f) for f in result["files"])
+        assert meta["class_names"] == ["cat", "dog", "fox"] and meta["input_size"] == 32
+        assert meta["source_sha1"] == file_sha1(str(run / "resnest14-best.params"))
+        got[fmt] = result["files"]
+    assert got["onnx"][0] == str(run / "export" / "onnx" / "resnest14.onnx")
+    np.testing.assert_allclose(deploy.run_onnx(got["onnx"][0], x), expected, atol=1e-4)
+    sym = deploy.load_exported(str(run / "export" / "symbol" / "resnest14"))
+    np.testing.assert_allclose(sym(mx.nd.array(x)).asnumpy(), expected, atol=1e-4)
+    int8 = deploy.load_exported(str(run / "export" / "int8" / "resnest14"))
+    assert int8(mx.nd.array(x)).shape == (2, 3)
+
+
+def test_export_command_mistakes_are_one_line(tmp_path):
+    from resnest_gluon.cli import run as run_command
+
+    run, _ = fake_run(tmp_path)
+    (run / "args.json").write_text(json.dumps(dict(model="resnest14", classes=3, val_crop_size=32)))
+    assert run_command("export", ["--run", str(run), "--format", "int8"]) == 1  # no calibration records
+    assert run_command("export", ["--run", str(tmp_path), "--format", "onnx"]) == 1  # not a run
+    args = ["--model", "resnest14", "--params", str(tmp_path / "none.params"), "--format", "onnx"]
+    assert run_command("export", args) == 1

@@ -64,7 +64,10 @@ def test_float32_equals_mxnet_and_files_are_complete(tmp_path):
     x = np.random.RandomState(0).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
     expected = net(mx.nd.array(x)).asnumpy()
     xml = deploy.export_openvino(net, str(tmp_path / "ov" / "tiny"), (1, 3, 32, 32), precision="f32")
-    assert sorted(os.listdir(tmp_path / "ov")) == ["tiny.bin", "tiny.xml"]
+    assert sorted(os.listdir(tmp_path / "ov")) == ["tiny.bin", "tiny.meta.json", "tiny.xml"]
+    meta = deploy.read_meta(xml)
+    assert (meta["format"], meta["precision"], meta["files"]) == ("openvino", "f32", ["tiny.xml", "tiny.bin"])
+    assert (meta["classes"], meta["input_size"], meta["model"]) == (10, 32, "resnest14")
     compiled = deploy.load_openvino(xml)
     assert set(conv_precisions(compiled)) == {"f32"}
     np.testing.assert_allclose(deploy.run_openvino(compiled, x), expected, rtol=0, atol=1e-4)

@@ -61,7 +61,25 @@ def test_missing_file_says_where_to_put_it(saved, tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         get_model("resnest14", pretrained=True)
     message = str(err.value)
-    assert str(tmp_path / "home") in message and "weights_step2" in message
+    assert str(tmp_path / "home") in message and "resnest-download resnest14" in message
+    assert pretrained.GLUONCV_URL in message  # resnest14's publisher: gluoncv's model store
+    with pytest.raises(FileNotFoundError, match="weights_step2/resnest50-bcfefe1d.zip"):
+        get_model("resnest50", pretrained=True)
+
+
+def test_registry_has_gluoncv_files_with_their_published_sha1_and_top1():
+    from gluoncv.model_zoo.model_store import _model_sha1
+
+    from resnest_gluon import model_info
+
+    for name in ("resnest14", "resnest26", "resnest50", "resnest101", "resnest269"):
+        assert pretrained.SHA1[name] == _model_sha1[name], name
+    assert (model_info("resnest14")["top1"], model_info("resnest26")["top1"]) == (75.75, 78.68)
+    card = pretrained.published("resnest26")
+    assert card["file"] == "resnest26-36459074.params" and card["licence"] == "Apache-2.0"
+    assert card["url"] == pretrained.GLUONCV_URL + "resnest26-36459074.zip" and "gluoncv" in card["protocol"]
+    with pytest.raises(ValueError, match="no published weights for 'resnetd50'"):
+        pretrained.published("resnetd50")
 
 
 def test_wrong_checksum_is_refused(saved, tmp_path):
@@ -107,6 +125,78 @@ def test_download_with_a_bad_checksum_leaves_nothing(saved, tmp_path, monkeypatc
         pretrained.download("resnest14", base_url=mirror.as_uri())
     assert not (tmp_path / "home" / f"{name}.params").exists()
     assert list((tmp_path / "home").iterdir()) == []
+
+
+@pytest.fixture
+def http_mirror(saved, tmp_path):
+    """The zip of the test's resnest14 file served by a local HTTP server on 127.0.0.1 (no network)."""
+    import functools
+    import http.server
+    import threading
+
+    _, path, sha1 = saved
+    mirror = tmp_path / "served"
+    mirror.mkdir()
+    with zipfile.ZipFile(mirror / f"resnest14-{sha1[:8]}.zip", "w") as zf:
+        zf.write(path, f"resnest14-{sha1[:8]}.params")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mirror))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_command_over_http_with_progress(saved, http_mirror, tmp_path, capsys):
+    from resnest_gluon.cli import download as command
+
+    net, _, sha1 = saved
+    out = tmp_path / "weights"
+    paths = command.main(["resnest14", "--dir", str(out), "--base-url", http_mirror, "--progress"])
+    assert paths == [str(out / f"resnest14-{sha1[:8]}.params")]
+    assert pretrained.file_sha1(paths[0]) == sha1 and sorted(p.name for p in out.iterdir()) == [
+        f"resnest14-{sha1[:8]}.params"
+    ]
+    err = capsys.readouterr().err
+    assert f"resnest14-{sha1[:8]}.zip" in err and "100%" in err  # the progress bar, to the end
+    loaded = get_model("resnest14", pretrained=True, root=str(out))
+    np.testing.assert_allclose(loaded(X).asnumpy(), net(X).asnumpy(), rtol=1e-6)
+    # a second run keeps the checked file (no fetch: the server is not even asked)
+    assert command.main(["resnest14", "--dir", str(out), "--base-url", "http://127.0.0.1:1/"]) == paths
+
+
+def test_download_offline_is_one_error_line_naming_the_url(saved, tmp_path):
+    import subprocess
+    import sys
+
+    from resnest_gluon import cli
+
+    url = "http://127.0.0.1:1/"  # nothing listens on port 1: refused at once, as offline
+    with pytest.raises(pretrained.DownloadError, match=r"cannot download http://127\.0\.0\.1:1/resnest14-"):
+        pretrained.download("resnest14", root=str(tmp_path / "w"), base_url=url, progress=False)
+    assert list((tmp_path / "w").iterdir()) == []  # nothing left behind
+    env = dict(cli.child_env(), RESNEST_GLUON_HOME=str(tmp_path / "w"), RESNEST_GLUON_URL=url)
+    done = subprocess.run(
+        [sys.executable, "-m", "resnest_gluon", "download", "resnest50"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[-1].startswith("error: cannot download http://127.0.0.1:1/resnest50-bcfefe1d.zip: ")
+    assert [line for line in lines if line.startswith("error")] == lines[-1:]
+
+
+def test_download_rejects_unknown_names(capsys):
+    from resnest_gluon.cli import download as command
+
+    with pytest.raises(SystemExit):
+        command.main(["resnetd50"])
+    assert "no published weights for resnetd50" in capsys.readouterr().err
 
 
 def to_torch_layout(net):
@@ -168,3 +258,27 @@ def test_convert_weights_script(tmp_path):
     )
     loaded = get_model("resnest14", classes=6, pretrained=str(out))
     np.testing.assert_allclose(loaded(X).asnumpy(), net(X).asnumpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_convert_weights_missing_file_is_one_error_line(tmp_path, capsys):
+    from resnest_gluon import cli
+
+    argv = ["--model", "resnest14", "--input", str(tmp_path / "none.safetensors"), "--output", "x.params"]
+    assert cli.run("convert-weights", argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "none.safetensors does not exist" in err[0]
+    assert not (tmp_path / "x.params").exists()
+
+
+def test_export_of_the_published_weights_carries_imagenet_names(saved, tmp_path):
+    from resnest_gluon.cli import export
+
+    _, path, sha1 = saved
+    root = tmp_path / "home"
+    root.mkdir()
+    (root / f"resnest14-{sha1[:8]}.params").write_bytes(path.read_bytes())
+    argv = ["--model", "resnest14", "--pretrained", "--format", "symbol", "--input-size", "32"]
+    meta = export.main(argv + ["--out-prefix", str(tmp_path / "out" / "r14")])["meta"]
+    assert meta["source_sha1"] == sha1 and meta["source"] == str(root / f"resnest14-{sha1[:8]}.params")
+    assert len(meta["class_names"]) == 1000 and meta["class_names"][0] == "n01440764 tench"
+    assert (meta["classes"], meta["input_size"], meta["resize"]) == (1000, 32, 37)

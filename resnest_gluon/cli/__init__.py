@@ -4,8 +4,9 @@
 ``python -m resnest_gluon <command>`` and ``scripts/<command>.py`` / ``tools/<command>.py`` all call it.
 It sets MXNet's OpenMP threads before libmxnet loads (:mod:`resnest_gluon.threads`), imports the command,
 and turns a mistake the user can fix (:class:`~resnest_gluon.errors.UserError`) into one ``error:`` line
-and exit status 1, and a stop (Ctrl-C, SIGTERM) into one line and 130 / 143. ``RESNEST_GLUON_DEBUG=1``
-shows the traceback instead.
+and exit status 1, and a stop (Ctrl-C, SIGTERM) into one line and 130 / 143. ``--debug`` (or
+``RESNEST_GLUON_DEBUG=1``) shows the traceback instead. :mod:`.common` holds the options every command
+spells the same way.
 """
 
 import importlib
@@ -41,6 +42,13 @@ COMMANDS = {
         "top-1/top-5 of a checkpoint on a validation .rec", mxnet=True, on_stop="no result was written"
     ),
     "predict": Command("label images with a trained or published model", mxnet=True),
+    "download": Command("fetch published ImageNet weights, SHA-1 checked", mxnet=True),
+    "info": Command(
+        "a model's card: published top-1 and how it was measured, size, its weights file", mxnet=True
+    ),
+    "export": Command(
+        "a run or checkpoint as symbol, ONNX, OpenVINO or INT8 files, with .meta.json", mxnet=True
+    ),
     "im2rec": Command("pack image folders into RecordIO (.lst/.rec/.idx), MXNet's format"),
     "rec-check": Command("check a .rec/.idx pair record by record"),
     "benchmark": Command("inference speed of every CPU path, reported as the paper reports it", mxnet=True),
@@ -99,7 +107,7 @@ def run(name: str, argv: Optional[Sequence[str]] = None) -> int:
     if command.mxnet:  # before libmxnet loads: it reads its thread count once
         flag, default = command.reserve or (None, 0)
         threads.configure(reserve=threads.argv_int(flag, default, argv) if flag else 0)
-    debug = os.environ.get("RESNEST_GLUON_DEBUG", "") not in ("", "0")
+    debug = os.environ.get("RESNEST_GLUON_DEBUG", "") not in ("", "0") or "--debug" in argv
     try:
         with held_signals():  # libraries catch a KeyboardInterrupt mid-import and are left half-imported
             module = _module(name)

@@ -20,10 +20,9 @@ from resnest_gluon.training.checkpoints import check_params_file, save_arrays
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Average the weights of the K best checkpoints of a scripts/train.py run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    from . import common
+
+    p = common.parser("Average the weights of the K best checkpoints of a scripts/train.py run.")
     p.add_argument("run_dir", help="the run directory (args.json, metrics.jsonl, <model>-NNNN.params)")
     p.add_argument("--best", type=int, default=3, help="number of best checkpoints to average")
     p.add_argument("--out", required=True, help="the .params file to write")

@@ -19,7 +19,6 @@ Our ResNeSt-50 against gluoncv's, batch 1 and 8::
     python scripts/benchmark.py --model resnest50 --batch-size 1 8 --input-size 224 --compare gluoncv
 """
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -51,6 +50,9 @@ from resnest_gluon.benchmarking import (
     ratios,
     save_json,
 )
+from resnest_gluon.errors import UserError
+
+from . import common
 
 logger = logging.getLogger("benchmark")
 
@@ -346,22 +348,24 @@ def load_pipeline_module():
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = common.parser(
+        __doc__.split("\n\n")[0],
         epilog="The whole CPU picture in one command:\n"
         "  python scripts/benchmark.py --all --json cpu.json --plot cpu.png",
     )
+    p = parser.add_argument_group("models and inputs")
     p.add_argument("--model", action="append", help="model name (repeat); default: the paper's table")
     p.add_argument("--batch-size", type=int, nargs="+", default=None, help="batch sizes (default 1 8)")
     p.add_argument(
         "--input-size", type=int, default=None, help="input size (default: each model's paper crop)"
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
-    p.add_argument("--ctx", default="cpu", choices=["cpu", "gpu"])
+    common.add_ctx(p, help_gpu="gpu(0)")
+    p = parser.add_argument_group("timing")
     p.add_argument("--iters", type=int, default=None, help="timed batches per round (default 10, 2 for big)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (use >1 on a busy machine)")
     p.add_argument("--quick", action="store_true", help="default table with batch 1 and 3 iterations only")
+    p = parser.add_argument_group("what to time")
     p.add_argument(
         "--all",
         action="store_true",
@@ -421,14 +425,15 @@ def parse_args(argv=None):
     p.add_argument(
         "--data", metavar="PREFIX", default=None, help="also run scripts/bench_pipeline.py on PREFIX.rec"
     )
-    p.add_argument("--json", default=None, help="write the records here")
+    p = parser.add_argument_group("output")
+    p.add_argument("--json", default=None, help="write the records to this file")
     p.add_argument(
         "--plot",
         default=None,
         help="draw a chart here (PNG): the paths side by side if several were timed, else accuracy/latency",
     )
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    common.add_progress(p)
+    args = parser.parse_args(argv)
     if args.all:
         args.model = args.model or ["resnest50"]
         args.input_size = args.input_size or 224
@@ -446,7 +451,7 @@ def main(argv=None) -> List[Dict]:
     if args.model:
         unknown = [m for m in args.model if m not in resnest_gluon.list_models()]
         if unknown:
-            raise SystemExit(f"unknown model(s) {unknown}; choose from {resnest_gluon.list_models()}")
+            raise UserError(f"unknown model(s) {unknown}; choose from {resnest_gluon.list_models()}")
         plan = [
             dict(
                 model=m,
@@ -466,12 +471,12 @@ def main(argv=None) -> List[Dict]:
             if args.iters:
                 entry["iters"] = args.iters
     if args.quantize and args.quantize != "random" and not os.path.isfile(args.quantize):
-        raise SystemExit(f"--quantize {args.quantize}: no such .rec file")
+        raise UserError(f"--quantize {args.quantize}: no such .rec file")
     if args.openvino and importlib.util.find_spec("openvino") is None:
-        raise SystemExit(
+        raise UserError(
             "--openvino needs the openvino package: pip install -c requirements/lock.txt openvino"
         )
-    ctx = mx.gpu(0) if args.ctx == "gpu" else mx.cpu()
+    ctx = mx.gpu(0) if common.resolve_ctx(args) == "gpu" else mx.cpu()
     if args.ctx == "gpu" and (args.onnx or args.quantize or args.openvino):
         logger.info(
             "--onnx/--quantize/--openvino run on the CPU, from a CPU copy of the model (ctx cpu rows)"
@@ -497,7 +502,7 @@ def main(argv=None) -> List[Dict]:
         our_peers=args.all,
         stream=args.stream or args.ctx == "gpu",
         interleave=args.interleave,
-        progress=not args.no_progress,
+        progress=common.progress_enabled(args),
     )
     if peak:
         again = fp32_peak()
@@ -516,7 +521,7 @@ def main(argv=None) -> List[Dict]:
     if peak:
         print(describe(env, peak).splitlines()[-1] + " (best before and after the run)")
     if args.data:
-        pipeline = load_pipeline_module().run(args.data, progress=not args.no_progress)
+        pipeline = load_pipeline_module().run(args.data, progress=common.progress_enabled(args))
         for row in pipeline:
             print(json.dumps(row))
         if args.json:

@@ -4,8 +4,9 @@
     python scripts/predict.py photos/ more.jpg --run runs/flowers --out preds.csv  # a training run
     python scripts/predict.py list.txt --run runs/flowers --ema --tta flip         # its EMA weights
     python scripts/predict.py photos/ --params my.params --model resnest50 --classes 5 --class-names n.txt
-    python scripts/predict.py photos/ --symbol export/resnest50 --class-names n.txt   # exported symbol
-    python scripts/predict.py photos/ --onnx resnest50.onnx --class-names n.txt       # onnxruntime
+    python scripts/predict.py photos/ --symbol export/resnest50   # exported symbol (resnest-export)
+    python scripts/predict.py photos/ --onnx resnest50.onnx       # onnxruntime; .meta.json gives the rest
+    python scripts/predict.py photos/ --openvino resnest50.xml    # OpenVINO (resnest-export)
 
 Inputs are image files, folders (searched recursively for .jpg/.jpeg/.png/.bmp/.webp/.tif/.tiff) and text
 files (``.txt``) of paths, one per line, relative to the text file's folder. The preprocessing is
@@ -39,6 +40,8 @@ from resnest_gluon.errors import UserError
 from resnest_gluon.files import IMAGE_EXTS, NotRegularFile, read_regular, write_bytes
 from resnest_gluon.progress import progress_bar
 
+from . import common
+
 #: images with more pixels are decoded one at a time (about 100 MB each as 8-bit BGR): four 20000^2
 #: PNGs in four threads would otherwise need about 10 GB at once
 LARGE_PIXELS = 1 << 25
@@ -51,41 +54,81 @@ class PredictError(UserError):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Top-k class names and probabilities of images, from a ResNeSt.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = common.parser("Top-k class names and probabilities of images, from a ResNeSt.")
     p.add_argument("inputs", nargs="+", help="image files, folders (recursive) or .txt files of paths")
-    src = p.add_argument_group("the model (one of --run, --params, --pretrained, --symbol, --onnx)")
+    src = p.add_argument_group(
+        "the model (one of --run, --params, --pretrained, --symbol, --onnx, --openvino)"
+    )
     src.add_argument("--run", help="a scripts/train.py run directory: model, classes, crop and class names")
     src.add_argument("--ema", action="store_true", help="with --run: the EMA weights (<model>-ema-best)")
     src.add_argument("--params", help="a .params file of --model with --classes classes")
     src.add_argument("--pretrained", action="store_true", help="the published ImageNet weights of --model")
-    src.add_argument("--symbol", metavar="PREFIX", help="an exported model: PREFIX-symbol.json and params")
-    src.add_argument("--epoch", type=int, default=0, help="with --symbol: the number in PREFIX-NNNN.params")
-    src.add_argument("--onnx", metavar="FILE", help="an .onnx file, run with onnxruntime")
-    p.add_argument("--model", help="one of resnest_gluon.list_models() (with --params or --pretrained)")
-    p.add_argument("--classes", type=int, default=None, help="classes of --params (None: 1000)")
-    p.add_argument(
-        "--class-names", help="names in label order, one per line (default: the run's, or ImageNet's)"
+    src.add_argument(
+        "--symbol",
+        metavar="PREFIX",
+        help="an exported model: PREFIX-symbol.json, params and PREFIX.meta.json",
     )
-    p.add_argument("--crop-size", type=int, default=None, help="centre crop (default: the model's or run's)")
-    p.add_argument("--top-k", type=int, default=5, help="classes listed per image")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    p.add_argument("--threads", type=int, default=4, help="decoding threads")
-    p.add_argument("--ctx", choices=("cpu", "gpu"), default="cpu", help="device (MXNet backends)")
-    p.add_argument("--tta", choices=("none", "flip"), default="none", help="flip: average with the mirror")
-    p.add_argument("--out", help="also write the results to this .csv or .json file")
-    p.add_argument("--quiet", action="store_true", help="no table on standard output")
+    src.add_argument("--epoch", type=int, default=0, help="with --symbol: the number in PREFIX-NNNN.params")
+    src.add_argument(
+        "--onnx", metavar="FILE", help="an .onnx file (and its .meta.json), run with onnxruntime"
+    )
+    src.add_argument(
+        "--openvino", metavar="XML", help="an OpenVINO .xml from resnest-export (and its .meta.json)"
+    )
+    model = p.add_argument_group("model and classes (an export's .meta.json gives them)")
+    model.add_argument("--model", help="one of resnest_gluon.list_models() (with --params or --pretrained)")
+    model.add_argument("--classes", type=int, default=None, help="classes of --params (default: 1000)")
+    model.add_argument(
+        "--class-names",
+        help="names in label order, one per line (default: the run's or export's, or ImageNet's)",
+    )
+    model.add_argument(
+        "--crop-size", type=int, default=None, help="centre crop (default: the model's, run's or export's)"
+    )
+    run = p.add_argument_group("running")
+    run.add_argument("--top-k", type=int, default=5, help="classes listed per image")
+    run.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    common.add_data_threads(run, 4, help="image decoding threads")
+    common.add_ctx(run, help_gpu="gpu(0) (MXNet backends)")
+    run.add_argument("--tta", choices=("none", "flip"), default="none", help="flip: average with the mirror")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", help="also write the results to this .csv or .json file")
+    out.add_argument("--quiet", action="store_true", help="no table on standard output")
+    common.add_progress(out)
     args = p.parse_args(argv)
-    sources = [name for name in ("run", "params", "pretrained", "symbol", "onnx") if getattr(args, name)]
+    sources = [
+        name for name in ("run", "params", "pretrained", "symbol", "onnx", "openvino") if getattr(args, name)
+    ]
     if len(sources) != 1:
-        p.error("give exactly one of --run, --params, --pretrained, --symbol, --onnx")
-    if args.top_k < 1 or args.batch_size < 1 or args.threads < 0:
-        p.error("--top-k and --batch-size must be at least 1, --threads at least 0")
+        p.error("give exactly one of --run, --params, --pretrained, --symbol, --onnx, --openvino")
+    if args.top_k < 1 or args.batch_size < 1 or args.data_threads < 0:
+        p.error("--top-k and --batch-size must be at least 1, --data-threads at least 0")
     if args.out and os.path.splitext(args.out)[1].lower() not in (".csv", ".json"):
         p.error("--out must end in .csv or .json")
     return args
+
+
+def apply_export_meta(args: argparse.Namespace) -> Optional[dict]:
+    """For --onnx, --openvino and --symbol: the export's ``.meta.json`` fills --crop-size, --classes and the
+    class names that were not given (``args.meta_class_names``); returns the metadata, or None without one."""
+    from resnest_gluon.deploy import read_meta
+
+    args.meta_class_names = None
+    target = args.onnx or args.openvino or args.symbol
+    if not target:
+        return None
+    try:
+        meta = read_meta(target)
+    except ValueError as err:
+        raise PredictError(str(err)) from None
+    if meta is None:
+        return None
+    args.crop_size = args.crop_size or meta.get("input_size")
+    args.classes = args.classes or meta.get("classes")
+    args.model = args.model or meta.get("model")
+    if args.class_names is None:
+        args.meta_class_names = meta.get("class_names")
+    return meta
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -261,7 +304,7 @@ def load_mxnet(args) -> Model:
             net = load_exported(args.symbol, args.epoch, ctx)
         except (OSError, ValueError, mx.base.MXNetError) as err:
             raise PredictError(f"--symbol {args.symbol}: {err}") from err
-        return Model(lambda x: net(mx.nd.array(x, ctx=ctx)).asnumpy(), _default_crop(args), None)
+        return Model(lambda x: net(mx.nd.array(x, ctx=ctx)).asnumpy(), _default_crop(args), args.classes)
     model, classes, params = args.model, args.classes, args.params
     crop = args.crop_size
     if args.run:
@@ -281,7 +324,7 @@ def load_mxnet(args) -> Model:
             net = resnest_gluon.get_model(model, classes=classes)
             load_params_checked(net, params, ctx)
     except (OSError, ValueError, mx.base.MXNetError) as err:
-        raise PredictError(f"{err} (are --model and --classes right?)") from err
+        raise PredictError(str(err)) from err
     return Model(_gluon_forward(net, ctx), crop, classes)
 
 
@@ -292,7 +335,7 @@ def load_onnx_model(args) -> Model:
     if not os.path.isfile(args.onnx):
         raise PredictError(f"--onnx {args.onnx} does not exist")
     try:
-        session = load_onnx(args.onnx, threads=args.threads)
+        session = load_onnx(args.onnx, threads=args.data_threads)
     except Exception as err:  # onnxruntime raises its own exception types
         raise PredictError(f"--onnx {args.onnx} cannot be loaded: {err}") from err
     shape = session.get_inputs()[0].shape
@@ -309,15 +352,32 @@ def load_onnx_model(args) -> Model:
             parts.append(run_onnx(session, padded)[: len(part)])
         return np.concatenate(parts)
 
-    return Model(forward, crop, None)
+    return Model(forward, crop, args.classes)
 
 
-# Every way of running a model; a new backend (e.g. OpenVINO) is one more loader here and one more flag.
-BACKENDS: Dict[str, Callable[[argparse.Namespace], Model]] = {"mxnet": load_mxnet, "onnx": load_onnx_model}
+def load_openvino_model(args) -> Model:
+    """--openvino with OpenVINO (CPU), at the precision it was exported with."""
+    from resnest_gluon.deploy import load_openvino, run_openvino
+
+    if not os.path.isfile(args.openvino):
+        raise PredictError(f"--openvino {args.openvino} does not exist")
+    try:
+        compiled = load_openvino(args.openvino, threads=args.data_threads)
+    except Exception as err:  # OpenVINO raises its own exception types
+        raise PredictError(f"--openvino {args.openvino} cannot be loaded: {err}") from err
+    return Model(lambda x: run_openvino(compiled, x), _default_crop(args), args.classes)
+
+
+# Every way of running a model; a new backend is one more loader here and one more flag.
+BACKENDS: Dict[str, Callable[[argparse.Namespace], Model]] = {
+    "mxnet": load_mxnet,
+    "onnx": load_onnx_model,
+    "openvino": load_openvino_model,
+}
 
 
 def backend_of(args) -> str:
-    return "onnx" if args.onnx else "mxnet"
+    return "onnx" if args.onnx else "openvino" if args.openvino else "mxnet"
 
 
 def class_names_for(args, model: Model) -> Optional[List[str]]:
@@ -331,6 +391,8 @@ def class_names_for(args, model: Model) -> Optional[List[str]]:
             names = read_class_names(path)
         except (OSError, ValueError) as err:
             raise PredictError(str(err)) from err
+    elif getattr(args, "meta_class_names", None):
+        names = args.meta_class_names
     elif args.pretrained:
         names = imagenet_class_names()
     else:
@@ -434,11 +496,23 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if (args.params or args.pretrained) and not args.model:
         raise PredictError("--params and --pretrained need --model NAME")
+    apply_export_meta(args)
     paths = collect_images(args.inputs)
+    if backend_of(args) == "mxnet":
+        common.resolve_ctx(args)
     model = BACKENDS[backend_of(args)](args)
     names = class_names_for(args, model)
     tic = time.time()
-    rows = predict(paths, model, names, args.top_k, args.batch_size, args.threads, args.tta)
+    rows = predict(
+        paths,
+        model,
+        names,
+        args.top_k,
+        args.batch_size,
+        args.data_threads,
+        args.tta,
+        common.progress_enabled(args),
+    )
     seconds = time.time() - tic
     if not args.quiet:
         print(format_table(rows, args.top_k))

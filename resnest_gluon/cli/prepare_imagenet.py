@@ -9,7 +9,7 @@ Inputs (from image-net.org, not downloadable here):
   ``num_children``, ...) and ``data/ILSVRC2012_validation_ground_truth.txt`` (the ``ILSVRC2012_ID`` of
   each validation image, in file-number order).
 
-Outputs under ``--out``: ``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``, ``synsets.txt`` (label order),
+Outputs under ``--out-dir``: ``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``, ``synsets.txt`` (label order),
 ``train.lst``/``val.lst`` and ``train.rec``/``.idx``, ``val.rec``/``.idx`` made with ``tools/im2rec.py``
 (shorter side 480 px by default, as ResNeSt's training recipe expects; arXiv:2004.08955). Labels are the
 positions of the 1,000 leaf WNIDs in sorted order, the same numbering ``im2rec.py --list --recursive`` gives
@@ -18,7 +18,8 @@ finished ``.rec`` files are kept, so a rerun continues where the last one stoppe
 
 Example::
 
-    python scripts/prepare_imagenet.py --download-dir ~/imagenet_tars --out ~/data/imagenet --num-thread 16
+    python scripts/prepare_imagenet.py --download-dir ~/imagenet_tars --out-dir ~/data/imagenet \\
+        --num-thread 16
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import re
 import shutil
 import tarfile
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import common
 
 logger = logging.getLogger(__name__)
 
@@ -269,23 +272,29 @@ def prepare(
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Build ImageNet class folders and RecordIO files from the ILSVRC2012 archives.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = common.parser("Build ImageNet class folders and RecordIO files from the ILSVRC2012 archives.")
+    data = parser.add_argument_group("data")
+    data.add_argument("--download-dir", default=".", help="folder holding the three official archives")
+    data.add_argument("--train-tar", help=f"path of {TRAIN_TAR} (default: in --download-dir)")
+    data.add_argument("--val-tar", help=f"path of {VAL_TAR} (default: in --download-dir)")
+    data.add_argument("--devkit", help=f"path of {DEVKIT} (default: in --download-dir)")
+    data.add_argument(
+        "--splits", nargs="+", default=["train", "val"], choices=["train", "val"], help="splits"
     )
-    parser.add_argument("--download-dir", default=".", help="folder holding the three official archives")
-    parser.add_argument("--train-tar", help=f"path of {TRAIN_TAR} (default: in --download-dir)")
-    parser.add_argument("--val-tar", help=f"path of {VAL_TAR} (default: in --download-dir)")
-    parser.add_argument("--devkit", help=f"path of {DEVKIT} (default: in --download-dir)")
-    parser.add_argument("--out", required=True, help="output folder (needs ~150 GB for folders + records)")
-    parser.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
-    parser.add_argument("--resize", type=int, default=480, help="shorter side of the packed images (0: keep)")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
-    parser.add_argument("--no-upscale", action="store_true", help="keep smaller images (JPEG bytes copied)")
-    parser.add_argument("--num-thread", type=int, default=os.cpu_count() or 1, help="packing processes")
-    parser.add_argument("--no-rec", action="store_true", help="only extract and write the .lst files")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pack = parser.add_argument_group("packing")
+    pack.add_argument("--resize", type=int, default=480, help="shorter side of the packed images (0: keep)")
+    pack.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
+    pack.add_argument("--no-upscale", action="store_true", help="keep smaller images (JPEG bytes copied)")
+    pack.add_argument("--num-thread", type=int, default=os.cpu_count() or 1, help="packing processes")
+    pack.add_argument("--no-rec", action="store_true", help="only extract and write the .lst files")
+    out = parser.add_argument_group("output")
+    # not required=True: argparse would then refuse the old spelling --out
+    out.add_argument("--out-dir", help="output folder, needs ~150 GB for folders + records (required)")
+    common.alias(out, "--out", dest="out_dir")
+    common.add_progress(out)
     args = parser.parse_args(argv)
+    if not args.out_dir:
+        parser.error("the following arguments are required: --out-dir")
     args.train_tar = args.train_tar or os.path.join(args.download_dir, TRAIN_TAR)
     args.val_tar = args.val_tar or os.path.join(args.download_dir, VAL_TAR)
     args.devkit = args.devkit or os.path.join(args.download_dir, DEVKIT)
@@ -319,7 +328,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     summary = prepare(
-        args.out,
+        args.out_dir,
         args.train_tar,
         args.val_tar,
         args.devkit,
@@ -329,7 +338,7 @@ def _run(args: argparse.Namespace) -> int:
         args.num_thread,
         args.no_upscale,
         pack=not args.no_rec,
-        progress=not args.no_progress,
+        progress=args.progress is not False,
     )
     for split in args.splits:
         logger.info("%s: %s", split, summary[split])

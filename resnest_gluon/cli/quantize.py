@@ -3,20 +3,19 @@
 Zhang et al., "ResNeSt: Split-Attention Networks", arXiv:2004.08955.
 
 The model is calibrated with MXNet's quantization (MKLDNN backend) on a few batches of ``--rec-calib``,
-saved as ``{--out}-symbol.json`` / ``{--out}-0000.params``, and both models are scored on ``--rec-val``
-with the validation transform of training (``resnest_gluon.data.val_iter``).
+saved as ``{--out-prefix}-symbol.json`` / ``-0000.params`` / ``.meta.json``, and both models are scored on
+``--rec-val`` with the validation transform of training (``resnest_gluon.data.val_iter``).
 
 Example (the demo's digits model)::
 
     python scripts/quantize.py --model resnest14 --classes 10 --input-size 32 \\
         --params demo_out/run/resnest14-best.params --rec-calib demo_out/train.rec \\
-        --rec-val demo_out/val.rec --out demo_out/int8/resnest14
+        --rec-val demo_out/val.rec --out-prefix demo_out/int8/resnest14
 
 ``--calib-mode naive entropy`` scores both calibrations (the first one's model is saved); ``--openvino``
 also scores the model exported to OpenVINO in f32, bf16 and INT8 (calibrated on the same records).
 """
 
-import argparse
 import json
 import logging
 import os
@@ -28,8 +27,11 @@ import mxnet as mx
 import resnest_gluon
 from resnest_gluon import deploy, threads
 from resnest_gluon.data import val_iter
+from resnest_gluon.errors import UserError
 from resnest_gluon.models.pretrained import load_params_checked
 from resnest_gluon.training import TrainingError, atomic_json, check_labels
+
+from . import common
 
 logger = logging.getLogger("quantize")
 
@@ -72,7 +74,7 @@ def quantize_checkpoint(
     """
     for path in (params, rec_calib, rec_val):
         if not os.path.isfile(path):
-            raise TrainingError(f"{path} does not exist (run `make demo` for the digits model and records)")
+            raise UserError(f"{path} does not exist (`make demo` makes the digits model and records)")
     for path in (rec_calib, rec_val):  # labels from the records' heads, against --classes
         check_labels(path, classes)
     net = resnest_gluon.get_model(model, classes=classes)
@@ -120,28 +122,42 @@ def quantize_checkpoint(
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="INT8-quantize a ResNeSt checkpoint and compare its top-1 to float32."
+    p = common.parser("INT8-quantize a ResNeSt checkpoint and compare its top-1 to float32.")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", required=True, help="registry name, e.g. resnest14")
+    model.add_argument("--params", required=True, help=".params checkpoint")
+    model.add_argument("--classes", type=int, default=1000, help="classes of --params")
+    model.add_argument(
+        "--input-size", type=int, default=None, help="crop size (default: the model's paper crop)"
     )
-    p.add_argument("--model", required=True, help="registry name, e.g. resnest14")
-    p.add_argument("--params", required=True, help=".params checkpoint")
-    p.add_argument("--classes", type=int, default=1000)
-    p.add_argument("--rec-calib", required=True, help=".rec with calibration images (e.g. the training set)")
-    p.add_argument("--rec-val", required=True, help=".rec to score float32 and INT8 on")
-    p.add_argument("--out", required=True, help="output prefix of the INT8 symbol and params")
-    p.add_argument("--input-size", type=int, default=None, help="crop size (default: the model's paper crop)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--calib-batches", type=int, default=10)
-    p.add_argument(
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--rec-calib", required=True, help=".rec with calibration images (e.g. the training set)"
+    )
+    data.add_argument("--rec-val", required=True, help=".rec to score float32 and INT8 on")
+    data.add_argument("--batch-size", type=int, default=32, help="images per batch")
+    calib = p.add_argument_group("calibration")
+    calib.add_argument("--calib-batches", type=int, default=10, help="calibration batches")
+    calib.add_argument(
         "--calib-mode",
         nargs="+",
         default=["naive"],
         choices=["naive", "entropy"],
         help="calibration(s) to score; the first one's model is saved",
     )
-    p.add_argument("--openvino", action="store_true", help="also score OpenVINO f32, bf16 and INT8")
-    p.add_argument("--json", default=None, help="also write the result here")
-    return p.parse_args(argv)
+    calib.add_argument("--openvino", action="store_true", help="also score OpenVINO f32, bf16 and INT8")
+    out = p.add_argument_group("output")
+    # not required=True: argparse would then refuse the old spelling --out
+    out.add_argument(
+        "--out-prefix",
+        help="output prefix: PREFIX-symbol.json, PREFIX-0000.params, PREFIX.meta.json (required)",
+    )
+    common.alias(out, "--out", dest="out_prefix")
+    out.add_argument("--json", default=None, help="also write the result to this file")
+    args = p.parse_args(argv)
+    if not args.out_prefix:
+        p.error("the following arguments are required: --out-prefix")
+    return args
 
 
 def main(argv=None) -> Dict:
@@ -154,7 +170,7 @@ def main(argv=None) -> Dict:
         args.classes,
         args.rec_calib,
         args.rec_val,
-        args.out,
+        args.out_prefix,
         size,
         args.batch_size,
         args.calib_batches,

@@ -8,12 +8,16 @@ graph still computes a random mask (and a ``random_uniform_like``/``shape_array`
 not handle), so the layers are switched off before tracing; on a CPU the graph is then fused by oneDNN
 (exports write the plain, portable graph). Outputs are unchanged.
 
+Every export writes ``PREFIX.meta.json`` beside its files (:mod:`.meta`): classes, class names, the input
+size and preprocessing, the model and the source checkpoint's SHA-1.
+
 Files are written under a temporary name and renamed, so an interrupted export never leaves a half-written
 model where a good one was.
 """
 
 from .graph import export, fusion_available, is_fused, load_exported, net_context, prepare_for_inference
 from .int8 import calibration_batches, quantize, rec_calibration_iter
+from .meta import build_meta, meta_path, read_meta, write_meta
 from .onnx_export import TENSORRT_ONNX_OPS, check_onnx_ops, export_onnx, load_onnx, onnx_ops, run_onnx
 from .openvino_export import (
     compile_openvino,
@@ -25,6 +29,10 @@ from .openvino_export import (
 )
 
 __all__ = [
+    "build_meta",
+    "meta_path",
+    "read_meta",
+    "write_meta",
     "run_openvino",
     "resolve_precision",
     "openvino_capabilities",

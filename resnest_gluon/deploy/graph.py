@@ -3,13 +3,14 @@
 import logging
 import os
 import tempfile
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import mxnet as mx
 from mxnet.gluon import HybridBlock, SymbolBlock
 
 from .. import ops
 from ..models.layers import SplitAttentionConv, set_drop_prob, set_fused_sum
+from .meta import build_meta, write_meta
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,10 @@ def export(
     input_shape: Sequence[int],
     epoch: int = 0,
     ctx: Optional[mx.Context] = None,
+    meta: Union[dict, bool, None] = None,
 ) -> Tuple[str, str]:
-    """Exports ``net`` to ``{prefix}-symbol.json`` and ``{prefix}-{epoch:04d}.params``.
+    """Exports ``net`` to ``{prefix}-symbol.json``, ``{prefix}-{epoch:04d}.params`` and
+    ``{prefix}.meta.json``.
 
     Parameters
     ----------
@@ -115,12 +118,20 @@ def export(
         Number in the params file name.
     ctx : Context, optional
         Where to run the tracing forward pass (default: the context of ``net``'s parameters).
+    meta : dict, optional
+        Fields of ``{prefix}.meta.json`` to set or override (e.g. ``class_names``; see
+        :func:`resnest_gluon.deploy.meta.build_meta`); False writes no metadata.
 
     Returns
     -------
     (str, str)
         Paths of the symbol file and the params file; reload them with :func:`load_exported`.
     """
+    sym_file, params_file = f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params"
+    # before anything changes: a mistake in it (class names that do not fit) leaves nothing behind
+    info = None
+    if meta is not False:
+        info = build_meta(net, input_shape, "symbol", [sym_file, params_file], meta or None)
     ctx = ctx or net_context(net)
     fused = is_fused(net)
     # the plain graph: fused oneDNN operators would tie the files to an MXNet built with MKLDNN
@@ -128,7 +139,6 @@ def export(
     net(mx.nd.zeros(tuple(input_shape), ctx=ctx)).wait_to_read()
     out_dir = os.path.dirname(os.path.abspath(prefix))
     os.makedirs(out_dir, exist_ok=True)
-    sym_file, params_file = f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params"
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
         tmp_prefix = os.path.join(tmp, "net")
         net.export(tmp_prefix, epoch=epoch)
@@ -138,6 +148,8 @@ def export(
                 (f"{tmp_prefix}-{epoch:04d}.params", params_file),
             ]
         )
+    if info is not None:
+        write_meta(prefix, info)
     if fused:
         prepare_for_inference(net, fuse=True)
     logger.info("exported %s and %s", sym_file, params_file)

@@ -10,6 +10,7 @@ import numpy as np
 from mxnet.gluon import HybridBlock, SymbolBlock
 
 from .graph import _replace_all, net_context, prepare_for_inference
+from .meta import build_meta, write_meta
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def quantize(
     calib_mode: str = "naive",
     quantized_dtype: str = "auto",
     exclude_first_conv: bool = True,
+    meta: Optional[dict] = None,
 ) -> SymbolBlock:
     """INT8 model of ``net`` with MXNet's quantization (MKLDNN backend on the CPU), calibrated on data.
 
@@ -115,6 +117,8 @@ def quantize(
     exclude_first_conv : bool
         Keep the first convolution in float32 (its input is the signed, unnormalised image; quantizing it
         costs the most accuracy for the least time).
+    meta : dict, optional
+        With ``out_prefix``: fields of ``{out_prefix}.meta.json`` to set or override.
 
     Returns
     -------
@@ -156,6 +160,9 @@ def quantize(
         out_dir = os.path.dirname(os.path.abspath(out_prefix))
         os.makedirs(out_dir, exist_ok=True)
         shape = calib_data.provide_data[0].shape
+        files = [f"{out_prefix}-symbol.json", f"{out_prefix}-0000.params"]
+        fields = dict(meta or {}, calib_mode=calib_mode, precision="int8")
+        info = build_meta(net, shape, "int8", files, fields)
         qnet(mx.nd.zeros(shape)).wait_to_read()
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".quantize-") as tmp:
             tmp_prefix = os.path.join(tmp, "net")
@@ -166,5 +173,6 @@ def quantize(
                     (f"{tmp_prefix}-0000.params", f"{out_prefix}-0000.params"),
                 ]
             )
+        write_meta(out_prefix, info)
         logger.info("saved the INT8 model as %s-symbol.json / -0000.params", out_prefix)
     return qnet

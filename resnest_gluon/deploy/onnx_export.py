@@ -3,13 +3,14 @@
 import logging
 import os
 import tempfile
-from typing import Iterable, Sequence, Set
+from typing import Iterable, Sequence, Set, Union
 
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import HybridBlock
 
 from .graph import export
+from .meta import build_meta, write_meta
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,10 @@ def export_onnx(
     input_shape: Sequence[int],
     dynamic_batch: bool = False,
     check_ops: bool = True,
+    meta: Union[dict, bool, None] = None,
 ) -> str:
-    """Exports ``net`` to an ONNX file with MXNet's exporter (``mx.onnx.export_model``, onnx < 1.16).
+    """Exports ``net`` to an ONNX file with MXNet's exporter (``mx.onnx.export_model``, onnx < 1.16), and
+    its metadata to ``{path without .onnx}.meta.json``.
 
     Parameters
     ----------
@@ -74,16 +77,20 @@ def export_onnx(
         Leave the batch dimension symbolic.
     check_ops : bool
         Raise if the graph has operators outside :data:`TENSORRT_ONNX_OPS` (see :func:`check_onnx_ops`).
+    meta : dict, optional
+        Fields of the ``.meta.json`` to set or override (see :func:`resnest_gluon.deploy.meta.build_meta`);
+        False writes none.
 
     Returns
     -------
     str
         ``path``.
     """
+    info = None if meta is False else build_meta(net, input_shape, "onnx", [path], meta or None)
     out_dir = os.path.dirname(os.path.abspath(path))
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".onnx-") as tmp:
-        sym_file, params_file = export(net, os.path.join(tmp, "net"), input_shape)
+        sym_file, params_file = export(net, os.path.join(tmp, "net"), input_shape, meta=False)
         tmp_onnx = os.path.join(tmp, "net.onnx")
         kwargs = {}
         if dynamic_batch:
@@ -93,6 +100,8 @@ def export_onnx(
         if check_ops:
             check_onnx_ops(tmp_onnx)
         os.replace(tmp_onnx, path)
+    if info is not None:
+        write_meta(path, info)
     logger.info("exported %s", path)
     return path
 

@@ -15,6 +15,7 @@ import numpy as np
 from mxnet.gluon import HybridBlock
 
 from .int8 import calibration_batches
+from .meta import build_meta, write_meta
 from .onnx_export import export_onnx
 from .onnx_qdq import quantize_onnx
 
@@ -48,8 +49,10 @@ def export_openvino(
     calib_data: Union[str, Iterable, None] = None,
     num_calib_batches: int = 10,
     batch_size: int = 8,
+    meta: Union[dict, bool, None] = None,
 ) -> str:
-    """Exports ``net`` through ONNX to OpenVINO IR ``{prefix}.xml`` (+ ``.bin``); returns the ``.xml`` path.
+    """Exports ``net`` through ONNX to OpenVINO IR ``{prefix}.xml`` (+ ``.bin``, ``.meta.json``); returns the
+    ``.xml`` path.
 
     Parameters
     ----------
@@ -66,16 +69,23 @@ def export_openvino(
         For ``int8``: a ``.rec`` path or batches, as for :func:`resnest_gluon.deploy.quantize`.
     num_calib_batches, batch_size : int
         Calibration batches used, and the batch size when ``calib_data`` is a ``.rec``.
+    meta : dict, optional
+        Fields of ``{prefix}.meta.json`` to set or override; False writes none.
     """
     import openvino as ov
 
     precision = resolve_precision(precision)
     if precision == "int8" and calib_data is None:
         raise ValueError("precision='int8' needs calib_data (a .rec path or batches of images)")
+    xml, bin_ = f"{prefix}.xml", f"{prefix}.bin"
+    fields = dict(meta or {}, precision=precision)
+    info = None if meta is False else build_meta(net, input_shape, "openvino", [xml, bin_], fields)
     out_dir = os.path.dirname(os.path.abspath(prefix))
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".openvino-") as tmp:
-        onnx_path = export_onnx(net, os.path.join(tmp, "net.onnx"), input_shape, dynamic_batch=True)
+        onnx_path = export_onnx(
+            net, os.path.join(tmp, "net.onnx"), input_shape, dynamic_batch=True, meta=False
+        )
         if precision == "int8":
             size = tuple(input_shape)[-1]
             batches = calibration_batches(calib_data, num_calib_batches, batch_size, size)
@@ -86,9 +96,10 @@ def export_openvino(
         model.set_rt_info(precision, ["resnest_gluon", "precision"])
         # compress_to_fp16 would round the float32 weights to float16
         ov.save_model(model, os.path.join(tmp, "net.xml"), compress_to_fp16=False)
-        xml, bin_ = f"{prefix}.xml", f"{prefix}.bin"
         os.replace(os.path.join(tmp, "net.bin"), bin_)
         os.replace(os.path.join(tmp, "net.xml"), xml)
+    if info is not None:
+        write_meta(prefix, info)
     logger.info("exported %s (%s)", xml, precision)
     return xml
 
@@ -129,7 +140,7 @@ def compile_openvino(
     memory, no files left behind (for benchmarks and accuracy checks)."""
     with tempfile.TemporaryDirectory(prefix="resnest-openvino-") as tmp:
         xml = export_openvino(
-            net, os.path.join(tmp, "model"), input_shape, precision, calib_data, num_calib_batches
+            net, os.path.join(tmp, "model"), input_shape, precision, calib_data, num_calib_batches, meta=False
         )
         return load_openvino(xml, threads=threads)
 

@@ -1,35 +1,47 @@
 """Published pretrained weights: where they live, how they are checked, how they are fetched.
 
-The files are ``{model}-{sha1[:8]}.params`` as released with ResNeSt (GitHub release ``weights_step2``,
-each as ``{file}.zip``). Loading checks the SHA-1 and then every key and shape against the model, so a
-file for another model fails with the first mismatch named instead of a shape error deep in MXNet.
+The files are ``{model}-{sha1[:8]}.params``, each published as ``{file}.zip``: ResNeSt-50 and up by the
+ResNeSt authors (GitHub release ``weights_step2``), ResNeSt-14 and -26 by gluoncv (its model store). Loading
+checks the SHA-1 and then every key and shape against the model, so a file for another model fails with the
+first mismatch named instead of a shape error deep in MXNet. :func:`download` fetches a file with a progress
+bar, checks it and moves it into place; without a network it raises :class:`DownloadError` naming the URL.
 """
 
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
+import urllib.error
 import urllib.request
 import zipfile
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import mxnet as mx
 from mxnet.gluon import Block
 
+from ..errors import UserError
+
 __all__ = [
     "SHA1",
+    "SOURCES",
+    "DownloadError",
     "UnreadableParams",
     "default_root",
-    "pretrained_path",
     "download",
-    "load_pretrained",
+    "download_all",
+    "file_sha1",
     "load_params_checked",
+    "load_pretrained",
+    "pretrained_path",
+    "published",
+    "url_of",
 ]
 
 logger = logging.getLogger(__name__)
 
 SHA1: Dict[str, str] = {
+    "resnest14": "7e0b0cae2fd7e9084d1e498b858af1429a6eb1cb",
+    "resnest26": "364590740605b6a2b95f5bb77436d781a817436f",
     "resnest50": "bcfefe1dd1dd1ef5cfed5563123c1490ea37b42e",
     "resnest101": "5da943b3230f071525a98639945a6b3b3a45ac95",
     "resnest200": "0c5d117df664ace220aa6fc2922c094bb079d381",
@@ -44,6 +56,31 @@ SHA1: Dict[str, str] = {
 }
 
 RELEASE_URL = "https://github.com/zhanghang1989/ResNeSt/releases/download/weights_step2/"
+#: gluoncv's model store (gluoncv 0.10.5, ``model_zoo/model_store.py``), where ResNeSt-14 and -26 live
+GLUONCV_URL = "https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/gluon/models/"
+
+#: who published the files, where, under which licence, and how their top-1 was measured
+SOURCES: Dict[str, dict] = {
+    "resnest": dict(
+        url=RELEASE_URL,
+        publisher="the ResNeSt authors (github.com/zhanghang1989/ResNeSt, release weights_step2)",
+        licence="Apache-2.0",
+        protocol="ImageNet-1k validation (50,000 images), one centre crop at the model's crop size after "
+        "resizing the shorter side to crop / 0.875 (Zhang et al. 2020, Gluon column)",
+    ),
+    "gluoncv": dict(
+        url=GLUONCV_URL,
+        publisher="gluoncv (github.com/dmlc/gluon-cv model zoo; the file gluoncv 0.10.5 loads)",
+        licence="Apache-2.0",
+        protocol="ImageNet-1k validation (50,000 images), one 224 px centre crop after resizing the shorter "
+        "side to 256 (gluoncv's model zoo table)",
+    ),
+}
+_SOURCE_OF = {"resnest14": "gluoncv", "resnest26": "gluoncv"}
+
+
+class DownloadError(UserError, OSError):
+    """A download that failed (no network, no such file, a wrong checksum); the message names the URL."""
 
 
 def default_root() -> str:
@@ -55,6 +92,21 @@ def _sha1(name: str) -> str:
     if name not in SHA1:
         raise ValueError(f"no published weights for {name!r}; published: {', '.join(SHA1)}")
     return SHA1[name]
+
+
+def url_of(name: str, base_url: Optional[str] = None) -> str:
+    """The ``.zip`` URL of ``name``'s file: under ``base_url``, else ``$RESNEST_GLUON_URL``, else its
+    publisher's."""
+    base = base_url or os.environ.get("RESNEST_GLUON_URL") or SOURCES[_SOURCE_OF.get(name, "resnest")]["url"]
+    return base.rstrip("/") + f"/{name}-{_sha1(name)[:8]}.zip"
+
+
+def published(name: str) -> dict:
+    """``name``'s published file: ``sha1``, ``file``, ``url``, ``publisher``, ``licence`` and the
+    ``protocol`` of its published top-1. Raises ``ValueError`` for a model without published weights."""
+    sha1 = _sha1(name)
+    source = SOURCES[_SOURCE_OF.get(name, "resnest")]
+    return dict(source, sha1=sha1, file=f"{name}-{sha1[:8]}.params", url=url_of(name))
 
 
 def pretrained_path(name: str, root: Optional[str] = None) -> str:
@@ -70,25 +122,77 @@ def file_sha1(path: str) -> str:
     return digest.hexdigest()
 
 
-def download(name: str, root: Optional[str] = None, base_url: Optional[str] = None) -> str:
-    """Fetches ``{file}.zip`` from the release (or ``base_url``, e.g. a ``file://`` mirror), checks the
-    SHA-1 and moves the file into place; a failed or partial download leaves nothing behind."""
+def download(
+    name: str,
+    root: Optional[str] = None,
+    base_url: Optional[str] = None,
+    progress: bool = True,
+    timeout: float = 30.0,
+) -> str:
+    """Fetches ``name``'s published ``{file}.zip`` (from ``base_url``, e.g. a ``file://`` mirror, else
+    ``$RESNEST_GLUON_URL``, else its publisher), checks the SHA-1 and moves the file into ``root``.
+
+    A file already in place with the right SHA-1 is not fetched again. A failed or partial download leaves
+    nothing behind and raises :class:`DownloadError` (an ``OSError``) naming the URL. Returns the path.
+    """
     path = pretrained_path(name, root)
-    base_url = base_url or os.environ.get("RESNEST_GLUON_URL", RELEASE_URL)
-    url = base_url.rstrip("/") + "/" + os.path.basename(path)[: -len(".params")] + ".zip"
+    if os.path.isfile(path) and file_sha1(path) == _sha1(name):
+        logger.info("%s is already there (SHA-1 checked)", path)
+        return path
+    url = url_of(name, base_url)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     logger.info("downloading %s", url)
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(path), prefix=".download-") as tmp:
         archive = os.path.join(tmp, "weights.zip")
-        with urllib.request.urlopen(url) as response, open(archive, "wb") as out:
-            shutil.copyfileobj(response, out)
-        with zipfile.ZipFile(archive) as zf:
-            zf.extract(os.path.basename(path), tmp)
+        _fetch(url, archive, progress, timeout)
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extract(os.path.basename(path), tmp)
+        except (zipfile.BadZipFile, KeyError) as err:
+            raise DownloadError(f"{url} is not the published archive ({err}); nothing was saved") from None
         extracted = os.path.join(tmp, os.path.basename(path))
         if file_sha1(extracted) != _sha1(name):
-            raise OSError(f"{url} does not have the published SHA-1 {_sha1(name)}; nothing was saved")
+            raise DownloadError(f"{url} does not have the published SHA-1 {_sha1(name)}; nothing was saved")
         os.replace(extracted, path)
+    logger.info("saved %s (SHA-1 checked)", path)
     return path
+
+
+def _fetch(url: str, dest: str, progress: bool, timeout: float) -> None:
+    """``url`` into ``dest`` with a progress bar; any failure becomes one :class:`DownloadError`."""
+    from ..progress import progress_bar
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with progress_bar(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=url.rsplit("/", 1)[-1],
+                disable=not progress,
+            ) as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as err:
+        raise DownloadError(f"cannot download {url}: HTTP {err.code} {err.reason}") from None
+    except urllib.error.URLError as err:
+        reason = getattr(err.reason, "strerror", None) or err.reason
+        raise DownloadError(
+            f"cannot download {url}: {reason} (no network? RESNEST_GLUON_URL or --base-url names a mirror; "
+            "or copy the file in by hand)"
+        ) from None
+    except (OSError, ValueError) as err:  # a connection cut midway, a timeout, a malformed URL
+        raise DownloadError(f"cannot download {url}: {err}") from None
+
+
+def download_all(
+    root: Optional[str] = None, base_url: Optional[str] = None, progress: bool = True
+) -> List[str]:
+    """:func:`download` for every published file; returns their paths."""
+    return [download(name, root, base_url, progress) for name in SHA1]
 
 
 class UnreadableParams(ValueError):
@@ -133,6 +237,7 @@ def load_params_checked(net: Block, path: str, ctx: Optional[mx.Context] = None)
     params = net._collect_params_with_prefix()
     for key, value in loaded.items():
         params[key]._load_init(value, ctx or mx.cpu())
+    net.source_params = os.path.abspath(path)  # exports name it and its SHA-1 in their .meta.json
 
 
 def load_pretrained(
@@ -143,9 +248,9 @@ def load_pretrained(
         path = pretrained_path(name, root)
         if not os.path.exists(path):
             raise FileNotFoundError(
-                f"pretrained weights for {name} not found at {path}. Download "
-                f"{RELEASE_URL}{os.path.basename(path)[:-7]}.zip, unzip it into {os.path.dirname(path)} "
-                f"(or set RESNEST_GLUON_HOME), or call resnest_gluon.models.pretrained.download({name!r})."
+                f"pretrained weights for {name} not found at {path}: run `resnest-download {name}` (or "
+                f"python -m resnest_gluon download {name}), or download {url_of(name)} and unzip it into "
+                f"{os.path.dirname(path)} (or set RESNEST_GLUON_HOME)"
             )
         actual = file_sha1(path)
         if actual != _sha1(name):

@@ -1,6 +1,7 @@
 """The model registry: every variant is one row of data, built by one constructor.
 
-Published configurations and ImageNet top-1 (Gluon weights) from Zhang et al., arXiv:2004.08955.
+Published configurations and ImageNet top-1 (Gluon weights) from Zhang et al., arXiv:2004.08955; ResNeSt-14
+and -26 from gluoncv's model zoo.
 """
 
 from typing import Dict, List, Optional, Union
@@ -34,10 +35,10 @@ def _fast(radix: int, cardinality: int, width: int, top1: float) -> dict:
 # name -> constructor kwargs, plus `crop_size` (the paper's evaluation crop) and `top1` (published).
 MODELS: Dict[str, dict] = {
     "resnest14": dict(
-        _RESNEST, layers=(1, 1, 1, 1), stem_width=32, dropblock_prob=0.0, crop_size=224, top1=None
+        _RESNEST, layers=(1, 1, 1, 1), stem_width=32, dropblock_prob=0.0, crop_size=224, top1=75.75
     ),
     "resnest26": dict(
-        _RESNEST, layers=(2, 2, 2, 2), stem_width=32, dropblock_prob=0.1, crop_size=224, top1=None
+        _RESNEST, layers=(2, 2, 2, 2), stem_width=32, dropblock_prob=0.1, crop_size=224, top1=78.68
     ),
     "resnest50": dict(
         _RESNEST, layers=(3, 4, 6, 3), stem_width=32, dropblock_prob=0.1, crop_size=224, top1=81.04

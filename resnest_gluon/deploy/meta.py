@@ -1,0 +1,111 @@
+"""``PREFIX.meta.json``: what an exported model needs beside its weights to be used without guessing.
+
+Every export (:func:`~resnest_gluon.deploy.export`, :func:`~resnest_gluon.deploy.export_onnx`,
+:func:`~resnest_gluon.deploy.export_openvino`, :func:`~resnest_gluon.deploy.quantize`) writes one beside
+its files: the classes and their names, the input size and the resize/crop rule, mean, std and channel
+order, the model name, and the source checkpoint with its SHA-1. ``scripts/predict.py`` reads it, so
+``predict.py photos/ --onnx model.onnx`` needs no other flag.
+
+``PREFIX`` is the export's own prefix: ``out/m`` for ``out/m-symbol.json``, ``out/m.onnx`` and ``out/m.xml``.
+"""
+
+import json
+import math
+import os
+from typing import List, Optional, Sequence
+
+__all__ = ["META_VERSION", "build_meta", "meta_path", "read_meta", "write_meta"]
+
+META_VERSION = 1
+_SUFFIXES = (".onnx", ".xml", ".bin", "-symbol.json")
+
+
+def meta_path(path_or_prefix: str) -> str:
+    """``PREFIX.meta.json`` for an export prefix or for one of its files (``.onnx``, ``.xml``,
+    ``-symbol.json``)."""
+    for suffix in _SUFFIXES:
+        if path_or_prefix.endswith(suffix):
+            return path_or_prefix[: -len(suffix)] + ".meta.json"
+    return path_or_prefix + ".meta.json"
+
+
+def _classes_of(net) -> Optional[int]:
+    fc = getattr(net, "fc", None)
+    units = getattr(fc, "_units", None)
+    return int(units) if units else None
+
+
+def build_meta(
+    net,
+    input_shape: Sequence[int],
+    fmt: str,
+    files: Sequence[str],
+    meta: Optional[dict] = None,
+) -> dict:
+    """The metadata of an export of ``net`` traced at ``input_shape``; ``meta`` overrides any field (e.g.
+    ``class_names``, ``source``, ``source_sha1``, ``precision``)."""
+    from ..data.transforms import MEAN, STD, interp_name
+    from ..models.pretrained import SHA1, file_sha1
+
+    meta = dict(meta or {})
+    size = int(tuple(input_shape)[-1])
+    source = meta.get("source") or getattr(net, "source_params", None)
+    sha1 = meta.get("source_sha1")
+    if sha1 is None and source and os.path.isfile(source):
+        sha1 = file_sha1(source)
+    model = getattr(net, "model_name", None)
+    names: Optional[List[str]] = meta.get("class_names")
+    classes = meta.get("classes") or _classes_of(net) or (len(names) if names else None)
+    if names is None and model and sha1 is not None and SHA1.get(model) == sha1:
+        from ..data.class_names import imagenet_class_names  # the published ImageNet weights
+
+        names = imagenet_class_names()
+    resize = int(meta.get("resize") or math.ceil(size / 0.875))
+    out = dict(
+        meta_version=META_VERSION,
+        format=fmt,
+        files=[os.path.basename(f) for f in files],
+        model=model,
+        classes=classes,
+        class_names=names,
+        input_size=size,
+        resize=resize,
+        interpolation=interp_name("auto", size),
+        preprocess=f"shorter side resized to {resize} px, centre crop {size} x {size}, (pixel - mean) / std",
+        mean=list(MEAN),
+        std=list(STD),
+        pixel_scale="0-255",
+        channel_order="RGB",
+        layout="NCHW",
+        source=source,
+        source_sha1=sha1,
+    )
+    out.update(
+        {k: v for k, v in meta.items() if k not in ("class_names", "classes", "source", "source_sha1")}
+    )
+    if names is not None and classes is not None and len(names) != classes:
+        raise ValueError(f"{len(names)} class names for a model with {classes} classes")
+    return out
+
+
+def write_meta(prefix: str, meta: dict) -> str:
+    """Writes ``meta`` to ``PREFIX.meta.json`` (through a temporary name); returns the path."""
+    path = meta_path(prefix)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_meta(path_or_prefix: str) -> Optional[dict]:
+    """The ``.meta.json`` beside an export (prefix or file), or None when there is none."""
+    path = meta_path(path_or_prefix)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except ValueError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}): export the model again") from None
