@@ -44,7 +44,7 @@ from resnest_gluon.training import (
     evaluate,
     writable_dir,
 )
-from resnest_gluon.training.checks import check_recipe
+from resnest_gluon.training.checks import recipe_changes
 from resnest_gluon.training.finetune import freeze_stages, load_backbone, set_backbone_lr_mult
 from resnest_gluon.training.loop import BASE_BATCH, Task, fit, plan_steps
 from resnest_gluon.training.rundir import lock_run_dir, unlock_run_dir
@@ -131,11 +131,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-dir", default=None, help="run directory (default: runs/<model>)")
     p.add_argument("--keep", type=int, default=3, help="epoch checkpoints to keep (plus <model>-best.params)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    p.add_argument(
-        "--allow-recipe-change",
-        action="store_true",
-        help="with --resume: continue with recipe options (--lr, --batch-size, ...) other than the run's",
-    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--data-threads", type=int, default=4, help="decoding threads per worker")
     p.add_argument("--no-hybridize", action="store_true", help="run imperatively (debugging)")
@@ -481,12 +476,12 @@ def main(argv=None) -> dict:
         writable_dir(args.save_dir, "--save-dir")
         if args.resume:
             check_run_dir(args.save_dir, args.model, args.classes)
-            changes = check_recipe(args.save_dir, args, args.allow_recipe_change)
+            changes = recipe_changes(args.save_dir, args)
         lock = lock_run_dir(args.save_dir)  # one run per directory; released when this process ends
     handlers = _setup_logging(args.save_dir, primary)
     try:
         for change in changes:
-            logger.warning("--resume with --allow-recipe-change: %s", change)
+            logger.warning("--resume changes the run's recipe: %s (args.json now records it)", change)
         try:
             task, n_train = prepare_data(args, workers, primary)
             return fit(task, ctx, n_train)

@@ -106,7 +106,7 @@ def check_labels(rec_path: str, classes: int, max_records: Optional[int] = 200_0
     return int(values.min()), int(values.max())
 
 
-#: options that change what a run learns: a --resume that changes one of them says so (or is refused).
+#: options that change what a run learns: a --resume that changes one of them says so.
 #: --epochs is not one: a resume often extends a run (the cosine decay then follows the new length)
 RECIPE_OPTIONS = (
     "lr", "batch_size", "warmup_epochs", "momentum", "wd", "no_wd", "last_gamma",
@@ -132,23 +132,6 @@ def recipe_changes(save_dir: str, args) -> List[str]:
     for name in RECIPE_OPTIONS:
         if name in saved and hasattr(args, name) and saved[name] != getattr(args, name):
             changes.append(f"--{name.replace('_', '-')} {saved[name]} -> {getattr(args, name)}")
-    return changes
-
-
-def check_recipe(save_dir: str, args, allowed: bool) -> List[str]:
-    """Refuses a ``--resume`` that changes the recipe unless ``allowed``; returns the changes.
-
-    Raises
-    ------
-    TrainingError
-        Listing the changes, when not ``allowed``.
-    """
-    changes = recipe_changes(save_dir, args)
-    if changes and not allowed:
-        raise TrainingError(
-            f"--resume would change the recipe of the run in {save_dir}: {'; '.join(changes)}. Pass the "
-            "run's values, or add --allow-recipe-change to continue with the new ones"
-        )
     return changes
 
 
