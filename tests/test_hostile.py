@@ -362,6 +362,38 @@ def test_im2rec_color_unchanged_applies_exif_orientation():
         assert cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_UNCHANGED).shape[:2] == (30, 20), color
 
 
+def test_rec_check_holds_a_bounded_number_of_image_bytes(packed, monkeypatch):  # noqa: F811
+    from resnest_gluon.cli import rec_check
+
+    read, groups, sizes = [0], {}, []
+    real_iter, real_check = rec_check.iter_records, rec_check.check_image
+
+    def counting_iter(f, size):  # records read so far
+        for offset, payload in real_iter(f, size):
+            read[0] += 1
+            yield offset, payload
+
+    def counting_check(image):  # the images decoded together were all read before the group began
+        groups[read[0]] = groups.get(read[0], 0) + len(image)
+        sizes.append(len(image))
+        return real_check(image)
+
+    monkeypatch.setattr(rec_check, "iter_records", counting_iter)
+    monkeypatch.setattr(rec_check, "check_image", counting_check)
+    monkeypatch.setattr(rec_check, "PENDING_BYTES", 4000)  # a few of these images; 64 MiB in use
+    report = rec_check.check_rec(str(packed / "data.rec"), decode=True)
+    assert report["records"] == 40 and len(sizes) == 40
+    assert max(groups.values()) < 4000 + max(sizes)  # was all 40 at once (up to 256 records of any size)
+
+
+def test_write_errors_of_json_files_are_one_line(tmp_path):
+    from resnest_gluon.training import atomic_json
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WriteFailed, match=r"cannot write .*file/r\.json: Not a directory"):
+        atomic_json(str(tmp_path / "file" / "r.json"), {"a": 1})
+
+
 # ------------------------------------------------------------------------------ averaging, quantizing
 def test_average_checkpoints_names_a_truncated_file_or_another_class_count(tmp_path):
     a, b, c = (str(tmp_path / f"{n}.params") for n in "abc")
