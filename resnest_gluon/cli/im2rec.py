@@ -822,7 +822,10 @@ class EncoderPool:
             if proc.is_alive():
                 proc.terminate()
         for proc in self.procs:
-            proc.join()
+            proc.join(timeout=5)
+            if proc.is_alive():  # SIGTERM blocked or held in the worker: SIGKILL cannot be
+                proc.kill()
+                proc.join()
         for q in (self.tasks, self.results):
             q.cancel_join_thread()
             q.close()
