@@ -796,7 +796,8 @@ class EncoderPool:
             try:
                 return self.results.get(timeout=1.0)
             except queue.Empty:
-                dead = [p.exitcode for p in self.procs if p.exitcode not in (None, 0)]
+                # a worker never ends on its own while results are awaited, not even with status 0
+                dead = [p.exitcode for p in self.procs if p.exitcode is not None]
                 if dead:
                     raise RuntimeError(
                         f"an encoding worker died (exit code {dead[0]}); out of memory? "
