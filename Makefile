@@ -41,7 +41,7 @@ demo: env ops
 	$(PY) scripts/demo.py
 
 test: env ops lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests  # -rs: each skip and its reason in the summary (the operator tests without a compiler)
 
 lint: env
 	$(VENV)/bin/ruff check resnest_gluon tools scripts tests

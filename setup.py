@@ -22,7 +22,7 @@ setup(
     package_data={"resnest_gluon.data": ["imagenet_classes.txt"], "resnest_gluon.ops": ["*.cc", "*.cu"]},
     python_requires=">=3.9",
     # MXNet itself is chosen by the installer: mxnet==1.9.1 (CPU) or mxnet-cu112==1.9.1 (GPU).
-    install_requires=["numpy<1.24", "tqdm", "matplotlib", "safetensors"],
+    install_requires=["numpy<1.24", "tqdm", "matplotlib", "safetensors", "Pillow"],
     entry_points={"console_scripts": console_scripts()},
     extras_require={"cpu": ["mxnet==1.9.1"], "gpu": ["mxnet-cu112==1.9.1"], "horovod": ["horovod==0.28.1"]},
 )

@@ -225,33 +225,34 @@ def test_python_path_autoaugment_workers(rec):
 
 
 # --------------------------------------------------------------------------------- AutoAugment
-@pytest.mark.parametrize("name", sorted(aa.OPS))
-def test_autoaugment_ops_keep_shape_and_dtype(name):
+@pytest.mark.parametrize("name", sorted(aa.TORCHVISION_OPS))
+def test_torchvision_ops_keep_shape_and_dtype(name):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)
     for magnitude in (0, 5, 9):
-        out = aa.apply_op(img, name, magnitude, rng)
+        out = aa.apply_torchvision_op(img, name, magnitude, rng)
         assert out.shape == img.shape and out.dtype == np.uint8
 
 
-def test_autoaugment_ops_values():
+def test_torchvision_ops_values():
     rng = np.random.default_rng(0)
+    op = aa.apply_torchvision_op
     img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(aa.apply_op(img, "Invert", 0, rng), 255 - img)
-    np.testing.assert_array_equal(aa.apply_op(img, "Solarize", 0, rng), img)  # threshold 256: nothing
-    np.testing.assert_array_equal(aa.apply_op(img, "Solarize", 9, rng), 255 - img)  # threshold 0: all
+    np.testing.assert_array_equal(op(img, "Invert", 0, rng), 255 - img)
+    np.testing.assert_array_equal(op(img, "Solarize", 0, rng), img)  # threshold 256: nothing
+    np.testing.assert_array_equal(op(img, "Solarize", 9, rng), 255 - img)  # threshold 0: all
     half = np.array([[[10, 127, 128], [200, 255, 0]]], np.uint8)
     # magnitude 4.5 would be 128; magnitude 4 gives threshold 256 - 4 * 256 / 9 = 142.2.
-    np.testing.assert_array_equal(aa.apply_op(half, "Solarize", 4, rng), [[[10, 127, 128], [55, 0, 0]]])
-    np.testing.assert_array_equal(aa.apply_op(img, "Posterize", 0, rng), img)  # keeps 8 bits
-    np.testing.assert_array_equal(aa.apply_op(img, "Posterize", 9, rng), img & 0xF0)  # keeps 4 bits
-    assert aa.apply_op(half, "Posterize", 9, rng).tolist() == [[[0, 112, 128], [192, 240, 0]]]
+    np.testing.assert_array_equal(op(half, "Solarize", 4, rng), [[[10, 127, 128], [55, 0, 0]]])
+    np.testing.assert_array_equal(op(img, "Posterize", 0, rng), img)  # keeps 8 bits
+    np.testing.assert_array_equal(op(img, "Posterize", 9, rng), img & 0xF0)  # keeps 4 bits
+    assert op(half, "Posterize", 9, rng).tolist() == [[[0, 112, 128], [192, 240, 0]]]
     grad = np.tile(np.arange(50, 150, dtype=np.uint8)[None, :, None], (4, 1, 3))
-    stretched = aa.apply_op(grad, "AutoContrast", 0, rng)
+    stretched = op(grad, "AutoContrast", 0, rng)
     assert stretched.min() == 0 and stretched.max() == 255
-    np.testing.assert_array_equal(aa.apply_op(img, "Rotate", 0, rng), img)  # 0 degrees
+    np.testing.assert_array_equal(op(img, "Rotate", 0, rng), img)  # 0 degrees
     with pytest.raises(ValueError, match="unknown"):
-        aa.apply_op(img, "Cutout", 3, rng)
+        op(img, "Cutout", 3, rng)
 
 
 def test_imagenet_policy():
@@ -443,8 +444,8 @@ def test_reduced_decode_matches_full_decode(monkeypatch):
     base, k = transforms._affine_parts(
         0.0, 0.0, np.array([[0, 1, 2]]), np.ones((1, 3)), np.zeros((1, 3)), bgr=True
     )
-    draw = ([1.0] * 10, [math.log(4 / 3)] * 10, [0.0, 0.0, 0.9], base[0], k[0])
-    fast = transforms.TrainTransform(64, 0.0, 0.0, False, "bilinear")
+    draw = ([1.0] * 10, [math.log(4 / 3)] * 10, [0.0, 0.0, 0.9], base[0], k[0], None)
+    fast = transforms.TrainTransform(64, 0.0, 0.0, False, "bilinear", reduced_decode=True)
     plain = transforms.TrainTransform(64, 0.0, 0.0, False, "bilinear", reduced_decode=False)
     a, affine_a = fast(payload, draw, None)
     b, affine_b = plain(payload, draw, None)
@@ -454,7 +455,7 @@ def test_reduced_decode_matches_full_decode(monkeypatch):
     np.testing.assert_allclose(affine_a, affine_b, atol=1e-3)
     # A crop smaller than 2x the output is decoded in full.
     flags.clear()
-    small = ([0.02] * 10, [0.0] * 10, [0.5, 0.5, 0.9], base[0], k[0])
+    small = ([0.02] * 10, [0.0] * 10, [0.5, 0.5, 0.9], base[0], k[0], None)
     fast(payload, small, None)
     assert flags == [cv2.IMREAD_COLOR]
 
@@ -496,11 +497,15 @@ def test_colour_step_on_context_equals_worker_threads(rec):
 
 
 def test_default_backends(rec):
-    """Training defaults to the Python path (40 % of the C++ iterator's CPU per image with the pip wheel),
-    validation to the C++ ImageRecordIter."""
+    """Both default to the Python path (40 % of the C++ iterator's CPU per image with the pip wheel, and
+    the only one with the reference's evaluation from 320 px)."""
     assert isinstance(data.train_iter(rec, 8, 32), python_iter.ThreadIter)
     assert isinstance(data.train_iter(rec, 8, 32, backend="cpp"), cpp_iter.RecordIter)
-    assert isinstance(data.val_iter(rec, 8, 32), cpp_iter.RecordIter)
+    assert isinstance(data.val_iter(rec, 8, 32), python_iter.ThreadIter)
+    assert isinstance(data.val_iter(rec, 8, 32, backend="cpp"), cpp_iter.RecordIter)
+    with pytest.raises(ValueError, match="resize="):
+        data.val_iter(rec, 8, 320, backend="cpp")
+    assert isinstance(data.val_iter(rec, 8, 320, backend="cpp", resize=366), cpp_iter.RecordIter)
 
 
 def test_python_path_sets_opencv_threads(rec):

@@ -314,3 +314,13 @@ def test_export_command_mistakes_are_one_line(tmp_path):
     assert run_command("export", ["--run", str(tmp_path), "--format", "onnx"]) == 1  # not a run
     args = ["--model", "resnest14", "--params", str(tmp_path / "none.params"), "--format", "onnx"]
     assert run_command("export", args) == 1
+
+
+def test_metadata_names_the_evaluation_rule_of_large_crops():
+    from resnest_gluon.deploy.meta import build_meta
+
+    net = resnest_gluon.get_model("resnest14", classes=10)
+    small, large = (build_meta(net, (1, 3, s, s), "onnx", ["m.onnx"]) for s in (256, 320))
+    assert small["resize"] == 293 and small["interpolation"] == "bilinear"
+    assert large["resize"] is None and large["interpolation"].startswith("bicubic (PIL")
+    assert "320/(320+32) x the shorter side" in large["preprocess"]

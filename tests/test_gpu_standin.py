@@ -253,12 +253,21 @@ def test_worker_context_one_visible_gpu_or_one_per_local_rank(monkeypatch):
 
 
 def test_train_without_gpu_stops_before_writing(tmp_path):
-    """--ctx gpu (the default) on a machine without one: the error comes before the run directory."""
+    """--ctx gpu on a machine without one: the error comes before the run directory. (--ctx auto, the
+    default, takes the GPU when MXNet sees one and the CPU otherwise.)"""
     train = load_script("train")
     with standin(gpus=0):
         with pytest.raises(TrainingError, match="have no GPU of their own.*pass --ctx cpu"):
-            train.main(["--rec-train", str(tmp_path / "t.rec"), "--save-dir", str(tmp_path / "run")])
+            train.main(
+                ["--rec-train", str(tmp_path / "t.rec"), "--save-dir", str(tmp_path / "run"), "--ctx", "gpu"]
+            )
     assert not (tmp_path / "run").exists()
+    from resnest_gluon.cli import common
+
+    for gpus, chosen in ((0, "cpu"), (2, "gpu")):
+        with standin(gpus=gpus):
+            args = train.parse_args(["--rec-train", "t.rec"])
+            assert args.ctx == "auto" and common.resolve_ctx(args) == chosen
 
 
 WORKER = "standin-worker"

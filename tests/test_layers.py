@@ -240,3 +240,31 @@ def test_dropblock_gradient_is_its_mask():
     y.backward()
     np.testing.assert_allclose(x.grad.asnumpy(), (y / x).asnumpy(), rtol=1e-6)
     assert (x.grad == 0).asnumpy().any()
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_dropblock_one_mask_per_batch_by_default(hybridize):
+    """The reference's DropBlock: one (1, C, H, W) mask shared by the batch, rescaled by units / kept;
+    ``per_sample`` (set_drop_per_sample) draws one per sample, each rescaled on its own."""
+    from resnest_gluon.models.layers import set_drop_per_sample
+
+    block = DropBlock(0.3, 3)
+    if hybridize:
+        block.hybridize()
+    x = mx.nd.ones((6, 5, 12, 12))
+    with autograd.record(train_mode=True):
+        y = block(x).asnumpy()
+    assert (y == 0).any()
+    for i in range(1, 6):
+        np.testing.assert_array_equal(y[i], y[0])
+    kept = (y[0] != 0).sum()
+    np.testing.assert_allclose(y[0][y[0] != 0], y[0].size / kept, rtol=1e-5)
+    net = mx.gluon.nn.HybridSequential()
+    net.add(block)
+    assert set_drop_per_sample(net, True) == 1 and block.per_sample
+    with autograd.record(train_mode=True):
+        y = block(x).asnumpy()
+    assert any(not np.array_equal(y[i], y[0]) for i in range(1, 6))
+    for i in range(6):  # each sample rescaled by its own kept share
+        np.testing.assert_allclose(y[i][y[i] != 0], y[i].size / (y[i] != 0).sum(), rtol=1e-5)
+    assert (block(x) == x).asnumpy().all()

@@ -258,6 +258,28 @@ def test_convert_weights_script(tmp_path):
     )
     loaded = get_model("resnest14", classes=6, pretrained=str(out))
     np.testing.assert_allclose(loaded(X).asnumpy(), net(X).asnumpy(), rtol=1e-5, atol=1e-6)
+    # the documented door, by its absolute path, from another folder (the test does not depend on the cwd)
+    import os
+    import subprocess
+    import sys
+
+    from resnest_gluon import cli
+
+    door = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "convert_weights.py"
+    )
+    argv = ["--model", "resnest14", "--classes", "6", "--input", str(tmp_path / "w.safetensors")]
+    done = subprocess.run(
+        [sys.executable, door, *argv, "--output", str(tmp_path / "door.params")],
+        cwd=tmp_path,
+        env=cli.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    by_door = get_model("resnest14", classes=6, pretrained=str(tmp_path / "door.params"))
+    np.testing.assert_allclose(by_door(X).asnumpy(), net(X).asnumpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_convert_weights_missing_file_is_one_error_line(tmp_path, capsys):

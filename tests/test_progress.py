@@ -27,3 +27,19 @@ def test_a_terminal_gets_the_live_bar():
     for _ in progress_bar(range(50), file=out, desc="work", mininterval=0, miniters=1):
         pass
     assert out.getvalue().count("\r") >= 50
+
+
+def test_native_noise_is_held_back_and_the_rest_written(capfd):
+    """What C++ writes to descriptor 2 in the block comes back, but for MXNet's pooling notes."""
+    import os
+
+    from resnest_gluon.training.quiet import held_native_stderr
+
+    with held_native_stderr():
+        os.write(
+            2,
+            b"[04:32:30] mkldnn_pooling.cc:58: MKLDNN Pooling: training with prop_kind is forward_scoring\n",
+        )
+        os.write(2, b"a real warning\n")
+    err = capfd.readouterr().err
+    assert err == "a real warning\n"

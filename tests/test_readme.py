@@ -138,3 +138,26 @@ def test_slug():
     assert slug("Packing images: tools/im2rec.py") == "packing-images-toolsim2recpy"
     assert slug("What changes with `--ctx gpu`") == "what-changes-with---ctx-gpu"
     assert slug("The paper's table") == "the-papers-table"
+
+
+def _train_commands(text: str) -> list:
+    """The ``scripts/train.py ... --pretrained ...`` commands of a page's bash blocks, continuation lines
+    joined and spaces collapsed."""
+    found = []
+    for m in _FENCE.finditer(text):
+        if m.group(1) != "bash":
+            continue
+        joined = re.sub(r"\\\n\s*", " ", m.group(2))
+        for line in joined.splitlines():
+            if "scripts/train.py" in line and "--pretrained" in line:
+                found.append(" ".join(line.split("#")[0].split()))
+    return found
+
+
+def test_readme_fine_tune_recipe_is_the_docs_recipe():
+    """One fine-tuning recipe: the README's is docs/finetune.md's, flag for flag."""
+    readme = _train_commands(README_TEXT)
+    docs = _train_commands((REPO / "docs" / "finetune.md").read_text())
+    assert readme and docs and readme[0] == docs[0], f"README: {readme[:1]}\ndocs/finetune.md: {docs[:1]}"
+    for flag in ("--warmup-epochs 1", "--no-wd", "--min-area 0.25", "--backbone-lr-mult 0.1"):
+        assert flag in readme[0]

@@ -3,6 +3,7 @@ clearly on bad input. ResNeSt-14 at 32 px on a tiny validation .rec."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 import resnest_gluon
+from resnest_gluon import cli
 from resnest_gluon.training import TrainingError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,14 +52,14 @@ def argv(root, *extra):
     ]  # fmt: skip
 
 
-def reference_counts(root):
+def reference_counts(root, crop=32):
     """Top-1/top-5 hits computed directly, image by image, without the script's batching and padding."""
     from resnest_gluon.data import val_iter
 
     net = resnest_gluon.get_model("resnest14", classes=10)
     net.load_parameters(str(root / "net.params"))
     top1 = top5 = n = 0
-    for batch in val_iter(str(root / "val.rec"), 1, 32, threads=1):
+    for batch in val_iter(str(root / "val.rec"), 1, crop, threads=1):
         scores = net(batch.data[0].as_in_context(mx.cpu())).asnumpy()[0]
         label = int(batch.label[0].asnumpy()[0])
         order = np.argsort(-scores)
@@ -81,19 +83,82 @@ def test_two_workers_sum_to_the_same_counts(setup, tmp_path):
     single = load_verify().main(argv(setup, "--batch-size", "8"))
     out = tmp_path / "hvd.json"
     cmd = [HOROVODRUN, "-np", "2", "-H", "localhost:2", sys.executable, VERIFY]
-    cmd += argv(setup, "--batch-size", "8", "--json", str(out), "--threads", "1")
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=180, env=dict(os.environ, OMP_NUM_THREADS="1")
-    )
+    cmd += argv(setup, "--batch-size", "8", "--json", str(out), "--data-threads", "1")
+    # the workers import this checkout's resnest_gluon, whatever is installed
+    env = cli.child_env(dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     both = json.loads(out.read_text())
     assert both["workers"] == 2 and both["images"] == 41
     assert both["top1"] == pytest.approx(single["top1"]) and both["top5"] == pytest.approx(single["top5"])
 
 
-def test_paper_crop_size_is_the_default():
+def test_paper_crop_size_is_the_default(setup, monkeypatch):
+    """Without --crop-size, verify.main scores at the model's paper crop: here resnest14's made 48 px (not
+    224, not the 40 px of the images), and the top-1/top-5 equal the reference at 48 px."""
     args = load_verify().parse_args(["--model", "resnest269", "--rec-val", "v.rec", "--pretrained"])
     assert args.crop_size is None and resnest_gluon.model_info("resnest269")["crop_size"] == 416
+    real = resnest_gluon.model_info
+    monkeypatch.setattr(resnest_gluon, "model_info", lambda name: dict(real(name), crop_size=48))
+    plain = argv(setup, "--batch-size", "8")
+    del plain[plain.index("--crop-size") : plain.index("--crop-size") + 2]
+    result = load_verify().main(plain)
+    top1, top5, n = reference_counts(setup, crop=48)
+    assert result["crop_size"] == 48 and result["images"] == n
+    assert result["top1"] == pytest.approx(top1) and result["top5"] == pytest.approx(top5)
+
+
+def make_run(setup, tmp_path, names="abcdefghij"):
+    """A run directory as scripts/train.py leaves it: args.json (val crop 32), classes.txt, best weights."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(setup / "net.params", run / "resnest14-best.params")
+    (run / "args.json").write_text(json.dumps(dict(model="resnest14", classes=10, val_crop_size=32)))
+    (run / "classes.txt").write_text("\n".join(names) + "\n")
+    return run
+
+
+def test_run_gives_model_classes_crop_and_checkpoint(setup, tmp_path):
+    verify = load_verify()
+    run = make_run(setup, tmp_path)
+    result = verify.main(["--run", str(run), "--rec-val", str(setup / "val.rec"), "--batch-size", "8"])
+    top1, top5, n = reference_counts(setup)  # at 32 px: the run's crop, not resnest14's 224
+    assert result["crop_size"] == 32 and result["classes"] == 10 and result["images"] == n
+    assert result["top1"] == pytest.approx(top1) and result["top5"] == pytest.approx(top5)
+    assert result["params"] == str(run / "resnest14-best.params") and result["class_names"] == list(
+        "abcdefghij"
+    )
+    with pytest.raises(TrainingError, match="--classes 7 but the run"):
+        verify.main(["--run", str(run), "--rec-val", str(setup / "val.rec"), "--classes", "7"])
+
+
+def test_run_refuses_records_of_other_classes(setup, tmp_path):
+    run = make_run(setup, tmp_path)
+    rec = tmp_path / "data" / "val.rec"
+    rec.parent.mkdir()
+    for suffix in (".rec", ".idx"):
+        shutil.copy(setup / f"val{suffix}", rec.with_suffix(suffix))
+    (rec.parent / "val.classes.txt").write_text("\n".join("abcdefghiz") + "\n")
+    with pytest.raises(TrainingError, match="not the classes of --rec-val.*label 9"):
+        load_verify().main(["--run", str(run), "--rec-val", str(rec)])
+
+
+def test_pretrained_without_the_weights_is_one_error_line(setup, tmp_path):
+    env = cli.child_env(dict(os.environ, RESNEST_GLUON_HOME=str(tmp_path), OMP_NUM_THREADS="1"))
+    cmd = cli.command_line("verify") + [
+        "--model",
+        "resnest50",
+        "--rec-val",
+        str(setup / "val.rec"),
+        "--pretrained",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --pretrained:") and "Traceback" not in done.stderr
+    assert [line for line in lines if "error" in line.lower()] == lines[-1:]
+    debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, timeout=180, env=env)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
 @pytest.mark.parametrize(

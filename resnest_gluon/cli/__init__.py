@@ -60,6 +60,16 @@ COMMANDS = {
     "bench-im2rec": Command("im2rec against MXNet's own im2rec.py"),
     "bench-pipeline": Command("input pipeline throughput against the decode limit", mxnet=True),
     "bench-train-step": Command("one training step against gluoncv's", mxnet=True),
+    "train-seg": Command(
+        "train a DeepLab ResNeSt for segmentation (one process, or many under horovodrun)",
+        mxnet=True,
+        reserve=("--data-threads", 4),
+        on_stop="every checkpoint saved is complete: --resume continues",
+        ranked=True,
+    ),
+    "verify-seg": Command(
+        "pixel accuracy and mIoU of a segmentation model", True, on_stop="no result was written"
+    ),
 }
 
 

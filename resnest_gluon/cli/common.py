@@ -43,7 +43,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             return text
         if action.required and "(required)" not in text:
             text += " (required)"
-        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        default = action.default
+        shown = (
+            not (default is None or default is False or default == argparse.SUPPRESS)
+            and action.option_strings
+        )
         if shown and "default" not in text and not isinstance(action, argparse._StoreConstAction):
             text += " (default: %(default)s)"
         return text

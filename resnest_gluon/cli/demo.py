@@ -12,7 +12,9 @@
    ``scripts/predict.py`` labels the held-out images of 6-9 with the class names im2rec wrote.
 6. The curves (``curves.png``) and summary tables end the run.
 
-Everything goes into ``--out`` (default ``demo_out/``, git-ignored). ``--quick`` is the tiny version used
+Everything goes into ``--out-dir`` (default ``demo_out/``, git-ignored; ``--out`` is the old spelling). A
+folder that an earlier demo made (it holds the marker file ``.resnest-demo``) is replaced; the demo refuses
+any other folder that is not empty, so it never deletes a user's files. ``--quick`` is the tiny version used
 by the test suite (a few hundred images, one short epoch). Without Horovod (or with ``--workers 1``) the
 training runs as one plain process.
 """
@@ -32,18 +34,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from resnest_gluon.cli import child_env, command_line
+from resnest_gluon.cli import child_env, command_line, common
 from resnest_gluon.errors import UserError
 
 logger = logging.getLogger("resnest_gluon.demo")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Train and verify a ResNeSt on scikit-learn's digits with two Horovod workers.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = common.parser("Train and verify a ResNeSt on scikit-learn's digits with two Horovod workers.")
+    p.add_argument(
+        "--out-dir",
+        default="demo_out",
+        help="output folder: one an earlier demo made is replaced; any other with files in it is refused",
     )
-    p.add_argument("--out", default="demo_out", help="output folder (replaced)")
+    common.alias(p, "--out", dest="out_dir")
     p.add_argument("--workers", type=int, default=2, help="Horovod workers (1: a plain process)")
     p.add_argument("--model", default="resnest14", help="model name")
     p.add_argument("--size", type=int, default=32, help="image side in pixels")
@@ -154,7 +158,7 @@ def run(cmd: Sequence[str], log_path: str, env=None, quiet: bool = False) -> flo
     if code != 0 and died is not None:
         raise DemoError(f"{died}; its Python stacks and the rest are in {log_path}")
     if code != 0:
-        raise RuntimeError(f"command failed with exit status {code} (see {log_path}): {' '.join(cmd)}")
+        raise UserError(f"command failed with exit status {code} (see {log_path}): {' '.join(cmd)}")
     return time.time() - tic
 
 
@@ -199,7 +203,7 @@ def finetune_demo(args, out: str, log_path: str, env: dict) -> dict:
             os.path.join(root, name), folder, log_path, pass_through=True
         )  # also writes <name>.classes.txt: "6" .. "9"
     common = command_line("train") + [
-        "--ctx", "cpu", "--model", args.model, "--input-size", str(args.size), "--crop-size", str(args.size),
+        "--ctx", "cpu", "--model", args.model, "--input-size", str(args.size),
         "--jitter", "0", "--lighting", "0", "--no-mirror", "--min-area", "0.35", "--data-threads", "1",
         "--no-wd", "--warmup-epochs", "0",
     ]  # fmt: skip
@@ -239,6 +243,34 @@ def finetune_demo(args, out: str, log_path: str, env: dict) -> dict:
         rows=[dict(r, truth=t) for t, r in zip(truth, rows)],
     )
     return result
+
+
+MARKER = ".resnest-demo"  # in every folder the demo makes: only such a folder is ever replaced
+
+
+def prepare_out_dir(path: str) -> str:
+    """An empty ``path`` with the demo's marker in it: made, or replaced when an earlier demo made it.
+
+    Raises
+    ------
+    UserError
+        ``path`` is a file, or a folder with files in it that the demo did not make.
+    """
+    out = os.path.abspath(path)
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise UserError(f"--out-dir {path} is a file: choose a folder")
+        if os.path.isfile(os.path.join(out, MARKER)):
+            shutil.rmtree(out)
+        elif os.listdir(out):
+            raise UserError(
+                f"--out-dir {path} holds files that the demo did not make (no {MARKER}): choose another "
+                "folder, or empty this one"
+            )
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, MARKER), "w") as f:
+        f.write("made by resnest-demo: the next demo run with this --out-dir replaces this folder\n")
+    return out
 
 
 def horovodrun() -> List[str]:
@@ -295,10 +327,7 @@ def main(argv=None) -> dict:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logger.setLevel(logging.INFO)
-    out = os.path.abspath(args.out)
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.makedirs(out)
+    out = prepare_out_dir(args.out_dir)
     log_path = os.path.join(out, "demo.log")
     tic = time.time()
 
@@ -318,8 +347,7 @@ def main(argv=None) -> dict:
         "--classes", "10",
         "--rec-train", os.path.join(out, "train.rec"),
         "--rec-val", os.path.join(out, "val.rec"),
-        "--input-size", str(args.size),
-        "--crop-size", str(args.size),
+        "--input-size", str(args.size),  # also the validation crop
         "--epochs", str(args.epochs),
         "--batch-size", str(args.batch_size),
         "--lr", str(args.lr),
@@ -350,11 +378,8 @@ def main(argv=None) -> dict:
     verify_json = os.path.join(out, "verify.json")
     verify_args = command_line("verify") + [
         "--ctx", "cpu",
-        "--model", args.model,
-        "--classes", "10",
+        "--run", run_dir,  # model, classes, crop and the best checkpoint from the run
         "--rec-val", os.path.join(out, "val.rec"),
-        "--params", os.path.join(run_dir, f"{args.model}-best.params"),
-        "--crop-size", str(args.size),
         "--batch-size", "64",
         "--json", verify_json,
     ]  # fmt: skip

@@ -10,18 +10,18 @@
 
 Inputs are image files, folders (searched recursively for .jpg/.jpeg/.png/.bmp/.webp/.tif/.tiff) and text
 files (``.txt``) of paths, one per line, relative to the text file's folder. The preprocessing is
-``scripts/verify.py``'s: the shorter side resized to ``crop / 0.875``, the centre crop (bicubic from 320 px,
-bilinear below), mean/std normalisation. A file that cannot be read or decoded gets its reason in the status
-column (and on stderr) while every other image is predicted; the exit status is then 2. Errors in the
-command (a missing path, an empty folder, class names that do not fit the model) stop before any work with
-exit status 1.
+``scripts/verify.py``'s, the ResNeSt reference's: below 320 px the shorter side resized to
+``crop / 0.875`` (bilinear) and the centre crop; from 320 px the centre square of ``crop / (crop + 32)`` of
+the shorter side resized with PIL's bicubic filter; mean/std normalisation. A file that cannot be read or
+decoded gets its reason in the status column (and on stderr) while every other image is predicted; the exit
+status is then 2. Errors in the command (a missing path, an empty folder, class names that do not fit the
+model) stop before any work with exit status 1.
 """
 
 import argparse
 import csv
 import io
 import json
-import math
 import os
 import sys
 import threading
@@ -35,7 +35,7 @@ import numpy as np
 import resnest_gluon
 from resnest_gluon.cli.im2rec import OPENCV_MAX_PIXELS, image_info
 from resnest_gluon.data.class_names import imagenet_class_names, read_class_names
-from resnest_gluon.data.transforms import ValTransform, interp_name, write_chw
+from resnest_gluon.data.transforms import ValTransform, write_chw
 from resnest_gluon.errors import UserError
 from resnest_gluon.files import IMAGE_EXTS, NotRegularFile, read_regular, write_bytes
 from resnest_gluon.progress import progress_bar
@@ -172,8 +172,7 @@ class Preprocess:
     """File -> normalised ``(3, crop, crop)`` float32 array, exactly as scripts/verify.py's validation."""
 
     def __init__(self, crop: int):
-        resize = int(math.ceil(crop / 0.875))
-        self.crop, self._transform = crop, ValTransform(crop, resize, interp_name("auto", crop))
+        self.crop, self._transform = crop, ValTransform(crop)
 
     def __call__(self, path: str) -> Tuple[Optional[np.ndarray], str]:
         """``(image, "ok")``, or ``(None, reason)`` for a file that cannot be used."""

@@ -1,9 +1,12 @@
 """Trains a ResNeSt on ImageNet-style RecordIO files, on one worker or many with Horovod.
 
-    horovodrun -np 8 -H server1:4,server2:4 python scripts/train.py --ctx gpu --model resnest50 \\
-        --rec-train train.rec --rec-val val.rec --batch-size 64 --epochs 270 --lr 0.1 \\
-        --no-wd --last-gamma --mixup --auto-aug --save-dir runs/resnest50
+    horovodrun -np 64 -H ... python scripts/train.py --ctx gpu --recipe resnest50 \\
+        --rec-train train.rec --rec-val val.rec --save-dir runs/resnest50     # the published run
+    python scripts/train.py --recipe resnest269 --print-recipe                # its options, as JSON
     python scripts/train.py --ctx cpu --model resnest14 --classes 10 --input-size 32 ...   # one worker
+
+``--recipe MODEL`` sets every option of the published run of MODEL (resnest_gluon.training.recipes);
+any flag given explicitly wins, and args.json records the recipe and every resolved value.
 
 The recipe follows Zhang et al., "ResNeSt: Split-Attention Networks" (arXiv:2004.08955), section 5.1:
 SGD with Nesterov momentum 0.9, learning rate 0.1 per 256 images scaled to the total batch, linear
@@ -12,8 +15,14 @@ mixup (alpha 0.2), AutoAugment, DropBlock ramped linearly to its final probabili
 BN gamma of each block. Rank 0 alone writes the run directory: args.json, train.log, metrics.jsonl,
 curves.png and checkpoints.
 
+Defaults that depend on other options are settled in :func:`settle_defaults` and logged: the warm-up is cut
+to a quarter of a short run, the validation crop follows ``--input-size``, and ``--ctx auto`` takes the GPU
+when MXNet sees one. The run ends with a summary (last and best top-1, time, the files to ship) and, when it
+fails, its reason in train.log too; ``--tensorboard DIR`` adds TensorBoard scalars.
+
 Fine-tuning (docs/finetune.md): ``--pretrained [FILE]`` starts from the published weights of ``--model`` or
-from any ``.params`` of the same architecture (the classifier replaced when its classes differ),
+from any ``.params`` of the same architecture (the classifier replaced when its classes differ, in number or
+in name, or always with ``--reset-classifier``),
 ``--backbone-lr-mult`` and ``--freeze-stages`` decide how much of the backbone learns, ``--ema`` keeps a
 moving average of the weights, ``--keep-best`` the best checkpoints. Trainer ``.states`` files are MXNet
 pickles: resume only from a run directory you trust.
@@ -21,19 +30,24 @@ pickles: resume only from a run directory you trust.
 
 import argparse
 import functools
+import json
 import logging
 import os
 import sys
+from typing import Optional
 
 import mxnet as mx
 from mxnet import gluon
 
 import resnest_gluon
 from resnest_gluon import threads
+from resnest_gluon.cli import common
 from resnest_gluon.data import mixup, num_records, shard_bounds, smooth_one_hot, train_iter, val_iter
 from resnest_gluon.data.class_names import class_names_beside, read_class_names
 from resnest_gluon.data.iterator import explain_iter_error
 from resnest_gluon.data.recordio import find_bad_record
+from resnest_gluon.models.layers import set_drop_per_sample
+from resnest_gluon.progress import progress_bar
 from resnest_gluon.training import (
     TrainingError,
     check_labels,
@@ -42,105 +56,180 @@ from resnest_gluon.training import (
     dist,
     drop_prob_at,
     evaluate,
+    recipes,
     writable_dir,
 )
 from resnest_gluon.training.checks import recipe_changes
-from resnest_gluon.training.finetune import freeze_stages, load_backbone, set_backbone_lr_mult
-from resnest_gluon.training.loop import BASE_BATCH, Task, fit, plan_steps
+from resnest_gluon.training.finetune import (
+    file_class_names,
+    freeze_stages,
+    load_backbone,
+    set_backbone_lr_mult,
+)
+from resnest_gluon.training.loop import BASE_BATCH, Task, fit, plan_steps, show_progress
+from resnest_gluon.training.quiet import held_native_stderr
 from resnest_gluon.training.rundir import lock_run_dir, unlock_run_dir
+from resnest_gluon.training.tensorboard import check_available as check_tensorboard
 
 logger = logging.getLogger("resnest_gluon.train")
 
+WARMUP_EPOCHS = 5  # the paper's warm-up
+WARMUP_SHARE = 0.25  # at most this share of a run warms up when --warmup-epochs is not given
+INPUT_SIZE = 224  # the training crop when --input-size is not given
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Train a ResNeSt (Horovod data-parallel under horovodrun, one worker otherwise).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = common.parser(
+        "Train a ResNeSt (Horovod data-parallel under horovodrun, one worker otherwise).",
+        epilog="Fine-tuning: docs/finetune.md; the recipe per model and the run directory: docs/training.md.",
     )
-    p.add_argument("--model", default="resnest50", help="one of resnest_gluon.list_models()")
-    p.add_argument("--rec-train", required=True, help="training .rec (its .idx beside it)")
+    data = p.add_argument_group("data")
+    model = p.add_argument_group("model")
+    opt = p.add_argument_group("optimisation")
+    reg = p.add_argument_group("regularisation and augmentation")
+    ft = p.add_argument_group("fine-tuning and better weights (docs/finetune.md)")
+    dev = p.add_argument_group("distributed: devices and workers")
+    out = p.add_argument_group("output")
     p.add_argument(
+        "--recipe",
+        choices=recipes.names(),
+        default=None,
+        help="every option of this model's published run (explicit flags win; see --print-recipe)",
+    )
+    p.add_argument("--print-recipe", action="store_true", help="print the resolved options as JSON and exit")
+    model.add_argument("--model", default="resnest50", help="one of resnest_gluon.list_models()")
+    data.add_argument("--rec-train", default=None, help="training .rec (its .idx beside it); required")
+    data.add_argument(
         "--rec-val", default=None, help="validation .rec (its .idx beside it); none: no evaluation"
     )
-    p.add_argument("--classes", type=int, default=1000, help="number of classes; labels must be 0..classes-1")
-    p.add_argument("--epochs", type=int, default=270, help="training epochs (the paper: 270 for ResNeSt-50)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per worker and step")
-    p.add_argument("--val-batch-size", type=int, default=None, help="default: --batch-size")
-    p.add_argument("--lr", type=float, default=0.1, help=f"learning rate per {BASE_BATCH} images")
-    p.add_argument("--warmup-epochs", type=float, default=5, help="linear warm-up before the cosine decay")
-    p.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
-    p.add_argument("--wd", type=float, default=1e-4, help="weight decay")
-    p.add_argument("--no-wd", action="store_true", help="no weight decay on BN gamma/beta and biases")
-    p.add_argument(
-        "--last-gamma", action="store_true", help="zero-initialise the last BN gamma of each block"
+    model.add_argument(
+        "--classes", type=int, default=1000, help="number of classes; labels must be 0..classes-1"
     )
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing epsilon (0: off)")
-    p.add_argument("--mixup", action="store_true", help="mixup training")
-    p.add_argument("--mixup-alpha", type=float, default=0.2, help="mixup Beta(alpha, alpha)")
-    p.add_argument("--mixup-off-epoch", type=int, default=0, help="train the last N epochs without mixup")
-    p.add_argument("--auto-aug", action="store_true", help="AutoAugment (ImageNet policy)")
-    p.add_argument("--jitter", type=float, default=0.4, help="colour jitter strength")
-    p.add_argument("--lighting", type=float, default=0.1, help="PCA lighting noise strength")
-    p.add_argument("--no-mirror", action="store_true", help="no random horizontal flips (digits, text)")
-    p.add_argument(
+    opt.add_argument(
+        "--epochs", type=int, default=270, help="training epochs (the paper: 270 for ResNeSt-50)"
+    )
+    opt.add_argument("--batch-size", type=int, default=64, help="images per worker and step")
+    data.add_argument(
+        "--val-batch-size", type=int, default=None, help="validation batch (default: --batch-size)"
+    )
+    opt.add_argument("--lr", type=float, default=0.1, help=f"learning rate per {BASE_BATCH} images")
+    opt.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=None,
+        help=f"linear warm-up before the cosine decay (default: {WARMUP_EPOCHS:g}, cut to a quarter of "
+        "--epochs in a shorter run, logged)",
+    )
+    opt.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
+    opt.add_argument("--wd", type=float, default=1e-4, help="weight decay")
+    opt.add_argument("--no-wd", action="store_true", help="no weight decay on BN gamma/beta and biases")
+    opt.add_argument(
+        "--wd-all", dest="no_wd", action="store_false", default=argparse.SUPPRESS, help="undoes --no-wd"
+    )
+    model.add_argument(
+        "--last-gamma",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="zero-initialise the last BN gamma of each block",
+    )
+    reg.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing epsilon (0: off)")
+    reg.add_argument("--mixup", action=argparse.BooleanOptionalAction, default=False, help="mixup training")
+    reg.add_argument("--mixup-alpha", type=float, default=0.2, help="mixup Beta(alpha, alpha)")
+    reg.add_argument("--mixup-off-epoch", type=int, default=0, help="train the last N epochs without mixup")
+    reg.add_argument(
+        "--auto-aug",
+        nargs="?",
+        const="resnest",
+        default="none",
+        choices=("resnest", "torchvision", "none"),
+        help="AutoAugment's ImageNet policy: resnest (the bare flag: the reference's, on the whole image), "
+        "torchvision (on the crop), none",
+    )
+    data.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="decode large JPEG crops at 1/2-1/8 size in the DCT (faster, smoother crops than the reference)",
+    )
+    reg.add_argument(
+        "--unclipped-colour",
+        action="store_true",
+        help="jitter, lighting and normalisation as one unclipped map (the reference clips after each)",
+    )
+    reg.add_argument(
+        "--train-crop",
+        choices=("auto", "resized", "tf"),
+        default="auto",
+        help="random resized crop, or the reference's TF-style crop (auto: TF-style from 320 px)",
+    )
+    reg.add_argument(
+        "--dropblock-per-sample",
+        action="store_true",
+        help="one DropBlock mask per sample (the reference draws one per device batch)",
+    )
+    reg.add_argument("--jitter", type=float, default=0.4, help="colour jitter strength")
+    reg.add_argument("--lighting", type=float, default=0.1, help="PCA lighting noise strength")
+    reg.add_argument("--no-mirror", action="store_true", help="no random horizontal flips (digits, text)")
+    reg.add_argument(
         "--min-area", type=float, default=0.08, help="smallest area share of a random resized crop"
     )
-    p.add_argument(
+    data.add_argument(
         "--data-backend",
         choices=("auto", "cpp", "python"),
         default="auto",
         help="training decoder: the Python/OpenCV path (auto, the default: 40%% of the CPU per image of cpp "
         "with the pip wheel) or MXNet's C++ ImageRecordIter (cpp; no --auto-aug)",
     )
-    p.add_argument(
+    reg.add_argument(
         "--dropblock-prob",
         type=float,
         default=None,
         help="final DropBlock probability, ramped up from 0 (default: the model's; 0.1 from ResNeSt-50)",
     )
-    p.add_argument(
+    reg.add_argument(
         "--final-drop", type=float, default=None, help="dropout before the classifier (default: model's)"
     )
-    p.add_argument("--input-size", type=int, default=224, help="training crop size")
-    p.add_argument(
-        "--crop-size", type=int, default=None, help="validation crop (default: the model's paper crop)"
+    data.add_argument(
+        "--input-size", type=int, default=None, help=f"training crop size (default: {INPUT_SIZE})"
     )
-    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="float16: GPU only")
-    p.add_argument(
-        "--ctx",
-        choices=("cpu", "gpu"),
-        default="gpu",
-        help="device; gpu uses mx.gpu(local_rank), or gpu(0) when a worker sees exactly one GPU",
+    data.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="validation crop (default: --input-size when given, else the model's paper crop)",
     )
-    p.add_argument("--no-cuda", action="store_true", help="same as --ctx cpu")
-    p.add_argument(
+    dev.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="float16: GPU only")
+    common.add_ctx(dev)
+    opt.add_argument(
         "--loss-scale",
         type=float,
         default=2.0**16,
         help="float16: initial dynamic loss scale (halved and the step skipped when gradients overflow, "
         "doubled after 2000 good steps)",
     )
-    p.add_argument(
+    dev.add_argument(
         "--gradient-predivide-factor",
         type=float,
         default=1.0,
         help="Horovod: divide gradients by this before the sum over workers and by workers/this after "
         "(keeps a float16 sum over many workers in range)",
     )
-    p.add_argument("--eval-frequency", type=int, default=1, help="validate every N epochs (and at the end)")
-    p.add_argument("--save-dir", default=None, help="run directory (default: runs/<model>)")
-    p.add_argument("--keep", type=int, default=3, help="epoch checkpoints to keep (plus <model>-best.params)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--data-threads", type=int, default=4, help="decoding threads per worker")
-    p.add_argument("--no-hybridize", action="store_true", help="run imperatively (debugging)")
-    p.add_argument(
+    data.add_argument(
+        "--eval-frequency", type=int, default=1, help="validate every N epochs (and at the end)"
+    )
+    out.add_argument("--save-dir", default=None, help="run directory (default: runs/<model>)")
+    out.add_argument(
+        "--keep", type=int, default=3, help="epoch checkpoints to keep (plus <model>-best.params)"
+    )
+    out.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    opt.add_argument("--seed", type=int, default=0, help="random seed")
+    common.add_data_threads(data, 4)
+    dev.add_argument("--no-hybridize", action="store_true", help="run imperatively (debugging)")
+    opt.add_argument(
         "--accumulate",
         type=int,
         default=1,
         help="sum the gradients of N batches before each update (the rate scales with N x batch x workers)",
     )
-    ft = p.add_argument_group("fine-tuning and better weights (docs/finetune.md)")
     ft.add_argument(
         "--pretrained",
         nargs="?",
@@ -148,7 +237,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         metavar="FILE",
         help="start from the published weights of --model, or from FILE (any .params of the same "
-        "architecture; its classifier is replaced when its classes differ from --classes)",
+        "architecture; its classifier is replaced when its classes differ from this run's)",
+    )
+    ft.add_argument(
+        "--reset-classifier",
+        action="store_true",
+        help="with --pretrained: always start a fresh classifier, even when the file's fits --classes",
     )
     ft.add_argument(
         "--backbone-lr-mult",
@@ -184,14 +278,60 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="K",
         help="also keep the K best epoch checkpoints by validation top-1 (scripts/average_checkpoints.py)",
     )
+    common.add_progress(out)
+    out.add_argument(
+        "--tensorboard",
+        default=None,
+        metavar="DIR",
+        help="also write TensorBoard scalars (loss and rate per step, figures per epoch) to DIR "
+        "(needs tensorboardX: pip install tensorboardx)",
+    )
     args = p.parse_args(argv)
-    if args.no_cuda:
-        args.ctx = "cpu"
+    if args.recipe:
+        recipes.apply(args, recipes.explicit_options(p, argv))
+    if args.rec_train is None and not args.print_recipe:
+        p.error("the following arguments are required: --rec-train")
     if args.save_dir is None:
         args.save_dir = os.path.join("runs", args.model)
     if args.val_batch_size is None:
         args.val_batch_size = args.batch_size
+    args.settled = settle_defaults(args)
     return args
+
+
+def recipe_options(args: argparse.Namespace) -> dict:
+    """The options a recipe sets, as ``args`` holds them now (the recipe's, or the flags that won)."""
+    keys = recipes.RECIPES[args.recipe] if args.recipe else recipes.RECIPES["resnest50"]
+    return {"recipe": args.recipe, **{key: getattr(args, key) for key in keys}}
+
+
+def settle_defaults(args: argparse.Namespace) -> list:
+    """Fills the defaults that depend on other options and returns a line for each, logged at the start:
+    the warm-up (at most a quarter of a short run, so the rate peaks) and the training crop."""
+    notes = []
+    if args.warmup_epochs is None:
+        args.warmup_epochs = float(WARMUP_EPOCHS)
+        if args.epochs > 0 and WARMUP_EPOCHS > WARMUP_SHARE * args.epochs:
+            args.warmup_epochs = round(WARMUP_SHARE * args.epochs, 3)
+            notes.append(
+                f"warm-up cut from {WARMUP_EPOCHS} to {args.warmup_epochs:g} epochs (a quarter of --epochs "
+                f"{args.epochs}), so the rate peaks; --warmup-epochs sets it"
+            )
+    # the validation crop: --crop-size, else the training crop when --input-size was given, else the paper's
+    if args.crop_size:
+        args.val_crop_size, why = args.crop_size, "--crop-size"
+    elif args.input_size is not None:
+        args.val_crop_size, why = args.input_size, "from --input-size; --crop-size sets another"
+    elif args.model in resnest_gluon.list_models():
+        args.val_crop_size = resnest_gluon.model_info(args.model)["crop_size"]
+        why = f"{args.model}'s paper crop; --crop-size sets another"
+    else:  # an unknown model: check_args says so
+        args.val_crop_size, why = INPUT_SIZE, "unknown model"
+    if args.input_size is None:
+        args.input_size = INPUT_SIZE
+    if args.rec_val:
+        notes.append(f"validation crop {args.val_crop_size} ({why})")
+    return notes
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -212,6 +352,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.mixup_off_epoch < 0 or args.warmup_epochs < 0:
         raise TrainingError("--mixup-off-epoch and --warmup-epochs must not be negative")
     check_finetune_args(args)
+    if args.tensorboard:
+        check_tensorboard()
 
 
 def check_finetune_args(args: argparse.Namespace) -> None:
@@ -257,15 +399,18 @@ def load_class_names(args: argparse.Namespace):
     return names
 
 
-def prepare_finetune(net, args: argparse.Namespace, ctx: mx.Context, load: bool) -> None:
+def prepare_finetune(net, args: argparse.Namespace, ctx: mx.Context, load: bool, class_names=None) -> None:
     """Loads --pretrained into ``net`` (when ``load``: rank 0 of a run that does not resume), then sets the
     backbone's rate and freezes stages (every rank)."""
     if load and args.pretrained is not None:
+        reset = fresh_head_reason(args, class_names)
         try:
-            info = load_backbone(net, args.model, args.pretrained, ctx)
+            info = load_backbone(net, args.model, args.pretrained, ctx, reset_classifier=reset is not None)
         except (OSError, ValueError) as err:
             raise TrainingError(f"--pretrained: {err}") from err
-        if info["classifier"] == "replaced":
+        if reset is not None:
+            logger.info("the classifier of %s starts fresh: %s", info["path"], reset)
+        elif info["classifier"] == "replaced":
             logger.info(
                 "the classifier of %s has %d classes, not --classes %d: it starts fresh",
                 info["path"],
@@ -280,6 +425,23 @@ def prepare_finetune(net, args: argparse.Namespace, ctx: mx.Context, load: bool)
         for param in net.collect_params().values():
             if param.grad_req != "null":
                 param.grad_req = "add"
+
+
+def fresh_head_reason(args: argparse.Namespace, class_names) -> Optional[str]:
+    """Why --pretrained's classifier must not be kept although its shape may fit (None: keep it when it
+    fits): ``--reset-classifier``, or the file's run named other classes than this run's."""
+    if args.reset_classifier:
+        return "--reset-classifier"
+    if class_names is None:
+        return None
+    theirs = file_class_names(args.pretrained)
+    if theirs is not None and len(theirs) == len(class_names) and list(theirs) != list(class_names):
+        first = next(i for i, (a, b) in enumerate(zip(theirs, class_names)) if a != b)
+        return (
+            f"its run names other classes (label {first}: {theirs[first]!r} there, {class_names[first]!r} "
+            "here)"
+        )
+    return None
 
 
 def record_count(path: str, what: str) -> int:
@@ -305,6 +467,8 @@ def build_net(args: argparse.Namespace, ctx: mx.Context):
     if args.final_drop is not None:
         overrides["final_drop"] = args.final_drop
     net = resnest_gluon.get_model(args.model, **overrides)
+    if args.dropblock_per_sample:
+        set_drop_per_sample(net, True)
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=ctx)
     if args.dtype == "float16":
         net.cast("float16")  # BatchNorm keeps float32 parameters; the optimizer keeps float32 masters
@@ -329,7 +493,10 @@ def make_train_iter(args: argparse.Namespace, epoch: int, ctx: mx.Context):
         part_index=dist.rank(),
         threads=args.data_threads,
         seed=args.seed + epoch,
-        auto_aug=args.auto_aug,
+        auto_aug=False if args.auto_aug == "none" else args.auto_aug,
+        reduced_decode=args.fast_decode,
+        clip_colour=not args.unclipped_colour,
+        crop=args.train_crop,
         jitter=args.jitter,
         lighting=args.lighting,
         mirror=not args.no_mirror,
@@ -359,13 +526,22 @@ def make_val_iter(args: argparse.Namespace, crop_size: int):
 def validate(net, val_data, ctx, args: argparse.Namespace, epoch: int, n_val: int, name: str = "val"):
     """Top-1 and top-5 (%) over all workers; an undecodable record stops the run with a TrainingError
     (the epoch's checkpoint is already saved)."""
+    shard = -(-n_val // dist.size())
+    bar = progress_bar(
+        total=shard,
+        desc=f"validation {epoch}",
+        disable=not show_progress(args, dist.is_primary()),
+        leave=False,
+    )
     try:
-        counts = evaluate(net, val_data, ctx, args.dtype)
+        counts = evaluate(net, val_data, ctx, args.dtype, progress=bar.update)
     except ValueError as err:
+        bar.close()
         raise TrainingError(
             f"validation data: {err}. Epoch {epoch} is saved in {args.save_dir}: --resume continues once "
             "the data is fixed"
         ) from err
+    bar.close()
     counts = dist.allreduce_sum(mx.nd.array(counts, dtype="float64"), name=name).asnumpy()
     if int(counts[2]) != n_val:
         logger.warning("validated %d images, the index lists %d", int(counts[2]), n_val)
@@ -403,6 +579,7 @@ class Classification(Task):
         if args.dropblock_prob is not None:
             self.max_drop = args.dropblock_prob
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)
+        self.first_forward_done = False
 
     def build_net(self, ctx):
         return build_net(self.args, ctx)
@@ -410,7 +587,7 @@ class Classification(Task):
     def prepare(self, net, ctx, load: bool) -> None:
         if dist.is_primary() and self.class_names is not None:
             copy_atomic(self.args.class_names, os.path.join(self.args.save_dir, "classes.txt"))
-        prepare_finetune(net, self.args, ctx, load)
+        prepare_finetune(net, self.args, ctx, load, self.class_names)
 
     def train_data(self, epoch: int, ctx):
         try:
@@ -449,7 +626,15 @@ class Classification(Task):
         return data, target
 
     def loss(self, net, data, target):
-        output = net(data.astype(self.args.dtype, copy=False))
+        if not self.first_forward_done and self.args.ctx == "cpu":
+            # MXNet's oneDNN pooling says "training with prop_kind is forward_scoring" as it builds its
+            # primitives in the first training forward: that forward runs with those lines held back
+            with held_native_stderr():
+                output = net(data.astype(self.args.dtype, copy=False))
+                output.wait_to_read()
+            self.first_forward_done = True
+        else:
+            output = net(data.astype(self.args.dtype, copy=False))
         return self.loss_fn(output.astype("float32", copy=False), target)
 
     def validate(self, net, ctx, epoch: int, name: str = "val"):
@@ -467,6 +652,12 @@ class Classification(Task):
 def main(argv=None) -> dict:
     """Runs the training; returns the last epoch's metrics plus ``best_top1`` and ``save_dir``."""
     args = parse_args(argv)
+    if args.print_recipe:
+        resolved = recipe_options(args)
+        print(json.dumps(resolved, indent=1))
+        return resolved
+    chosen = args.ctx == "auto"
+    common.resolve_ctx(args)  # auto: the GPU when MXNet sees one (logged below, once train.log is open)
     check_args(args)
     dist.init()
     ctx = dist.worker_context(args.ctx)  # every worker stops here alike if one has no GPU
@@ -480,6 +671,14 @@ def main(argv=None) -> dict:
         lock = lock_run_dir(args.save_dir)  # one run per directory; released when this process ends
     handlers = _setup_logging(args.save_dir, primary)
     try:
+        if primary:
+            if chosen:
+                logger.info(
+                    "--ctx auto: %s",
+                    "a GPU is visible, using it" if args.ctx == "gpu" else "no GPU, on the CPU",
+                )
+            for note in args.settled:
+                logger.info("%s", note)
         for change in changes:
             logger.warning("--resume changes the run's recipe: %s (args.json now records it)", change)
         try:
@@ -490,6 +689,10 @@ def main(argv=None) -> dict:
             if explained is None:
                 raise
             raise explained from None
+    except BaseException as err:
+        if primary:  # the reason goes into train.log too, not only to the console
+            log_failure(err, handlers)
+        raise
     finally:
         unlock_run_dir(lock)
         root = logging.getLogger("resnest_gluon")
@@ -530,10 +733,32 @@ def peer_lost(err: Exception):
     )
 
 
+def log_failure(err: BaseException, handlers: list) -> None:
+    """Why the run stopped, into train.log only (the console gets the one ``error:`` line from
+    :func:`resnest_gluon.cli.run`); the traceback too, for a bug."""
+    import traceback
+
+    from resnest_gluon.errors import UserError
+
+    if isinstance(err, UserError):
+        text = f"the run stopped: {err}"
+    elif isinstance(err, KeyboardInterrupt):
+        text = f"the run was stopped ({type(err).__name__}): every checkpoint saved is complete"
+    else:
+        text = (
+            f"the run failed: {type(err).__name__}: {err}\n"
+            + "".join(traceback.format_exception(err)).rstrip()
+        )
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, text, None, None)
+    for handler in handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def prepare_data(args: argparse.Namespace, workers: int, primary: bool):
     """Sizes from the indexes and labels checked before any compute; returns the task and the training
     image count."""
-    crop_size = args.crop_size or resnest_gluon.model_info(args.model)["crop_size"]
+    crop_size = args.val_crop_size
     n_train = record_count(args.rec_train, "training file")
     n_val = record_count(args.rec_val, "validation file") if args.rec_val else 0
     # every worker counts its steps from these: a stale copy on one machine would hang the job

@@ -1,78 +1,178 @@
 """Evaluates a ResNeSt on a validation ``.rec``: top-1 / top-5 and images per second.
 
+    python scripts/verify.py --run runs/flowers --rec-val data/flowers_val.rec        # a training run
     python scripts/verify.py --model resnest50 --rec-val val.rec --params resnest50-best.params
-    python scripts/verify.py --model resnest269 --rec-val val.rec --pretrained      # 416 px, bicubic
+    python scripts/verify.py --model resnest269 --rec-val val.rec --pretrained      # 416 px
     horovodrun -np 4 -H localhost:4 python scripts/verify.py --ctx gpu --model resnest101 ...
     python scripts/verify.py --model resnest50 --rec-val val.rec --params p.params --backend openvino \
         --precision int8 --rec-calib train.rec                                     # OpenVINO INT8
 
-The crop is the model's paper crop (224/256/320/416) unless ``--crop-size`` says otherwise; the shorter
-side is resized to ``crop / 0.875`` first (bicubic from 320 px). Under horovodrun every worker takes its
-shard and the counts are summed, so every image is counted exactly once.
+With ``--run`` the model, classes, crop, class names and checkpoint come from the run directory. Otherwise
+the crop is the model's paper crop (224/256/320/416) unless ``--crop-size`` says otherwise, taken as the
+ResNeSt reference does (:func:`resnest_gluon.data.val_iter`): below 320 px the shorter side resized to
+``crop / 0.875`` and the centre crop; from 320 px the centre square of ``crop / (crop + 32)`` of the shorter
+side, resized with PIL's bicubic filter. ``--resize`` resizes the shorter side instead, at any crop.
+Under horovodrun every worker takes its shard and the counts are summed, so every image is counted
+exactly once.
 """
 
 import argparse
+import json
 import logging
 import os
 import time
+from typing import List, Optional, Tuple
 
 import mxnet as mx
 
 import resnest_gluon
 from resnest_gluon import deploy, threads
+from resnest_gluon.cli import common
 from resnest_gluon.data import num_records, val_iter
+from resnest_gluon.data.class_names import class_names_beside, read_class_names
 from resnest_gluon.models.pretrained import UnreadableParams, load_params_checked
+from resnest_gluon.progress import progress_bar
 from resnest_gluon.training import TrainingError, atomic_json, check_labels, dist, evaluate, writable_dir
 
 logger = logging.getLogger("resnest_gluon.verify")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Top-1/top-5 accuracy and speed of a ResNeSt on a validation .rec.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = common.parser("Top-1/top-5 accuracy and speed of a ResNeSt on a validation .rec.")
+    src = p.add_argument_group("the model (one of --run, --params, --pretrained)")
+    src.add_argument(
+        "--run",
+        metavar="DIR",
+        help="a scripts/train.py run directory: its model, classes, validation crop, class names and best "
+        "checkpoint (the newest without validation)",
     )
-    p.add_argument("--model", required=True, help="one of resnest_gluon.list_models()")
-    p.add_argument("--rec-val", required=True, help="validation .rec (its .idx beside it)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--params", help="a .params file (e.g. from scripts/train.py)")
+    src.add_argument(
+        "--ema", action="store_true", help="with --run: the EMA weights (<model>-ema-best.params)"
+    )
+    src.add_argument("--params", help="a .params file (e.g. from scripts/train.py); needs --model")
     src.add_argument(
         "--pretrained", action="store_true", help="the published weights (resnest_gluon.models.pretrained)"
     )
-    p.add_argument("--classes", type=int, default=1000, help="classes of the model")
-    p.add_argument(
-        "--crop-size", type=int, default=None, help="centre crop (default: the model's paper crop)"
+    src.add_argument("--model", help="one of resnest_gluon.list_models() (default: the run's)")
+    src.add_argument(
+        "--classes", type=int, default=None, help="classes of the model (default: the run's, else 1000)"
     )
-    p.add_argument(
-        "--resize", type=int, default=None, help="shorter side before cropping (default crop/0.875)"
+    data = p.add_argument_group("data")
+    data.add_argument("--rec-val", required=True, help="validation .rec (its .idx beside it)")
+    data.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="centre crop (default: the run's validation crop, else the model's paper crop)",
     )
-    p.add_argument("--batch-size", type=int, default=32, help="images per worker and batch")
-    p.add_argument(
-        "--ctx",
-        choices=("cpu", "gpu"),
-        default="cpu",
-        help="device; gpu uses mx.gpu(local_rank), or gpu(0) when a worker sees exactly one GPU",
+    data.add_argument(
+        "--resize",
+        type=int,
+        default=None,
+        help="shorter side before the centre crop (default: the reference's protocol)",
     )
-    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="float16: GPU only")
-    p.add_argument("--threads", type=int, default=4, help="decoding threads per worker")
-    p.add_argument(
+    data.add_argument("--batch-size", type=int, default=32, help="images per worker and batch")
+    common.add_data_threads(data, 4)
+    dev = p.add_argument_group("devices and back-ends")
+    common.add_ctx(dev)
+    dev.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="float16: GPU only")
+    dev.add_argument(
         "--backend",
         choices=("mxnet", "openvino"),
         default="mxnet",
         help="mxnet: the oneDNN-fused graph (plain on a GPU); openvino: the model exported to OpenVINO (CPU)",
     )
-    p.add_argument(
+    dev.add_argument(
         "--precision",
         choices=("auto", "f32", "bf16", "int8"),
         default="auto",
         help="OpenVINO precision (auto: bf16 where the CPU has it, else f32; int8 needs --rec-calib)",
     )
-    p.add_argument(
+    dev.add_argument(
         "--rec-calib", default=None, help="calibration .rec for --precision int8 (training images)"
     )
-    p.add_argument("--calib-batches", type=int, default=10, help="calibration batches for --precision int8")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    return p.parse_args(argv)
+    dev.add_argument("--calib-batches", type=int, default=10, help="calibration batches for --precision int8")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", default=None, help="also write the results to this JSON file")
+    common.add_progress(out)
+    args = p.parse_args(argv)
+    sources = [name for name in ("run", "params", "pretrained") if getattr(args, name)]
+    if len(sources) != 1:
+        p.error("give exactly one of --run, --params, --pretrained")
+    if args.ema and not args.run:
+        p.error("--ema goes with --run")
+    if not args.run and not args.model:
+        p.error(f"--{sources[0]} needs --model")
+    return args
+
+
+def run_files(run: str, ema: bool = False) -> Tuple[dict, str]:
+    """A run directory's args.json and the weights to score: the best (EMA) checkpoint, else the newest."""
+    from resnest_gluon.training import latest_checkpoint
+
+    args_path = os.path.join(run, "args.json")
+    if not os.path.isfile(args_path):
+        raise TrainingError(f"--run {run} is not a training run directory (no args.json)")
+    try:
+        with open(args_path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as err:
+        raise TrainingError(f"--run {run}: args.json is unreadable ({err})") from err
+    model = saved["model"]
+    names = [f"{model}-ema-best.params", f"{model}-ema.params"] if ema else [f"{model}-best.params"]
+    for name in names:
+        if os.path.isfile(os.path.join(run, name)):
+            return saved, os.path.join(run, name)
+    found = None if ema else latest_checkpoint(run, model)
+    if found is None:
+        raise TrainingError(
+            f"--run {run} holds no {'EMA weights (train with --ema)' if ema else 'checkpoint'}"
+        )
+    return saved, found[1]
+
+
+def settle_run(args: argparse.Namespace) -> Optional[List[str]]:
+    """With ``--run``: model, classes, crop and weights from the run (what the command line gives wins,
+    but a --model or --classes other than the run's is an error); returns the run's class names, checked
+    against the ``.classes.txt`` beside ``--rec-val`` when both exist. Without: the defaults."""
+    if not args.run:
+        args.classes = args.classes or 1000
+        return None
+    saved, args.params = run_files(args.run, args.ema)
+    for key in ("model", "classes"):
+        given = getattr(args, key)
+        if given is not None and given != saved[key]:
+            raise TrainingError(
+                f"--{key} {given} but the run in {args.run} trained --{key} {saved[key]}: drop --{key}"
+            )
+        setattr(args, key, saved[key])
+    args.crop_size = args.crop_size or saved.get("val_crop_size") or saved.get("crop_size")
+    names_path = os.path.join(args.run, "classes.txt")
+    beside = class_names_beside(args.rec_val)
+    try:
+        names = read_class_names(names_path) if os.path.isfile(names_path) else None
+        data_names = read_class_names(beside) if beside is not None else None
+    except (OSError, ValueError) as err:
+        raise TrainingError(f"class names: {err}") from err
+    if names is not None and data_names is not None:
+        if data_names != names:
+            diff = next(
+                (i for i, (a, b) in enumerate(zip(names, data_names)) if a != b),
+                min(len(names), len(data_names)),
+            )
+            raise TrainingError(
+                f"the run's classes ({names_path}) are not the classes of --rec-val ({beside}), first at "
+                f"label {diff}: score this run on records packed with its class folders"
+            )
+    logger.info(
+        "--run %s: %s, %d classes, crop %d, %s",
+        args.run,
+        args.model,
+        args.classes,
+        args.crop_size or 0,
+        args.params,
+    )
+    return names
 
 
 def openvino_net(net, args, crop: int):
@@ -85,7 +185,9 @@ def openvino_net(net, args, crop: int):
     with tempfile.TemporaryDirectory(prefix="verify-openvino-") as tmp:
         calib = None
         if precision == "int8":
-            calib = val_iter(args.rec_calib, args.batch_size, crop, threads=args.threads, resize=args.resize)
+            calib = val_iter(
+                args.rec_calib, args.batch_size, crop, threads=args.data_threads, resize=args.resize
+            )
         xml = deploy.export_openvino(
             net, os.path.join(tmp, args.model), (1, 3, crop, crop), precision, calib, args.calib_batches
         )
@@ -97,6 +199,10 @@ def openvino_net(net, args, crop: int):
 def main(argv=None) -> dict:
     """Runs the evaluation; returns ``{top1, top5, images, images_per_sec, ...}`` (on every worker)."""
     args = parse_args(argv)
+    if not logging.getLogger().handlers:  # a command, not a library call: its notes on the console
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    class_names = settle_run(args)
+    common.resolve_ctx(args)
     if args.model not in resnest_gluon.list_models():
         raise TrainingError(
             f"unknown model {args.model!r}; choose one of: {', '.join(resnest_gluon.list_models())}"
@@ -122,7 +228,10 @@ def main(argv=None) -> dict:
     check_labels(args.rec_val, args.classes)
 
     if args.pretrained:
-        net = resnest_gluon.get_model(args.model, pretrained=True, classes=args.classes, ctx=ctx)
+        try:
+            net = resnest_gluon.get_model(args.model, pretrained=True, classes=args.classes, ctx=ctx)
+        except (OSError, ValueError) as err:  # not on disk, no published weights, a damaged file
+            raise TrainingError(f"--pretrained: {err}") from err
     else:
         net = resnest_gluon.get_model(args.model, classes=args.classes)
         try:
@@ -146,24 +255,32 @@ def main(argv=None) -> dict:
         crop,
         num_parts=dist.size(),
         part_index=dist.rank(),
-        threads=args.threads,
+        threads=args.data_threads,
         resize=args.resize,
         dtype="float32",  # evaluate() casts on the device
         backend="python",  # names an undecodable record; the C++ iterator dies of SIGFPE on it
     )
     # Warm up (graph building, cuDNN's autotuning) on a batch of the evaluated shape before timing.
     net(mx.nd.zeros((batch, 3, crop, crop), ctx=ctx, dtype=args.dtype)).wait_to_read()
+    shard = -(-total // dist.size())
+    show = primary and args.progress is not False
+    bar = progress_bar(total=shard, desc="verify", disable=not show, leave=False)
     tic = time.time()
     try:
-        counts = evaluate(net, data, ctx, args.dtype)
+        counts = evaluate(net, data, ctx, args.dtype, progress=bar.update)
     except ValueError as err:  # an undecodable record, named
         raise TrainingError(f"validation data: {err}") from err
+    finally:
+        bar.close()
     mx.nd.waitall()
     counts = dist.allreduce_sum(mx.nd.array(counts, dtype="float64"), name="verify").asnumpy()
     seconds = time.time() - tic  # after the sum: the slowest worker's time
     result = dict(
         model=args.model,
         params=args.params or "pretrained",
+        run=args.run,
+        classes=args.classes,
+        class_names=class_names,
         rec_val=args.rec_val,
         crop_size=crop,
         top1=100.0 * counts[0] / counts[2],

@@ -2,10 +2,11 @@
 
 Two back ends give the same :class:`mxnet.io.DataIter` interface (:func:`train_iter`, :func:`val_iter`):
 
-* ``python_iter``: OpenCV decoding and transforms in a pool of threads, the default for training and the
-  only one for AutoAugment; it needs about 40 % of the CPU time per image of the C++ iterator, because
-  the JPEG decoder bundled in MXNet's pip wheel is about 3x slower than opencv-python's;
-* ``cpp_iter``: MXNet's C++ ``ImageRecordIter``, the default for validation, an option for training.
+* ``python_iter``: OpenCV decoding and transforms in a pool of threads, the default, and the only one for
+  AutoAugment and for the reference's evaluation crop from 320 px; it needs about 40 % of the CPU time per
+  image of the C++ iterator, because the JPEG decoder bundled in MXNet's pip wheel is about 3x slower than
+  opencv-python's;
+* ``cpp_iter``: MXNet's C++ ``ImageRecordIter``, an option.
 
 The modules: ``index`` (the ``.idx``, sharding), ``recordio`` (memory-mapped record reader), ``iterator``
 (what both back ends share), ``transforms`` (crops, colour, normalisation), ``jpeg`` (header parsing),

@@ -1,4 +1,4 @@
-"""Back end 1: MXNet's C++ ``ImageRecordIter`` (decoding threads in C++), the default for validation."""
+"""Back end 1: MXNet's C++ ``ImageRecordIter`` (decoding threads in C++), an option for both iterators."""
 
 import mxnet as mx
 import numpy as np

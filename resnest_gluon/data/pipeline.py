@@ -1,6 +1,5 @@
 """The two public iterators: :func:`train_iter` and :func:`val_iter`, over either back end."""
 
-import math
 from typing import Optional
 
 import cv2
@@ -31,7 +30,7 @@ def train_iter(
     part_index: int = 0,
     threads: int = 4,
     seed: int = 0,
-    auto_aug: bool = False,
+    auto_aug=False,
     jitter: float = 0.4,
     lighting: float = 0.1,
     mirror: bool = True,
@@ -39,8 +38,10 @@ def train_iter(
     dtype: str = "float32",
     backend: str = "auto",
     ctx: Optional[mx.Context] = None,
-    reduced_decode: bool = True,
+    reduced_decode: bool = False,
     opencv_threads: Optional[int] = 1,
+    clip_colour: bool = True,
+    crop: str = "auto",
 ) -> mx.io.DataIter:
     """Shuffled, augmented training batches of this worker's shard of ``rec_path``.
 
@@ -58,8 +59,10 @@ def train_iter(
         Decoding threads (C++ iterator) or worker threads (Python path; 0 = in the calling thread).
     seed : int
         Seed of the shuffling and augmentations (offset by ``part_index`` for augmentations).
-    auto_aug : bool
-        Add AutoAugment's ImageNet policy (uses the Python path).
+    auto_aug : bool or str
+        AutoAugment's ImageNet policy (Python path only): ``True`` or ``"resnest"`` is the ResNeSt
+        reference's flavour on the whole decoded image before the crop; ``"torchvision"`` the torchvision
+        flavour on the crop (see :mod:`resnest_gluon.data.autoaugment`); ``False`` none.
     jitter : float
         Brightness, contrast and saturation jitter (0 for none).
     lighting : float
@@ -83,11 +86,21 @@ def train_iter(
         it on the CPU in the worker threads, which is faster than batched MXNet operators on a CPU.
     reduced_decode : bool
         Python path: decode a JPEG at 1/2, 1/4 or 1/8 of its size (in libjpeg's DCT) when the random
-        crop would still be at least ``input_size`` pixels at that scale.
+        crop would still be at least ``input_size`` pixels at that scale: faster, but those crops come out
+        smoother than the reference's full-size decode and bilinear resize (off by default; ignored with
+        the whole-image AutoAugment).
     opencv_threads : int, optional
         Python path: calls ``cv2.setNumThreads(opencv_threads)`` (process-wide) when the iterator is
         built. The worker threads are the parallelism; OpenCV's own pool inside each call only adds
         synchronisation (about 4 % more CPU per image measured here). ``None`` leaves OpenCV alone.
+    clip_colour : bool
+        Python path: brightness, contrast, saturation and lighting each rounded and clipped to 0..255, as
+        the reference does (default); ``False`` applies them with the normalisation as one unclipped map.
+    crop : {'auto', 'resized', 'tf'}
+        Python path: ``resized`` is the random resized crop (area ``min_area``-1, log-uniform aspect 3/4-4/3);
+        ``tf`` the TF-style crop of the reference's large models (area 0.1-1, aspect uniform in 3/4-4/3,
+        the centre square if no draw fits); ``auto`` is ``tf`` from 320 px (bicubic) and ``resized`` below
+        (bilinear).
 
     Returns
     -------
@@ -105,7 +118,16 @@ def train_iter(
             cv2.setNumThreads(opencv_threads)
         interp = interp_name("auto", input_size)
         transform = TrainTransform(
-            input_size, jitter, lighting, auto_aug, interp, reduced_decode, mirror, min_area
+            input_size,
+            jitter,
+            lighting,
+            auto_aug,
+            interp,
+            reduced_decode,
+            mirror,
+            min_area,
+            clip_colour=clip_colour,
+            crop=crop,
         )
         return ThreadIter(
             rec_path,
@@ -180,13 +202,18 @@ def val_iter(
     threads : int
         Decoding threads (C++) or worker threads (Python path; 0 = in the calling thread).
     resize : int, optional
-        Shorter side before cropping; ``ceil(crop_size / 0.875)`` by default.
+        None (the default) is the ResNeSt reference's protocol: below 320 px the shorter side resized to
+        ``ceil(crop_size / 0.875)`` (bilinear) and the centre crop; from 320 px the centre square of side
+        ``crop_size / (crop_size + 32)`` times the shorter side, resized to ``crop_size`` with PIL's bicubic
+        filter. Given: the shorter side resized to ``resize`` (OpenCV), then the centre crop.
     interpolation : {'auto', 'bilinear', 'bicubic'}
-        ``auto`` is bicubic for crops of 320 px and more (the paper's large models), else bilinear.
+        With ``resize``: ``auto`` is bicubic for crops of 320 px and more, else bilinear. Another value
+        than ``auto`` also selects the resize-and-crop protocol.
     dtype : str
         Data type of the images.
     backend : {'auto', 'cpp', 'python'}
-        ``auto`` is the C++ ``ImageRecordIter`` (which resizes bicubically too).
+        ``auto`` (= ``python``) is the Python path, which also names an undecodable record; ``cpp`` (the C++
+        ``ImageRecordIter``) has only the resize-and-crop protocol, so from 320 px it needs ``resize``.
     opencv_threads : int, optional
         Python path: as in :func:`train_iter`.
 
@@ -197,17 +224,22 @@ def val_iter(
     """
     _check_backend(backend)
     shard = read_shard(rec_path, batch_size, num_parts, part_index)
-    resize = int(math.ceil(crop_size / 0.875)) if resize is None else int(resize)
-    if resize < crop_size:
-        raise ValueError(f"resize ({resize}) must be >= crop_size ({crop_size})")
+    transform = ValTransform(crop_size, resize, interpolation)
+    if transform.resize < crop_size:
+        raise ValueError(f"resize ({transform.resize}) must be >= crop_size ({crop_size})")
     interp = interp_name(interpolation, crop_size)
-    if backend == "python":
+    if backend == "cpp" and transform.by_ratio:
+        raise ValueError(
+            f"the C++ iterator cannot evaluate a {crop_size} px crop as the reference does (a centre square "
+            "resized with PIL): use backend='auto', or give resize= for the resize-and-crop protocol"
+        )
+    if backend != "cpp":
         if opencv_threads is not None:
             cv2.setNumThreads(opencv_threads)
         return ThreadIter(
             rec_path,
             shard,
-            ValTransform(crop_size, resize, interp),
+            transform,
             batch_size,
             (3, crop_size, crop_size),
             shuffle=False,
@@ -225,6 +257,6 @@ def val_iter(
         threads,
         dtype,
         shuffle=False,
-        resize=resize,
+        resize=transform.resize,
         inter_method=CPP_INTERP[interp],
     )

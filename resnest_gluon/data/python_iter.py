@@ -1,4 +1,4 @@
-"""Back end 2: OpenCV decoding and transforms in a pool of threads, the default for training.
+"""Back end 2: OpenCV decoding and transforms in a pool of threads, the default for training and validation.
 
 Threads rather than DataLoader worker processes: OpenCV and numpy release the GIL for the heavy work, and
 a batch then needs no trip through shared memory. With ``ctx=`` the colour pass runs as one batched step

@@ -1,13 +1,19 @@
 """Crop and colour transforms of the Python path, and the normalisation both back ends share.
 
-The training recipe is that of ResNeSt (Zhang et al., arXiv:2004.08955, section 5.1): random resized crop
-(area 8-100 %, aspect ratio 3/4-4/3), horizontal flip, colour jitter 0.4 (brightness, contrast,
-saturation), AlexNet-style PCA lighting noise 0.1, mean/std normalisation; optionally AutoAugment.
-Validation resizes the shorter side to ``crop / 0.875`` and takes the centre crop.
+The training recipe is that of ResNeSt (Zhang et al., arXiv:2004.08955, section 5.1) as its authors' Gluon
+scripts run it: optionally AutoAugment on the whole decoded image, then a random resized crop (area 8-100 %,
+aspect ratio 3/4-4/3, bilinear) or, for crops of 320 px and more, a TF-style random crop (area 10-100 %,
+aspect 3/4-4/3, bicubic), horizontal flip, colour jitter 0.4 (brightness, contrast, saturation in random
+order) and AlexNet-style PCA lighting noise 0.1, each clipped to 0..255, then mean/std normalisation.
 
-Per image the training transform does little besides the decode: the crop is chosen from the JPEG header
-(decoded at 1/2-1/8 size when the crop allows), one ``cv2.resize`` of the crop, and one fused
-colour/normalisation map applied in a single pass; a batch's random numbers are drawn in a few calls.
+Evaluation below 320 px resizes the shorter side to ``ceil(crop / 0.875)`` (bilinear) and takes the centre
+crop; from 320 px it takes the centre square of side ``crop / (crop + 32)`` times the shorter side and
+resizes it to ``crop`` with PIL's bicubic filter (which antialiases when shrinking).
+
+Per image the training transform does little besides the decode: one ``cv2.resize`` of the crop, the colour
+operations on the uint8 crop, and one normalisation pass; a batch's random numbers are drawn in a few calls.
+Options trade faithfulness for speed: ``reduced_decode`` (decode in libjpeg's DCT at 1/2-1/8 size when the
+crop allows) and ``clip_colour=False`` (jitter, lighting and normalisation as one unclipped affine map).
 """
 
 import math
@@ -15,8 +21,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from .autoaugment import ImageNetPolicy
+from .autoaugment import AutoAugment
 from .jpeg import jpeg_size
 from .recordio import decode
 
@@ -177,12 +184,85 @@ def _affine_parts(
     return np.concatenate([m, t[:, :, None]], axis=2).astype(np.float32), k.astype(np.float32)
 
 
-class TrainTransform:
-    """Encoded image -> (augmented uint8 BGR crop, its ``(3, 4)`` colour + normalisation map).
+LARGE_CROP = 320  # from this side on, the reference crops TF-style in training and by a ratio in evaluation
+CENTRE_MARGIN = 32  # evaluation at >= LARGE_CROP: the centre square is crop / (crop + 32) of the short side
 
-    The crop is chosen from the JPEG header's size before decoding, so that a crop which would still be
-    at least ``size`` pixels after a 2/4/8-fold reduction is decoded at that reduced size
-    (``reduced_decode``); the crop ROI then goes through one ``cv2.resize`` straight to ``size``.
+
+def centre_box(h: int, w: int, crop: int) -> Tuple[int, int, int, int]:
+    """``(left, top, right, bottom)`` of the reference's centre square for crops of 320 px and more.
+
+    Side ``crop / (crop + 32) * min(h, w)``; the top-left corner rounded, the far corner rounded from the
+    unrounded side (as PIL rounds a crop box), so the square may be a pixel off square.
+    """
+    side = crop / (crop + CENTRE_MARGIN) * min(h, w)
+    top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
+    return left, top, int(round(left + side)), int(round(top + side))
+
+
+def pil_resize(img: np.ndarray, box: Tuple[int, int, int, int], size: int, bgr: bool = False) -> np.ndarray:
+    """``img[box]`` resized to ``size x size`` with PIL's bicubic filter (antialiased when shrinking)."""
+    h, w = img.shape[:2]
+    raw = "BGR" if bgr else "RGB"
+    pil = Image.frombuffer("RGB", (w, h), np.ascontiguousarray(img), "raw", raw, 0, 1)
+    out = pil.resize((size, size), Image.BICUBIC, box=box)
+    return np.frombuffer(out.tobytes("raw", raw), np.uint8).reshape(size, size, 3)
+
+
+def _tf_crop_box(h: int, w: int, ratios, heights, py: float, px: float, min_area: float = 0.1):
+    """``(y, x, ch, cw)`` of a TF-style random crop (``sample_distorted_bounding_box``), or None.
+
+    Per attempt an aspect ratio (uniform in 3/4..4/3, from ``ratios``) and a height between the ones giving
+    ``min_area`` and the whole area (``heights`` in ``[0, 1)`` picks it); the first crop that fits, covers
+    ``min_area`` and is not the whole image wins; None means "the centre square", as in evaluation.
+    """
+    total = h * w
+    lo_area, hi_area = min_area * total, float(total)
+    for aspect, u in zip(ratios, heights):
+        low = int(round(math.sqrt(lo_area / aspect)))
+        high = int(round(math.sqrt(hi_area / aspect)))
+        if high * aspect > w:  # keep the width inside the image
+            high = int((w + 0.5 - 1e-7) / aspect)
+            if high * aspect > w:
+                high -= 1
+        high = min(high, h)
+        low = min(low, high)
+        ch = int(round(low + u * (high - low)))
+        cw = int(round(ch * aspect))
+        area = ch * cw
+        if not lo_area <= area <= hi_area or cw > w or ch > h:
+            continue
+        if cw == w and ch == h:
+            return None
+        return int(py * (h - ch + 1)), int(px * (w - cw + 1)), ch, cw
+    return None
+
+
+def _jitter_clipped(img: np.ndarray, order, alphas, lighting_shift, bgr: bool) -> np.ndarray:
+    """Brightness, contrast and saturation in ``order``, then the lighting shift, on a uint8 image: each
+    step rounded and clipped to 0..255 as the reference's operators do on uint8 images."""
+    g = _GRAY[::-1] if bgr else _GRAY
+    for op, a in zip(order, alphas):
+        if op == 0:  # brightness
+            img = cv2.addWeighted(img, a, img, 0.0, 0.0)
+        elif op == 1:  # contrast: towards the image's mean grey
+            mean = cv2.mean(img[::8])
+            grey = g[0] * mean[0] + g[1] * mean[1] + g[2] * mean[2]
+            img = cv2.addWeighted(img, a, img, 0.0, (1.0 - a) * grey)
+        else:  # saturation: towards each pixel's grey
+            grey = cv2.transform(img, np.array([g, g, g], np.float32))
+            img = cv2.addWeighted(img, a, grey, 1.0 - a, 0.0)
+    if lighting_shift is not None:
+        shift = lighting_shift[::-1] if bgr else lighting_shift
+        img = cv2.add(img, (float(shift[0]), float(shift[1]), float(shift[2]), 0.0))
+    return img
+
+
+class TrainTransform:
+    """Encoded image -> (augmented uint8 crop, its ``(3, 4)`` colour + normalisation map).
+
+    The crop is BGR (as OpenCV decodes) unless the torchvision-flavoured AutoAugment runs on it (RGB); the
+    map matches its order. Parameters as :func:`resnest_gluon.data.train_iter`; ``auto_aug`` is None,
+    ``"resnest"`` (the whole decoded image, before the crop) or ``"torchvision"`` (the crop).
     """
 
     def __init__(
@@ -190,37 +270,73 @@ class TrainTransform:
         size: int,
         jitter: float,
         lighting: float,
-        auto_aug: bool,
+        auto_aug,
         interpolation: str,
-        reduced_decode: bool = True,
+        reduced_decode: bool = False,
         mirror: bool = True,
         min_area: float = 0.08,
+        clip_colour: bool = True,
+        crop: str = "auto",
     ):
         self.size, self.jitter, self.lighting = size, jitter, lighting
         self.mirror, self.min_area = mirror, min_area
-        self.policy = ImageNetPolicy() if auto_aug else None
+        if auto_aug is True:
+            auto_aug = "resnest"
+        self.auto_aug = AutoAugment(auto_aug) if auto_aug else None
+        self.whole_image_aa = bool(auto_aug) and auto_aug == "resnest"
         self.interp = _INTERP[interpolation]
-        self.reduced_decode = reduced_decode
+        self.reduced_decode = reduced_decode and not self.whole_image_aa
+        self.clip_colour = clip_colour
+        if crop not in ("auto", "resized", "tf"):
+            raise ValueError(f"crop must be 'auto', 'resized' or 'tf', got {crop!r}")
+        self.tf_crop = crop == "tf" or (crop == "auto" and size >= LARGE_CROP)
+        # OpenCV decodes BGR; the torchvision flavour works on (and hands back) RGB crops.
+        self.bgr = not (self.auto_aug is not None and not self.whole_image_aa)
 
     def draw(self, rng: np.random.Generator, n: int) -> List[tuple]:
         """Every random number of ``n`` images in a few vectorised calls, and their colour maps but for
-        the image mean (:func:`_affine_parts`); per image ``(areas, log_ratios, (y, x, flip), base, k)``."""
-        areas = rng.uniform(self.min_area, 1.0, (n, _CROP_TRIES)).tolist()
-        log_ratios = rng.uniform(math.log(3.0 / 4.0), math.log(4.0 / 3.0), (n, _CROP_TRIES)).tolist()
+        the image mean (:func:`_affine_parts`); per image ``(areas, log_ratios, (y, x, flip), base, k,
+        colour)``, where ``colour`` holds the clipped path's ``(order, alphas, lighting shift)``."""
+        areas = rng.uniform(self.min_area, 1.0, (n, _CROP_TRIES))
+        if self.tf_crop:  # aspect ratios drawn uniformly, heights as fractions of their allowed range
+            log_ratios = rng.uniform(3.0 / 4.0, 4.0 / 3.0, (n, _CROP_TRIES))
+        else:
+            log_ratios = rng.uniform(math.log(3.0 / 4.0), math.log(4.0 / 3.0), (n, _CROP_TRIES))
+        areas, log_ratios = areas.tolist(), log_ratios.tolist()
         place = rng.random((n, 3)).tolist()  # y, x, flip
         order = rng.permuted(np.tile(np.arange(3), (n, 1)), axis=1)
         alphas = rng.uniform(1.0 - self.jitter, 1.0 + self.jitter, (n, 3))
         noise = rng.standard_normal((n, 3))
-        # OpenCV decodes BGR; AutoAugment works on (and hands back) RGB.
-        base, k = _affine_parts(self.jitter, self.lighting, order, alphas, noise, bgr=self.policy is None)
-        return list(zip(areas, log_ratios, place, base, k))
+        if self.clip_colour:
+            base, k = _affine_parts(0.0, 0.0, order, alphas, noise, bgr=self.bgr)
+            shifts = (self.lighting * noise * _EIGVAL) @ _EIGVEC.T if self.lighting > 0 else [None] * n
+            jit = self.jitter > 0
+            colour = [
+                (o.tolist() if jit else [], a.tolist() if jit else [], sh)
+                for o, a, sh in zip(order, alphas, shifts)
+            ]
+        else:
+            base, k = _affine_parts(self.jitter, self.lighting, order, alphas, noise, bgr=self.bgr)
+            colour = [None] * n
+        return list(zip(areas, log_ratios, place, base, k, colour))
+
+    def _box(self, h, w, areas, log_ratios, py, px):
+        if not self.tf_crop:
+            return _crop_box(h, w, areas, log_ratios, py, px)
+        # TF-style: ``areas`` (uniform in [min_area, 1)) are reused as the height fractions.
+        u = [(a - self.min_area) / (1.0 - self.min_area) if self.min_area < 1 else 0.0 for a in areas]
+        box = _tf_crop_box(h, w, log_ratios, u, py, px)
+        if box is None:
+            left, top, right, bottom = centre_box(h, w, self.size)
+            return top, left, bottom - top, right - left
+        return box
 
     def __call__(self, payload: np.ndarray, draw: tuple, rng: np.random.Generator, where=("", 0)):
-        areas, log_ratios, (py, px, flip), base, k = draw
+        areas, log_ratios, (py, px, flip), base, k, colour = draw
         size, factor, img = self.size, 1, None
         hw = jpeg_size(payload) if self.reduced_decode else None
         if hw is not None:
-            y, x, ch, cw = _crop_box(*hw, areas, log_ratios, py, px)
+            y, x, ch, cw = self._box(*hw, areas, log_ratios, py, px)
             for factor, flags in _REDUCED:
                 if ch // factor >= size and cw // factor >= size:
                     img = decode(payload, flags, *where)
@@ -230,21 +346,31 @@ class TrainTransform:
                     else:
                         img = None
                     break
+        finish = None
         if img is None:
             img = decode(payload, cv2.IMREAD_COLOR, *where)
+            if self.whole_image_aa:
+                # The whole image, as the reference; trailing pixel-by-pixel operations are left for
+                # the crop region alone (the same pixels, or a grey level apart, for less work).
+                img, finish = self.auto_aug.before_crop(img, rng, bgr=True)
             if img.shape[:2] != hw:
-                y, x, ch, cw = _crop_box(*img.shape[:2], areas, log_ratios, py, px)
-        img = cv2.resize(img[y : y + ch, x : x + cw], (size, size), interpolation=self.interp)
+                y, x, ch, cw = self._box(*img.shape[:2], areas, log_ratios, py, px)
+        region = img[y : y + ch, x : x + cw]
+        if finish is not None:
+            region = finish(region)
+        img = cv2.resize(region, (size, size), interpolation=self.interp)
         if self.mirror and flip < 0.5:
             img = cv2.flip(img, 1)
-        if self.policy is not None:
-            # AutoAugment's colour operations are defined on RGB.
-            img = self.policy(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), rng)
-            mean_rgb = _mean_pixel(img)
-        else:
-            mean_rgb = _mean_pixel(img)[::-1]
+        if self.auto_aug is not None and not self.whole_image_aa:
+            # The torchvision flavour's colour operations are defined on RGB.
+            img = self.auto_aug(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), rng)
+        if colour is not None:
+            order, alphas, shift = colour
+            img = _jitter_clipped(img, order, alphas, shift, self.bgr)
+            return img, base
+        mean = _mean_pixel(img)
         affine = base.copy()
-        affine[:, 3] += k.dot(mean_rgb)
+        affine[:, 3] += k.dot(mean[::-1] if self.bgr else mean)
         return img, affine
 
 
@@ -255,17 +381,28 @@ def _mean_pixel(img: np.ndarray) -> List[float]:
 
 
 class ValTransform:
-    """Encoded image -> (shorter side resized and centre-cropped, the normalisation map)."""
+    """Encoded image -> (the evaluation crop, its normalisation map).
 
-    def __init__(self, crop: int, resize: int, interpolation: str):
-        self.crop, self.resize, self.interp = crop, resize, _INTERP[interpolation]
+    ``resize`` None (the default): the reference's protocol at every crop (see the module's docstring).
+    ``resize`` given: the shorter side resized to it with ``interpolation`` (OpenCV), then the centre crop.
+    """
+
+    def __init__(self, crop: int, resize: Optional[int] = None, interpolation: str = "auto"):
+        self.crop = crop
+        # The reference's centre square + PIL bicubic from 320 px; below, the short side to crop / 0.875.
+        self.by_ratio = resize is None and interpolation == "auto" and crop >= LARGE_CROP
+        self.resize = int(math.ceil(crop / 0.875)) if resize is None else int(resize)
+        self.interp = _INTERP[interp_name(interpolation, crop)]
         self.affine = _colour_affine((0.0, 0.0, 0.0), 0.0, 0.0, None, bgr=True)
 
     def draw(self, rng: np.random.Generator, n: int) -> list:
         return [None] * n
 
     def __call__(self, payload: np.ndarray, draw, rng: np.random.Generator, where=("", 0)):
-        img = _resize_short(decode(payload, cv2.IMREAD_COLOR, *where), self.resize, self.interp)
+        img = decode(payload, cv2.IMREAD_COLOR, *where)
+        if self.by_ratio:
+            return pil_resize(img, centre_box(*img.shape[:2], self.crop), self.crop, bgr=True), self.affine
+        img = _resize_short(img, self.resize, self.interp)
         h, w = img.shape[:2]
         y, x = (h - self.crop) // 2, (w - self.crop) // 2
         return img[y : y + self.crop, x : x + self.crop], self.affine

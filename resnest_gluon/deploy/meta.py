@@ -44,7 +44,7 @@ def build_meta(
 ) -> dict:
     """The metadata of an export of ``net`` traced at ``input_shape``; ``meta`` overrides any field (e.g.
     ``class_names``, ``source``, ``source_sha1``, ``precision``)."""
-    from ..data.transforms import MEAN, STD, interp_name
+    from ..data.transforms import CENTRE_MARGIN, LARGE_CROP, MEAN, STD, interp_name
     from ..models.pretrained import SHA1, file_sha1
 
     meta = dict(meta or {})
@@ -60,7 +60,15 @@ def build_meta(
         from ..data.class_names import imagenet_class_names  # the published ImageNet weights
 
         names = imagenet_class_names()
-    resize = int(meta.get("resize") or math.ceil(size / 0.875))
+    if meta.get("resize") is None and size >= LARGE_CROP:  # the reference's evaluation of large crops
+        resize, interpolation = None, "bicubic (PIL, antialiased)"
+        preprocess = (
+            f"centre square of side {size}/({size}+{CENTRE_MARGIN}) x the shorter side, resized to {size} x "
+            f"{size} with PIL's bicubic filter, (pixel - mean) / std"
+        )
+    else:
+        resize, interpolation = int(meta.get("resize") or math.ceil(size / 0.875)), interp_name("auto", size)
+        preprocess = f"shorter side resized to {resize} px, centre crop {size} x {size}, (pixel - mean) / std"
     out = dict(
         meta_version=META_VERSION,
         format=fmt,
@@ -70,8 +78,8 @@ def build_meta(
         class_names=names,
         input_size=size,
         resize=resize,
-        interpolation=interp_name("auto", size),
-        preprocess=f"shorter side resized to {resize} px, centre crop {size} x {size}, (pixel - mean) / std",
+        interpolation=interpolation,
+        preprocess=preprocess,
         mean=list(MEAN),
         std=list(STD),
         pixel_scale="0-255",

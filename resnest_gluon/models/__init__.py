@@ -2,6 +2,7 @@
 registry: get_model, list_models, model_info), ``pretrained`` (published weights), ``convert`` (PyTorch
 importer) and ``flops`` (parameter and multiply-add counts)."""
 
+from . import deeplab  # noqa: F401  (registers deeplab_resnest*_ade with get_model)
 from .layers import DropBlock, SplitAttentionConv, set_drop_prob, set_fused_sum
 from .resnest import Bottleneck, ResNeSt
 from .zoo import MODELS, get_model, list_models, model_info

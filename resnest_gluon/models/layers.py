@@ -8,7 +8,15 @@ from typing import Optional
 
 from mxnet.gluon import HybridBlock, nn
 
-__all__ = ["Identity", "SplitAttentionConv", "DropBlock", "make_norm", "set_drop_prob", "set_fused_sum"]
+__all__ = [
+    "Identity",
+    "SplitAttentionConv",
+    "DropBlock",
+    "make_norm",
+    "set_drop_prob",
+    "set_drop_per_sample",
+    "set_fused_sum",
+]
 
 
 class Identity(HybridBlock):
@@ -139,15 +147,19 @@ class DropBlock(HybridBlock):
     ``hybridize()``: whether the graph is training is read from a dropout operator (which MXNet runs in
     training mode only under ``autograd.record(train_mode=True)``), not from a Python flag frozen at tracing.
 
-    ``drop_prob`` is a plain attribute; change it with :func:`set_drop_prob`, which also drops any
-    cached graph so the new value takes effect.
+    As in the ResNeSt reference, one mask of shape ``(1, C, H, W)`` is drawn per call (per device batch)
+    and shared by its samples, rescaled by units / kept units; ``per_sample=True`` draws one mask per sample
+    instead, each rescaled on its own.
+
+    ``drop_prob`` and ``per_sample`` are plain attributes; change them with :func:`set_drop_prob` and
+    :func:`set_drop_per_sample`, which also drop any cached graph so the new value takes effect.
     """
 
-    def __init__(self, drop_prob: float = 0.0, block_size: int = 3, **kwargs):
+    def __init__(self, drop_prob: float = 0.0, block_size: int = 3, per_sample: bool = False, **kwargs):
         super().__init__(**kwargs)
         if block_size % 2 != 1:
             raise ValueError(f"block_size must be odd, got {block_size}")
-        self.drop_prob, self.block_size = float(drop_prob), block_size
+        self.drop_prob, self.block_size, self.per_sample = float(drop_prob), block_size, bool(per_sample)
 
     def hybrid_forward(self, F, x):
         if self.drop_prob <= 0:
@@ -166,6 +178,9 @@ class DropBlock(HybridBlock):
         # float32. The mask takes no gradient: without BlockGrad, backward runs through the whole chain.
         noise = F.random.uniform_like(x)
         corner = F.slice(noise, begin=(0, 0, 0, 0), end=(1, 1, 1, 1))  # noise is plain memory, unlike x
+        if not self.per_sample:
+            # The first sample's noise makes the one (1, C, H, W) mask of the batch.
+            noise = F.slice_axis(noise, axis=0, begin=0, end=1)
         gamma = F.amp_multicast(gamma, corner, num_outputs=2, cast_narrow=True)[0]
         pad = bs // 2
         seed = F.broadcast_lesser(noise, gamma)
@@ -177,7 +192,7 @@ class DropBlock(HybridBlock):
         share = F.Pooling(F.amp_cast(mask, dtype="float32"), kernel=(1, 1), global_pool=True, pool_type="avg")
         share = F.broadcast_maximum(F.mean(share, axis=(1, 2, 3), keepdims=True), 1 / count)
         scale = F.amp_multicast(1 / share, corner, num_outputs=2, cast_narrow=True)[0]
-        return x * F.BlockGrad(F.broadcast_mul(mask, scale))
+        return F.broadcast_mul(x, F.BlockGrad(F.broadcast_mul(mask, scale)))
 
 
 def _set_all(net: HybridBlock, kind: type, name: str, value) -> int:
@@ -202,6 +217,12 @@ def set_drop_prob(net: HybridBlock, drop_prob: float) -> int:
     Returns the number of DropBlock layers.
     """
     return _set_all(net, DropBlock, "drop_prob", float(drop_prob))
+
+
+def set_drop_per_sample(net: HybridBlock, per_sample: bool = True) -> int:
+    """Every :class:`DropBlock` in ``net`` to one mask per sample (or, with False, one per batch, the
+    reference's); clears cached graphs. Returns the number of DropBlock layers."""
+    return _set_all(net, DropBlock, "per_sample", bool(per_sample))
 
 
 def set_fused_sum(net: HybridBlock, enabled: bool = True) -> int:

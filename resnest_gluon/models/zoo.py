@@ -4,14 +4,14 @@ Published configurations and ImageNet top-1 (Gluon weights) from Zhang et al., a
 and -26 from gluoncv's model zoo.
 """
 
-from typing import Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import mxnet as mx
 
 from ..threads import warn_if_idle
 from .resnest import ResNeSt
 
-__all__ = ["MODELS", "get_model", "list_models", "model_info"]
+__all__ = ["MODELS", "get_model", "list_models", "model_info", "register_model"]
 
 _RESNEST = dict(deep_stem=True, avg_down=True, avd=True, radix=2, cardinality=1, bottleneck_width=64)
 
@@ -90,6 +90,16 @@ MODELS: Dict[str, dict] = {
 _META = ("crop_size", "top1", "dropblock_prob")
 
 
+# Other tasks' models (segmentation: deeplab.py) register a builder and a row; MODELS and list_models()
+# stay the ImageNet classifiers, which the classification commands take.
+TASK_MODELS: Dict[str, Tuple[Callable, dict]] = {}
+
+
+def register_model(name: str, builder: Callable, info: dict) -> None:
+    """Makes ``get_model(name, ...)`` call ``builder(name, pretrained, root, ctx, **kwargs)``."""
+    TASK_MODELS[name] = (builder, info)
+
+
 def list_models() -> List[str]:
     """Names accepted by :func:`get_model`."""
     return list(MODELS)
@@ -97,8 +107,10 @@ def list_models() -> List[str]:
 
 def model_info(name: str) -> dict:
     """The registry row of ``name``: constructor kwargs plus ``crop_size`` and published ``top1``."""
+    if name in TASK_MODELS:
+        return dict(TASK_MODELS[name][1])
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join([*MODELS, *TASK_MODELS])}")
     return dict(MODELS[name])
 
 
@@ -133,6 +145,8 @@ def get_model(
     ResNeSt
         With the attributes ``crop_size`` (the paper's evaluation crop) and ``model_name``.
     """
+    if name in TASK_MODELS:
+        return TASK_MODELS[name][0](name, pretrained, root, ctx, **kwargs)
     cfg = {k: v for k, v in model_info(name).items() if k not in _META}
     cfg.update(kwargs)
     warn_if_idle()

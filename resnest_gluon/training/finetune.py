@@ -9,16 +9,18 @@ the model's fresh classifier when the file's does not fit. :func:`set_backbone_l
 
 import logging
 import os
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 import mxnet as mx
 from mxnet.gluon import nn
 
+from ..data.class_names import imagenet_class_names, read_class_names
 from ..models.pretrained import load_params_checked, load_pretrained
 from ..models.zoo import get_model
 
 __all__ = [
     "CLASSIFIER",
+    "file_class_names",
     "file_classes",
     "freeze_stages",
     "load_backbone",
@@ -55,13 +57,34 @@ def file_classes(path: str) -> int:
     return int(weight.shape[0])
 
 
-def load_backbone(net, model: str, pretrained: Union[bool, str], ctx: Optional[mx.Context] = None) -> dict:
+def file_class_names(pretrained: Union[bool, str]) -> Optional[List[str]]:
+    """The class names of the run that wrote ``pretrained``: ImageNet's for the published weights
+    (``True``), the ``classes.txt`` of the file's run directory, or None when there is none."""
+    if pretrained is True:
+        return imagenet_class_names()
+    path = os.path.join(os.path.dirname(os.path.abspath(str(pretrained))), "classes.txt")
+    if not os.path.isfile(path):
+        return None
+    try:
+        return read_class_names(path)
+    except (OSError, ValueError):
+        return None
+
+
+def load_backbone(
+    net,
+    model: str,
+    pretrained: Union[bool, str],
+    ctx: Optional[mx.Context] = None,
+    reset_classifier: bool = False,
+) -> dict:
     """Loads the published weights of ``model`` (``pretrained=True``) or the file ``pretrained`` into ``net``.
 
     The file is checked against ``model`` built with the file's own number of classes, the same check as
     ``get_model(model, pretrained=...)``: every key and shape, the first mismatch named. Every backbone
-    parameter is then copied into ``net``; the classifier too when its shape fits ``net``'s, otherwise
-    ``net`` keeps its freshly initialised one. ``net`` must be initialised.
+    parameter is then copied into ``net``; the classifier too when its shape fits ``net``'s and
+    ``reset_classifier`` is false, otherwise ``net`` keeps its freshly initialised one. ``net`` must be
+    initialised.
 
     Returns
     -------
@@ -90,10 +113,13 @@ def load_backbone(net, model: str, pretrained: Union[bool, str], ctx: Optional[m
     else:
         load_params_checked(source, path)
     target = net._collect_params_with_prefix()
-    fits = all(
-        tuple(p.shape) == tuple(target[k].shape)
-        for k, p in source._collect_params_with_prefix().items()
-        if k.startswith(CLASSIFIER)
+    fits = (
+        all(
+            tuple(p.shape) == tuple(target[k].shape)
+            for k, p in source._collect_params_with_prefix().items()
+            if k.startswith(CLASSIFIER)
+        )
+        and not reset_classifier
     )
     loaded = []
     for key, param in source._collect_params_with_prefix().items():
@@ -109,11 +135,12 @@ def load_backbone(net, model: str, pretrained: Union[bool, str], ctx: Optional[m
         )
     else:
         logger.info(
-            "loaded %s: %d backbone parameters; its classifier (%d classes) replaced by a fresh one for %d",
+            "loaded %s: %d backbone parameters; its classifier (%d classes) replaced by a fresh one for %d%s",
             path,
             len(loaded),
             classes,
             net_classes,
+            " (reset_classifier)" if reset_classifier else "",
         )
     return dict(path=path, file_classes=classes, classifier="loaded" if fits else "replaced", loaded=loaded)
 

@@ -51,6 +51,7 @@ from .rundir import (
     write_metrics,
 )
 from .schedule import lr_at, no_weight_decay
+from .tensorboard import open_board
 
 __all__ = ["BASE_BATCH", "Plan", "Task", "fit", "plan_steps", "train_epoch"]
 
@@ -104,6 +105,10 @@ class Task:
     def run_info(self) -> dict:
         """Extra fields for args.json."""
         return {}
+
+    def lr_at(self, step: int, peak_lr: float, warmup_steps: int, total_steps: int) -> float:
+        """The learning rate of update ``step``: warm-up then cosine (segmentation: poly)."""
+        return lr_at(step, peak_lr, warmup_steps, total_steps)
 
 
 class Plan(NamedTuple):
@@ -249,7 +254,7 @@ def _checked_loss(pending, args, bar) -> float:
     return mean_loss
 
 
-def train_epoch(task: Task, net, trainer, epoch: int, ctx, plan: Plan, scaler=None, ema=None):
+def train_epoch(task: Task, net, trainer, epoch: int, ctx, plan: Plan, scaler=None, ema=None, board=None):
     """One epoch of ``plan.steps`` batches (``steps / --accumulate`` updates); returns (mean training loss
     over all workers, seconds, last lr).
 
@@ -259,7 +264,8 @@ def train_epoch(task: Task, net, trainer, epoch: int, ctx, plan: Plan, scaler=No
     host and device are the same cores, the loss is read before the update (as MXNet's MKLDNN arrays and
     Horovod's CPU allreduce, left to overlap, let workers' weights drift apart by a rounding error).
     ``scaler`` (a :class:`~resnest_gluon.training.LossScaler`, float16) scales the loss and skips
-    overflowed steps; ``ema`` (an :class:`~resnest_gluon.training.ema.EMA`) follows every update.
+    overflowed steps; ``ema`` (an :class:`~resnest_gluon.training.ema.EMA`) follows every update; ``board``
+    (a :class:`~resnest_gluon.training.tensorboard.Board`, rank 0) gets each step's loss and rate.
     """
     args, steps = task.args, plan.steps
     total_steps = args.epochs * steps // args.accumulate
@@ -267,13 +273,21 @@ def train_epoch(task: Task, net, trainer, epoch: int, ctx, plan: Plan, scaler=No
     workers, primary = dist.size(), dist.is_primary()
     overlap = args.ctx == "gpu"
     data_iter = task.train_data(epoch, ctx)
-    bar = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not primary, leave=False)
+    bar = progress_bar(
+        total=steps,
+        desc=f"epoch {epoch + 1}/{args.epochs}",
+        disable=not show_progress(args, primary),
+        leave=False,
+    )
     loss_sum, lr, start, done, pending = 0.0, 0.0, time.time(), 0, None
 
     def read(pending):
         nonlocal loss_sum, done
-        loss_sum += _checked_loss(pending, args, bar)
+        loss = _checked_loss(pending, args, bar)
+        loss_sum += loss
         done += 1
+        if board is not None:
+            board.step(epoch * steps + done, loss, pending[3])
         bar.update(1)
         bar.set_postfix(  # no refresh: the bar redraws at its own interval (a line per 30 s in a log)
             loss=f"{loss_sum / done:.3f}",
@@ -285,7 +299,7 @@ def train_epoch(task: Task, net, trainer, epoch: int, ctx, plan: Plan, scaler=No
         if i >= steps:  # equal step counts on every worker, whatever the shard sizes
             break
         step = (epoch * steps + i) // args.accumulate  # the update this batch contributes to
-        lr = lr_at(step, plan.peak_lr, plan.warmup_steps, total_steps)
+        lr = task.lr_at(step, plan.peak_lr, plan.warmup_steps, total_steps)
         trainer.set_learning_rate(lr)
         data, target = task.inputs(batch, ctx, epoch, rng)
         with autograd.record():
@@ -341,6 +355,92 @@ def check_finite(net, ema, args: argparse.Namespace, epoch: int) -> None:
         )
 
 
+def show_progress(args: argparse.Namespace, primary: bool) -> bool:
+    """Progress bars on rank 0 unless ``--no-progress``."""
+    return primary and getattr(args, "progress", None) is not False
+
+
+def eta_text(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``42s``."""
+    seconds = int(round(max(seconds, 0)))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def size_text(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def files_to_ship(save_dir: str, model: str) -> list:
+    """``(name, bytes)`` of the files of a run that a user ships (what ``predict.py --run`` and
+    ``verify.py --run`` read): the best weights (else the newest checkpoint), the EMA's best, the class
+    names and args.json. The rest (epoch checkpoints, ``.states``, logs, curves) stays with the run."""
+    names = [f"{model}-best.params"]
+    if not os.path.isfile(os.path.join(save_dir, names[0])):
+        found = latest_checkpoint(save_dir, model)
+        names = [os.path.basename(found[1])] if found else []
+    names += [f"{model}-ema-best.params", "classes.txt", "args.json"]
+    return [
+        (name, os.path.getsize(os.path.join(save_dir, name)))
+        for name in names
+        if os.path.isfile(os.path.join(save_dir, name))
+    ]
+
+
+def run_summary(task: Task, args: argparse.Namespace, rows: list, seconds: float) -> dict:
+    """The run's figures for its last log lines: the last epoch's (the run's result) and the best epoch's
+    (chosen on the validation set), the time, the files to ship and the run directory's size."""
+    key = next(iter(task.metrics))
+    done = [r for r in rows if r.get(key) is not None]
+    last = done[-1] if done else None
+    best = max(done, key=lambda r: r[key]) if done else None
+    total = sum(
+        os.path.getsize(os.path.join(args.save_dir, n))
+        for n in os.listdir(args.save_dir)
+        if os.path.isfile(os.path.join(args.save_dir, n))
+    )
+    return dict(
+        metric=task.metrics[key],
+        last=None if last is None else (last["epoch"], last[key]),
+        best=None if best is None else (best["epoch"], best[key]),
+        seconds=seconds,
+        ship=files_to_ship(args.save_dir, args.model),
+        run_bytes=total,
+    )
+
+
+def log_summary(summary: dict, args: argparse.Namespace) -> None:
+    label = summary["metric"]
+    if summary["last"] is not None:
+        logger.info(
+            "result: val %s %.2f%% at the last epoch (%d)", label, summary["last"][1], summary["last"][0]
+        )
+        logger.info(
+            "best:   val %s %.2f%% at epoch %d (chosen on validation: optimistic as an estimate)",
+            label,
+            summary["best"][1],
+            summary["best"][0],
+        )
+    else:
+        logger.info("no validation ran (no --rec-val): no accuracy to report")
+    logger.info(
+        "time %s; run directory %s (%s in all)",
+        eta_text(summary["seconds"]),
+        args.save_dir,
+        size_text(summary["run_bytes"]),
+    )
+    logger.info(
+        "files to ship: %s (the rest is for --resume and the record)",
+        ", ".join(f"{name} ({size_text(size)})" for name, size in summary["ship"]) or "none",
+    )
+
+
 def save_ema(net, ema, args: argparse.Namespace, epoch: int) -> str:
     """``{model}-{epoch}-ema.params`` (for --resume), copied to ``{model}-ema.params``; returns its path."""
     path = ema_checkpoint_path(args.save_dir, args.model, epoch)
@@ -390,6 +490,13 @@ def finish_epoch(task: Task, args, rows: list, best: _Best, paths, values, ema_v
         plot_curves(rows, os.path.join(args.save_dir, "curves.png"), title, task.metrics, task.metric_axis)
 
 
+def _eta(run_start: float, done: int, left: int) -> str:
+    """``  ETA 3m05s`` for the epochs ``left``, at the mean pace of the ``done`` ones of this process."""
+    if left <= 0 or done <= 0:
+        return ""
+    return f"  ETA {eta_text((time.time() - run_start) / done * left)}"
+
+
 def _figures(task: Task, values, ema_values) -> str:
     if values is None:
         return " ".join(f"{label} -" for label in task.metrics.values())
@@ -429,12 +536,14 @@ def fit(task: Task, ctx: mx.Context, n_train: int) -> dict:
     if not args.no_hybridize:
         net.hybridize(static_alloc=True, static_shape=True)
     key = next(iter(task.metrics))
+    board = open_board(getattr(args, "tensorboard", None)) if primary else None
+    run_start = time.time()
 
     row = {}
     for epoch in range(first, args.epochs):
         tic = time.time()
         extra = task.begin_epoch(net, epoch)
-        train_loss, train_seconds, lr = train_epoch(task, net, trainer, epoch, ctx, plan, scaler, ema)
+        train_loss, train_seconds, lr = train_epoch(task, net, trainer, epoch, ctx, plan, scaler, ema, board)
         # BN statistics differ per worker: average them so every worker holds the same model
         average_aux_states(net, dist.allreduce_sum, workers)
         check_finite(net, ema, args, epoch + 1)
@@ -463,7 +572,7 @@ def fit(task: Task, ctx: mx.Context, n_train: int) -> dict:
         if primary:
             finish_epoch(task, args, rows, best, paths, values, ema_values, workers)
             logger.info(
-                "epoch %d/%d  loss %.4f  lr %.4g  val %s  %.1f img/s  %.1fs",
+                "epoch %d/%d  loss %.4f  lr %.4g  val %s  %.1f img/s  %.1fs%s",
                 epoch + 1,
                 args.epochs,
                 train_loss,
@@ -471,18 +580,21 @@ def fit(task: Task, ctx: mx.Context, n_train: int) -> dict:
                 _figures(task, values, ema_values),
                 row["samples_per_sec"],
                 row["time"],
+                _eta(run_start, epoch + 1 - first, args.epochs - epoch - 1),
             )
+            if board is not None:
+                board.epoch(row)
         elif values is not None:
             best.live = max(best.live, values[key])
         dist.barrier(f"epoch{epoch + 1}")  # nobody races ahead of (or exits before) rank 0's writes
+    summary = None
     if primary:
-        logger.info(
-            "done: best val %s %s%s; run directory %s",
-            task.metrics[key],
-            f"{best.live:.2f}%" if best.live >= 0 else "-",
-            f" (EMA {best.ema:.2f}%)" if best.ema >= 0 else "",
-            args.save_dir,
-        )
+        if board is not None:
+            board.close()
+        summary = run_summary(task, args, rows, time.time() - run_start)
+        log_summary(summary, args)
+        if best.ema >= 0:
+            logger.info("EMA: best val %s %.2f%%", task.metrics[key], best.ema)
     short = key[len("val_") :] if key.startswith("val_") else key
     return dict(
         row,
@@ -491,4 +603,5 @@ def fit(task: Task, ctx: mx.Context, n_train: int) -> dict:
             f"best_{short}_ema": best.ema if best.ema >= 0 else None,
         },
         save_dir=args.save_dir,
+        summary=summary,
     )

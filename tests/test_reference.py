@@ -1,0 +1,333 @@
+"""The data pipeline against the ResNeSt reference's protocol, each reference written from its description:
+evaluation crops, AutoAugment's operations, policy and position, the TF-style crop, clipped colour."""
+
+import io
+import math
+
+import cv2
+import mxnet as mx
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+from resnest_gluon import data
+from resnest_gluon.data import autoaugment as aa
+from resnest_gluon.data import transforms
+
+MEAN, STD = np.array(transforms.MEAN, np.float32), np.array(transforms.STD, np.float32)
+
+
+def photographs():
+    """scikit-learn's two sample photographs (427 x 640), upright and turned, and a 300 x 451 cut-out."""
+    china, flower = load_sample_images().images
+    return [china, np.ascontiguousarray(flower.transpose(1, 0, 2)), flower[60:360, 100:551], china[:, ::-1]]
+
+
+def jpeg_bytes(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def photo_rec(tmp_path_factory):
+    prefix = str(tmp_path_factory.mktemp("photos") / "photos")
+    rec = mx.recordio.MXIndexedRecordIO(prefix + ".idx", prefix + ".rec", "w")
+    encoded = [jpeg_bytes(img) for img in photographs()]
+    for i, payload in enumerate(encoded):
+        rec.write_idx(i, mx.recordio.pack(mx.recordio.IRHeader(0, float(i), i, 0), payload))
+    rec.close()
+    return prefix + ".rec", encoded
+
+
+def reference_eval(payload: bytes, crop: int) -> np.ndarray:
+    """The reference's evaluation crop, from its description: below 320 px the short side resized to
+    ceil(crop / 0.875) bilinearly and the centre crop; from 320 px the centre square of side
+    crop / (crop + 32) x the short side, corners rounded, resized to crop x crop by PIL's bicubic."""
+    img = Image.open(io.BytesIO(payload)).convert("RGB")
+    w, h = img.size
+    if crop < 320:
+        short = math.ceil(crop / 0.875)
+        nw, nh = (short, int(h * short / w)) if w < h else (int(w * short / h), short)
+        small = cv2.resize(np.asarray(img), (nw, nh), interpolation=cv2.INTER_LINEAR)
+        y, x = (nh - crop) // 2, (nw - crop) // 2
+        return small[y : y + crop, x : x + crop]
+    side = crop / (crop + 32) * min(w, h)
+    top, left = round((h - side) / 2), round((w - side) / 2)
+    square = img.crop((left, top, round(left + side), round(top + side)))
+    return np.asarray(square.resize((crop, crop), Image.BICUBIC))
+
+
+def to_uint8(batch: np.ndarray) -> np.ndarray:
+    """Normalised (B, 3, H, W) -> RGB (B, H, W, 3) 0..255."""
+    return batch.transpose(0, 2, 3, 1) * STD + MEAN
+
+
+@pytest.mark.parametrize("crop", [224, 256, 320, 416])
+def test_eval_preprocess_matches_the_reference(photo_rec, crop):
+    path, encoded = photo_rec
+    it = data.val_iter(path, len(encoded), crop, threads=0)  # the defaults
+    ours = to_uint8(next(it).data[0].asnumpy())
+    for i, payload in enumerate(encoded):
+        ref = reference_eval(payload, crop).astype(np.float32)
+        diff = np.abs(ours[i] - ref).mean()
+        assert diff < 1.0, (crop, i, diff)
+    if crop >= 320:  # and the 0.875 resize-and-crop is another protocol altogether
+        old_it = data.val_iter(path, len(encoded), crop, threads=0, resize=math.ceil(crop / 0.875))
+        old = to_uint8(next(old_it).data[0].asnumpy())
+        assert np.abs(old[0] - reference_eval(encoded[0], crop)).mean() > 5.0
+
+
+def test_predict_preprocess_is_the_evaluation(photo_rec, tmp_path):
+    from resnest_gluon.cli.predict import Preprocess
+
+    path, encoded = photo_rec
+    file = tmp_path / "p.jpg"
+    file.write_bytes(encoded[1])
+    for crop in (224, 416):
+        got, status = Preprocess(crop)(str(file))
+        want = next(data.val_iter(path, len(encoded), crop, threads=0)).data[0].asnumpy()[1]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ AutoAugment
+def small_photo() -> np.ndarray:
+    return cv2.resize(load_sample_images().images[0], (160, 107), interpolation=cv2.INTER_AREA)
+
+
+GREY = np.array([0.299, 0.587, 0.114])
+
+
+def _blend(degenerate, img, factor):
+    return np.clip(degenerate + factor * (img.astype(np.float64) - degenerate), 0, 255)
+
+
+def _cubic(t, a=-1.0):
+    """The cubic convolution kernel; PIL's geometric transforms use a = -1."""
+    t = np.abs(t)
+    near = (a + 2) * t**3 - (a + 3) * t**2 + 1
+    far = a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a
+    return np.where(t < 1, near, np.where(t < 2, far, 0.0))
+
+
+def _warp(img, inverse):
+    """PIL-style warp, black outside: ``inverse(x, y)`` maps output pixel centres to input coordinates
+    (pixel centres at +0.5); nearest neighbour, or bicubic (a = -1, neighbours clamped to the image,
+    truncated to an integer)."""
+    h, w = img.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w] + 0.5
+    xi, yi, order = inverse(xs, ys)
+    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+    out = np.zeros(img.shape, np.float64)
+    if order == "nearest":
+        out[inside] = img[np.floor(yi[inside]).astype(int), np.floor(xi[inside]).astype(int)]
+        return out
+    x, y = xi - 0.5, yi - 0.5
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    for j in range(-1, 3):
+        for i in range(-1, 3):
+            weight = (_cubic(x - (x0 + i)) * _cubic(y - (y0 + j)))[..., None]
+            out += weight * img[np.clip(y0 + j, 0, h - 1), np.clip(x0 + i, 0, w - 1)]
+    out[~inside] = 0
+    return np.floor(np.clip(out, 0, 255))
+
+
+def reference_op(img: np.ndarray, name: str, level: int, sign: int) -> np.ndarray:
+    """One operation as the issue's mapping describes it (levels 0-10)."""
+    x = img.astype(np.float64)
+    factor = level * 1.8 / 10 + 0.1
+    if name in ("Posterize", "Posterize2"):
+        bits = 4 - int(level * 4 / 10)
+        return img & np.uint8((0xFF << (8 - bits)) & 0xFF)
+    if name == "Solarize":
+        threshold = 256 - int(level * 256 / 10)
+        return np.where(img >= threshold, 255 - img, img)
+    if name == "Invert":
+        return 255 - img
+    if name == "Color":
+        return _blend((x @ GREY)[..., None], img, factor)
+    if name == "Contrast":
+        return _blend(round((x @ GREY).mean()), img, factor)
+    if name == "Brightness":
+        return _blend(0.0, img, factor)
+    if name == "Sharpness":
+        smooth = x.copy()
+        kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]]) / 13.0
+        smooth[1:-1, 1:-1] = cv2.filter2D(x, -1, kernel)[1:-1, 1:-1]
+        return _blend(smooth, img, factor)
+    if name == "AutoContrast":
+        lo, hi = x.min(axis=(0, 1)), x.max(axis=(0, 1))
+        return np.clip((x - lo) * 255.0 / np.maximum(hi - lo, 1), 0, 255)
+    if name == "Equalize":
+        # PIL's equalisation per channel: a level maps to the count of darker pixels in steps of (pixels
+        # not at the brightest level) / 255, starting half a step in.
+        out = np.empty_like(x)
+        for c in range(3):
+            hist = np.bincount(img[..., c].ravel(), minlength=256)
+            step = (hist.sum() - hist[np.flatnonzero(hist)[-1]]) // 255
+            darker = np.cumsum(hist) - hist
+            out[..., c] = np.minimum((step // 2 + darker) // step, 255)[img[..., c]]
+        return out
+    h, w = img.shape[:2]
+    if name == "Rotate":  # counter-clockwise by int(level * 3) degrees about the centre
+        t = math.radians(sign * int(level * 30 / 10))
+
+        def inverse(xs, ys):
+            dx, dy = xs - w / 2, ys - h / 2
+            return (
+                w / 2 + math.cos(t) * dx - math.sin(t) * dy,
+                h / 2 + math.sin(t) * dx + math.cos(t) * dy,
+                "nearest",
+            )
+
+        return _warp(img, inverse)
+    s = sign * level * 0.3 / 10
+    if name == "ShearX":  # output (x, y) <- input (x + s y, y)
+        return _warp(img, lambda xs, ys: (xs + s * ys, ys, "cubic"))
+    if name == "ShearY":
+        return _warp(img, lambda xs, ys: (xs, ys + s * xs, "cubic"))
+    raise KeyError(name)
+
+
+OPS = ["ShearX", "ShearY", "Rotate", "Color", "Contrast", "Brightness", "Sharpness", "Posterize", "Solarize",
+       "AutoContrast", "Equalize", "Invert"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_apply_op_matches_the_described_mapping(name):
+    img = small_photo()
+    signs = (1, -1) if name in ("Rotate", "ShearX", "ShearY") else (1,)
+    for level in (0, 5, 10):
+        for sign in signs:
+            out = aa.apply_op(img, name, level, sign=sign)
+            assert out.shape == img.shape and out.dtype == np.uint8
+            diff = np.abs(out.astype(np.float64) - reference_op(img, name, level, sign)).mean()
+            assert diff <= 1.0, (name, level, sign, diff)
+
+
+def test_apply_op_landmarks():
+    img = small_photo()
+    grey = aa.apply_op(img, "Color", 0)  # factor 0.1: nearly grey
+    assert np.abs(grey.astype(int) - grey.mean(axis=2, keepdims=True)).mean() < 3
+    assert not aa.apply_op(img, "Posterize", 10).any()  # 0 bits kept
+    np.testing.assert_array_equal(aa.apply_op(img, "Solarize", 0), img)
+    np.testing.assert_array_equal(aa.apply_op(img, "Solarize", 10), 255 - img)
+    turned = aa.apply_op(img, "Rotate", 10)
+    assert not turned[0, 0].any() and not turned[-1, -1].any()  # black corners
+    np.testing.assert_array_equal(aa.apply_op(img, "Posterize2", 7), aa.apply_op(img, "Posterize", 7))
+    bgr = aa.apply_op(img[:, :, ::-1], "Color", 4, bgr=True)
+    np.testing.assert_array_equal(bgr[:, :, ::-1], aa.apply_op(img, "Color", 4))
+    with pytest.raises(ValueError, match="unknown"):
+        aa.apply_op(img, "Cutout", 3)
+    with pytest.raises(ValueError, match="level"):
+        aa.apply_op(img, "Rotate", 11)
+
+
+def test_resnest_policy_table():
+    p = aa.policy("resnest")
+    assert len(p) == 25 and all(len(sub) == 2 for sub in p)
+    assert p[0] == (("Posterize2", 0.4, 8), ("Rotate", 0.6, 9))
+    assert p[15] == (("Rotate", 0.8, 8), ("Color", 1.0, 0))
+    assert p[18] == (("ShearX", 0.6, 5), ("Equalize", 1.0, 9))
+    assert p[24] == (("Equalize", 0.8, 8), ("Equalize", 0.6, 3))
+    names = {name for sub in p for name, _, _ in sub}
+    assert names == {"Posterize2", "Rotate", "Solarize", "AutoContrast", "Equalize", "Color", "Invert",
+                     "Contrast", "Sharpness", "ShearX"}  # fmt: skip
+    assert all(0 <= prob <= 1 and 0 <= level <= 10 for sub in p for _, prob, level in sub)
+    assert aa.policy("torchvision")[15] == (("Rotate", 0.8, 8), ("Color", 1.0, 2))
+    with pytest.raises(ValueError, match="flavour"):
+        aa.policy("cifar")
+
+
+def test_resnest_autoaugment_runs_on_the_whole_image_before_the_crop(photo_rec):
+    img = cv2.resize(load_sample_images().images[1], (120, 80))
+    payload = np.frombuffer(jpeg_bytes(img), np.uint8)
+    seen = []
+
+    class InvertWhole:
+        def before_crop(self, image, rng, bgr=False):
+            seen.append(image.shape)
+            return 255 - image, None
+
+    plain = transforms.TrainTransform(32, 0.0, 0.0, None, "bilinear")
+    augmented = transforms.TrainTransform(32, 0.0, 0.0, "resnest", "bilinear")
+    assert augmented.whole_image_aa and augmented.auto_aug.flavour == "resnest"
+    augmented.auto_aug = InvertWhole()
+    draw = plain.draw(np.random.default_rng(0), 1)[0]
+    a, _ = plain(payload, draw, np.random.default_rng(1))
+    b, _ = augmented(payload, draw, np.random.default_rng(1))
+    assert seen == [(80, 120, 3)]  # the whole decoded image, not the 32 px crop
+    assert np.abs((255 - a.astype(int)) - b).max() <= 1  # then the same crop of it
+    # train_iter's AutoAugment is this flavour; the torchvision one stays on the crop.
+    it = data.train_iter(photo_rec[0], 2, 32, threads=0, auto_aug=True)
+    assert it._transform.whole_image_aa and it._transform.auto_aug.flavour == "resnest"
+    assert np.isfinite(next(it).data[0].asnumpy()).all()
+    tv = transforms.TrainTransform(32, 0.0, 0.0, "torchvision", "bilinear")
+    assert not tv.whole_image_aa and tv.auto_aug.flavour == "torchvision"
+
+
+# -------------------------------------------------------------------------------------- training crops
+def test_tf_style_crop_from_320():
+    big = transforms.TrainTransform(320, 0.4, 0.1, None, transforms.interp_name("auto", 320))
+    small = transforms.TrainTransform(224, 0.4, 0.1, None, transforms.interp_name("auto", 224))
+    assert (
+        big.tf_crop
+        and not small.tf_crop
+        and big.interp == cv2.INTER_CUBIC
+        and small.interp == cv2.INTER_LINEAR
+    )
+    rng = np.random.default_rng(0)
+    h, w = 480, 640
+    for _ in range(300):
+        ratios = rng.uniform(3 / 4, 4 / 3, 10).tolist()
+        box = transforms._tf_crop_box(h, w, ratios, rng.random(10).tolist(), *rng.random(2).tolist())
+        if box is None:
+            continue
+        y, x, ch, cw = box
+        assert 0 <= y and y + ch <= h and 0 <= x and x + cw <= w
+        assert 0.1 * h * w <= ch * cw <= h * w and 0.74 <= cw / ch <= 1.35
+        assert (ch, cw) != (h, w)
+    # The whole image drawn: the evaluation's centre square instead.
+    assert transforms._tf_crop_box(h, w, [4 / 3], [1.0], 0.0, 0.0) is None
+    # side 320 / 352 x 480 = 436.4: top round(21.8), left round(101.8), far corners round(corner + side)
+    assert transforms.centre_box(h, w, 320) == (102, 22, 538, 458)
+
+
+def test_colour_is_clipped_after_each_operation():
+    """Brightness 1.4 then contrast 0.6 on a bright image: clipping at 255 in between changes the result."""
+    img = np.full((64, 8, 3), 230, np.uint8)
+    img[:32] = 20
+    out = transforms._jitter_clipped(img, [0, 1], [1.4, 0.6], None, bgr=True)
+    bright = np.clip(np.round(img * 1.4), 0, 255)  # 28 and 255 (clipped from 322)
+    mean = bright.mean()
+    want = np.clip(np.round(bright * 0.6 + 0.4 * mean), 0, 255)
+    np.testing.assert_allclose(out, want, atol=1)
+    unclipped = img * 1.4 * 0.6 + 0.4 * (img * 1.4).mean()
+    assert np.abs(unclipped - want).max() > 10
+    # The default pipeline clips; clip_colour=False is the one affine map.
+    assert transforms.TrainTransform(32, 0.4, 0.1, None, "bilinear").clip_colour
+
+
+def test_operations_left_for_the_crop_give_the_same_pixels():
+    """``before_crop`` + ``finish`` on the crop region == the whole sub-policy on the image, then the crop:
+    the same pixels when only tables are left, within a twentieth of a grey level with Color, Brightness
+    or Contrast (OpenCV's rounding of PIL's truncated blend)."""
+    img = cv2.resize(load_sample_images().images[0], (160, 107))[:, :, ::-1].copy()  # BGR, as decoded
+    deferred = 0
+    for sub in aa.policy("resnest") + [(("Brightness", 1.0, 8), ("Contrast", 1.0, 2))]:
+        always = aa.AutoAugment("resnest", [tuple((name, 1.0, level) for name, _, level in sub)])
+        whole = always(img, np.random.default_rng(0), bgr=True)[20:90, 30:140].astype(np.float64)
+        image, finish = always.before_crop(img, np.random.default_rng(0), bgr=True)
+        region = image[20:90, 30:140]
+        if finish is not None:
+            deferred += 1
+            region = finish(region)
+        if all(name in aa.TABLE_OPS for name, _, _ in sub):
+            np.testing.assert_array_equal(region, whole)
+        else:
+            assert np.abs(region - whole).mean() < 0.05, sub
+    assert deferred >= 20
+    steps = [("Equalize", 8, 1), ("Solarize", 5, 1), ("AutoContrast", 5, 1), ("Posterize2", 7, 1)]
+    chained = img
+    for name, level, sign in steps:
+        chained = aa.apply_op(chained, name, level, sign)
+    np.testing.assert_array_equal(cv2.LUT(img, aa.channel_tables(img, steps)), chained)
