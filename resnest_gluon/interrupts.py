@@ -17,6 +17,8 @@ import time
 
 __all__ = [
     "Stopped",
+    "end_process",
+    "report_crashes",
     "exit_status",
     "ParentWatch",
     "held_signals",
@@ -83,6 +85,43 @@ def exit_status(err: KeyboardInterrupt) -> int:
 def stop_message(tool: str, err: KeyboardInterrupt, what: str) -> str:
     """``"<tool>: stopped by SIGTERM; <what>"``: the one line printed instead of a traceback."""
     return f"{tool}: stopped by {signal.Signals(_signum(err)).name}; {what}"
+
+
+_FATAL_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT")
+
+
+def report_crashes() -> None:
+    """A native crash (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT) prints the Python stack of every thread
+    (``faulthandler``), then ends the process by that signal: a core file where ``ulimit -c`` allows one,
+    and a status that names the signal. Call it after ``import mxnet``: libmxnet installs a SIGSEGV
+    handler of its own that prints ``Segmentation fault: 11`` and exits with status 255 (no core, no
+    signal); it is replaced here. Idempotent."""
+    import faulthandler
+
+    if faulthandler.is_enabled():
+        return
+    for name in _FATAL_SIGNALS:
+        try:
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        except (OSError, ValueError, AttributeError):  # not in the main thread, or no such signal
+            pass
+    faulthandler.enable(file=sys.__stderr__ or sys.stderr, all_threads=True)
+
+
+def end_process(status: int) -> None:
+    """Ends the process now with ``status``, once its stop line is out: output is flushed and logs are
+    closed, but no exit handler runs and no thread is joined. After a stop, MXNet's exit hook waits for its
+    engine, which may wait on a peer that is gone (Horovod), and a native thread still in a call when
+    static destructors run aborts the process (``terminate called without an active exception``)."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def worker_signals() -> None:

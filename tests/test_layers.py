@@ -162,15 +162,20 @@ def test_dropblock_identity_at_inference_and_active_in_training(hybridize):
     block = DropBlock(0.3, 3)
     if hybridize:
         block.hybridize()
+    mx.random.seed(0)
     for size in (7, 12, 20):  # nothing sized at construction
         x = mx.nd.random.uniform(0.5, 1.5, shape=(4, 8, size, size))
         assert (block(x) == x).asnumpy().all()
-        with autograd.record(train_mode=True):
-            y = block(x)
-        dropped = (y == 0).asnumpy().mean()
-        assert 0.1 < dropped < 0.5, dropped
+        # one mask per batch: average the drawn share and the activation over several batches
+        dropped, ratio = [], []
+        for _ in range(10):
+            with autograd.record(train_mode=True):
+                y = block(x)
+            dropped.append((y == 0).asnumpy().mean())
+            ratio.append(y.sum().asscalar() / x.sum().asscalar())
+        assert 0.1 < np.mean(dropped) < 0.5, dropped
         # kept units are rescaled so the expected activation is unchanged
-        np.testing.assert_allclose(y.sum().asscalar(), x.sum().asscalar(), rtol=0.1)
+        assert abs(np.mean(ratio) - 1) < 0.05, ratio
         # inference again after training: still exact (the flag was not frozen at tracing)
         assert (block(x) == x).asnumpy().all()
 

@@ -244,9 +244,10 @@ def test_resnest_autoaugment_runs_on_the_whole_image_before_the_crop(photo_rec):
     seen = []
 
     class InvertWhole:
-        def before_crop(self, image, rng, bgr=False):
+        def crop(self, image, box, rng, bgr=False):
             seen.append(image.shape)
-            return 255 - image, None
+            y, x, ch, cw = box
+            return 255 - image[y : y + ch, x : x + cw]
 
     plain = transforms.TrainTransform(32, 0.0, 0.0, None, "bilinear")
     augmented = transforms.TrainTransform(32, 0.0, 0.0, "resnest", "bilinear")
@@ -331,3 +332,41 @@ def test_operations_left_for_the_crop_give_the_same_pixels():
     for name, level, sign in steps:
         chained = aa.apply_op(chained, name, level, sign)
     np.testing.assert_array_equal(cv2.LUT(img, aa.channel_tables(img, steps)), chained)
+
+
+@pytest.mark.parametrize("index", [0, 5, 11, 15, 17, 18])
+def test_crop_gives_the_whole_image_chain_cut_to_the_box(index):
+    """``AutoAugment.crop`` (the local operation computed only where the crop reads it) == the whole
+    sub-policy on the whole image, then the crop: within a twentieth of a grey level mean, at the image's
+    edges too, for both signs; the sub-policies with Rotate, ShearX or Sharpness, and a few without."""
+    img = cv2.resize(load_sample_images().images[0], (320, 213))[:, :, ::-1].copy()  # BGR, as decoded
+    sub = aa.policy("resnest")[index]
+    always = aa.AutoAugment("resnest", [tuple((name, 1.0, level) for name, _, level in sub)])
+    boxes = [(20, 30, 150, 200), (0, 0, 213, 320), (150, 250, 63, 70), (0, 5, 90, 40)]
+    for seed in range(4):  # both signs of Rotate and ShearX
+        for y, x, ch, cw in boxes:
+            whole = always(img, np.random.default_rng(seed), bgr=True)[y : y + ch, x : x + cw]
+            region = always.crop(img, (y, x, ch, cw), np.random.default_rng(seed), bgr=True)
+            assert region.shape == whole.shape and region.dtype == np.uint8
+            assert np.abs(region.astype(float) - whole).mean() < 0.05, (sub, seed, (y, x, ch, cw))
+
+
+@pytest.mark.parametrize("shear", [0.15, -0.15, 0.03, 0.0])
+def test_shear_x_region_is_pils_bicubic_affine(shear):
+    img = cv2.resize(load_sample_images().images[1], (200, 150))
+    pil = Image.fromarray(img).transform(
+        (200, 150), Image.AFFINE, (1, shear, 0, 0, 1, 0), resample=Image.BICUBIC
+    )
+    want = np.asarray(pil).astype(int)
+    for y, x, ch, cw in [(0, 0, 150, 200), (10, 20, 100, 120), (100, 150, 50, 50)]:
+        got = aa.shear_x_region(img, shear, (y, x, ch, cw))
+        diff = np.abs(got - want[y : y + ch, x : x + cw])
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.05  # float32 against PIL's double
+
+
+def test_bench_transform_returns_per_image_figures(photo_rec):
+    from resnest_gluon.cli import bench_pipeline
+
+    rows = bench_pipeline.bench_transform(photo_rec[0], ("train", "train_autoaug"), rounds=1, size=32)
+    assert [r["pipeline"] for r in rows] == ["decode_limit", "train", "train_autoaug"]
+    assert all(r["ms_per_image"] > 0 and r["ratio"] > 0 for r in rows)

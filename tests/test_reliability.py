@@ -244,17 +244,18 @@ def wait_until(condition, seconds=60.0):
 
 @pytest.fixture
 def stalled_pack(packed, tmp_path):
-    """A good pair, and an im2rec re-pack of it (2 workers) that stalls at its 20th image: a FIFO no one
-    writes to, so a worker blocks opening it while the .rec.tmp is being written."""
-    if not hasattr(os, "mkfifo") or not os.path.isdir("/proc"):
-        pytest.skip("needs FIFOs and /proc (Linux)")
+    """A good pair, and an im2rec re-pack of it (2 workers) that is busy for many seconds: its list names
+    the 40 images 500 times each. (A FIFO under an image's name no longer stalls it: it is refused.)"""
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs /proc (Linux)")
     prefix = copy_pair(str(packed / "data"), str(tmp_path / "data"), (".lst", ".rec", ".idx"))
     root = tmp_path / "img"
     shutil.copytree(packed / "img", root)
     lines = open(prefix + ".lst").read().splitlines()
-    path = lines[20].split("\t")[-1]
-    os.remove(root / path)
-    os.mkfifo(root / path)
+    with open(prefix + ".lst", "w") as f:
+        for i in range(500 * len(lines)):
+            index, label, path = lines[i % len(lines)].split("\t")
+            f.write(f"{i}\t{label}\t{path}\n")
 
     def start():
         proc = subprocess.Popen(
@@ -265,7 +266,7 @@ def stalled_pack(packed, tmp_path):
             text=True,
         )
         assert wait_until(lambda: os.path.exists(prefix + ".rec.tmp") and len(children(proc.pid)) >= 2)
-        time.sleep(0.5)  # the images before the FIFO are written
+        time.sleep(0.5)  # some images are written
         return proc, children(proc.pid)
 
     return prefix, contents(prefix), start
@@ -289,7 +290,7 @@ def test_im2rec_workers_exit_when_their_parent_is_killed(stalled_pack):
     proc, workers = start()
     proc.kill()
     proc.wait()
-    # one worker was blocked on the FIFO, the other on its task queue: both go with the parent
+    # both workers, busy encoding or waiting on their task queue, go with the parent
     assert wait_until(lambda: not any(alive(pid) for pid in workers), 10)
     assert contents(prefix) == good
 

@@ -108,30 +108,52 @@ def run(name: str, argv: Optional[Sequence[str]] = None) -> int:
     status."""
     from .. import threads
     from ..errors import UserError
-    from ..interrupts import exit_status, stop_message, stop_on_sigterm
+    from ..interrupts import (
+        end_process,
+        exit_status,
+        held_signals,
+        report_crashes,
+        stop_message,
+        stop_on_sigterm,
+    )
 
     command = COMMANDS[name]
+    if command.on_stop is not None:  # first: a SIGTERM during start-up (the imports) is a stop too
+        stop_on_sigterm()
     argv = list(sys.argv[1:] if argv is None else argv)
     if command.mxnet:  # before libmxnet loads: it reads its thread count once
         flag, default = command.reserve or (None, 0)
         threads.configure(reserve=threads.argv_int(flag, default, argv) if flag else 0)
-    if command.on_stop is not None:
-        stop_on_sigterm()
     debug = os.environ.get("RESNEST_GLUON_DEBUG", "") not in ("", "0") or "--debug" in argv
-    module = _module(name)
     try:
+        with held_signals():  # libraries catch a KeyboardInterrupt mid-import and are left half-imported
+            module = _module(name)
+        if command.mxnet:
+            report_crashes()  # after mxnet's import: its handler adds the native stack
         status = module.main(argv)
     except UserError as err:
         if debug:
             raise
         print(f"error{_rank(command)}: {err}", file=sys.stderr)
+        if command.ranked and _distributed():
+            end_process(1)  # MXNet's exit hook would wait on workers that may be gone
         return 1
     except KeyboardInterrupt as err:
         if debug or command.on_stop is None:
             raise
         print(stop_message(f"resnest-{name}{_rank(command)}", err, command.on_stop), file=sys.stderr)
+        if command.mxnet and "mxnet" in sys.modules:
+            end_process(exit_status(err))  # nothing after the stop line (see interrupts.end_process)
         return exit_status(err)
     return status if isinstance(status, int) else 0
+
+
+def _distributed() -> bool:
+    if "mxnet" not in sys.modules:
+        return False
+    from ..training import dist
+
+    return dist.is_distributed()
 
 
 def _rank(command: Command) -> str:

@@ -15,9 +15,8 @@ import json
 import os
 from typing import List
 
-import mxnet as mx
-
 from resnest_gluon.training import TrainingError, best_epochs, checkpoint_paths, read_metrics, saved_epochs
+from resnest_gluon.training.checkpoints import check_params_file, save_arrays
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,16 +30,31 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def average_params(paths: List[str]) -> dict:
-    """The element-wise mean of the named arrays of ``paths`` (same keys and shapes in every file)."""
+    """The element-wise mean of the named arrays of ``paths`` (same keys and shapes in every file).
+
+    Raises
+    ------
+    TrainingError
+        Naming the file that does not load (cut short, not a parameter file) or whose names or shapes
+        differ from the first file's (another model, another class count).
+    """
     total = None
     for path in paths:
-        arrays = mx.nd.load(path)
+        try:
+            arrays = check_params_file(path)
+        except ValueError as err:
+            raise TrainingError(f"{err}: copy it again, or leave it out") from None
         if total is None:
             total = {k: v.astype("float64") for k, v in arrays.items()}
             continue
         if set(arrays) != set(total):
             raise TrainingError(f"{path} has other parameters than {paths[0]}: not checkpoints of one run")
         for key, value in arrays.items():
+            if value.shape != total[key].shape:
+                raise TrainingError(
+                    f"{path} has {key} of shape {value.shape}, {paths[0]} of shape {total[key].shape} "
+                    "(another class count?): average checkpoints of one run only"
+                )
             total[key] += value.astype("float64")
     return {k: (v / len(paths)).astype("float32") for k, v in total.items()}
 
@@ -64,9 +78,7 @@ def main(argv=None) -> dict:
             f"fewer than --best {args.best}: lower --best, or train with --keep-best {args.best}"
         )
     averaged = average_params([checkpoint_paths(args.run_dir, model, e)[0] for e in epochs])
-    tmp = args.out + ".tmp"
-    mx.nd.save(tmp, averaged)
-    os.replace(tmp, args.out)
+    save_arrays(averaged, args.out)  # read back before it replaces anything; a write error is one line
     top1 = {r["epoch"]: r["val_top1"] for r in rows}
     print(
         f"averaged epochs {', '.join(map(str, epochs))} (val top-1 "

@@ -292,6 +292,72 @@ _TRAIN_OPTIONS = {
 }
 
 
+def bench_transform(
+    rec_path: str,
+    pipelines: Sequence[str] = ("train", "train_autoaug"),
+    rounds: int = 9,
+    size: int = 224,
+    limit: Optional[int] = 300,
+    seed: int = 0,
+) -> List[Dict]:
+    """CPU time per image of the Python path's training transform (decode, augmentation, crop, colour,
+    normalisation into a CHW buffer) on one thread, against the decode limit (``cv2.imdecode`` + random
+    resized crop). Interleaved over ``rounds`` rounds on the first ``limit`` records, each round timing the
+    limit then each pipeline; returns per pipeline the median ms per image and the median over rounds of
+    "limit / pipeline" (each ratio from one round, so both sides saw the same load)."""
+    payloads = [np.frombuffer(p, np.uint8) for p in _payloads(rec_path, limit)]
+    made = {}
+    for name in pipelines:
+        options = dict(_TRAIN_OPTIONS[name])
+        made[name] = transforms.TrainTransform(
+            size,
+            0.4,
+            0.1,
+            options.get("auto_aug"),
+            transforms.interp_name("auto", size),
+            reduced_decode=options.get("reduced_decode", False),
+            clip_colour=options.get("clip_colour", True),
+        )
+    out, scratch = np.empty((3, size, size), np.float32), np.empty((size, size, 3), np.float32)
+    times: Dict[str, List[float]] = {name: [] for name in ("limit",) + tuple(pipelines)}
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        for r in range(rounds):
+            rng = np.random.default_rng((seed, r))
+            start = time.process_time()
+            for payload in payloads:
+                img = cv2.imdecode(payload, cv2.IMREAD_COLOR)
+                transforms._random_resized_crop(img, size, rng, cv2.INTER_LINEAR)
+            times["limit"].append((time.process_time() - start) / len(payloads))
+            for name, transform in made.items():
+                rng = np.random.default_rng((seed, r))
+                draws = transform.draw(rng, len(payloads))
+                start = time.process_time()
+                for payload, draw in zip(payloads, draws):
+                    img, affine = transform(payload, draw, rng)
+                    transforms.write_chw(img, affine, out, scratch)
+                times[name].append((time.process_time() - start) / len(payloads))
+    finally:
+        cv2.setNumThreads(previous)
+    rows = [
+        dict(
+            pipeline="decode_limit", ms_per_image=round(1e3 * float(np.median(times["limit"])), 3), ratio=1.0
+        )
+    ]
+    for name in pipelines:
+        ratios = [a / b for a, b in zip(times["limit"], times[name])]
+        rows.append(
+            dict(
+                pipeline=name,
+                ms_per_image=round(1e3 * float(np.median(times[name])), 3),
+                ratio=round(float(np.median(ratios)), 3),
+                goal=_goal(name),
+            )
+        )
+    return rows
+
+
 def _make_iter(kind: str, rec_path: str, batch_size: int, input_size: int, threads: int):
     if kind in _TRAIN_OPTIONS:
         return data.train_iter(rec_path, batch_size, input_size, threads=threads, **_TRAIN_OPTIONS[kind])

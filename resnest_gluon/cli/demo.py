@@ -23,11 +23,13 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -119,6 +121,29 @@ def write_digits(root: str, size: int, val_fraction: float, seed: int, limit: in
     return counts
 
 
+class DemoError(UserError):
+    """A step of the demo failed in a way its one line explains."""
+
+
+_FATAL = re.compile(r"^\[(\d+)\]<stderr>:Fatal Python error: (.+?)\s*$")
+_EXIT = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.")
+
+
+def worker_death(line: str) -> Optional[str]:
+    """``"training rank N died of SIGSEGV (Segmentation fault)"`` when ``line`` of horovodrun's output
+    reports a worker's native crash (faulthandler's first line) or a worker killed by a signal."""
+    fatal = _FATAL.match(line)
+    if fatal:
+        reason = fatal.group(2)
+        names = {"Segmentation fault": "SIGSEGV", "Bus error": "SIGBUS", "Aborted": "SIGABRT"}
+        names.update({"Floating point exception": "SIGFPE", "Illegal instruction": "SIGILL"})
+        return f"training rank {fatal.group(1)} died of {names.get(reason, 'a fatal signal')} ({reason})"
+    code = _EXIT.match(line)
+    if code and int(code.group(2)) < 0:
+        return f"training rank {code.group(1)} was killed by {signal.Signals(-int(code.group(2))).name}"
+    return None
+
+
 def run(cmd: Sequence[str], log_path: str, env=None, quiet: bool = False) -> float:
     """Runs ``cmd`` (output to ``log_path``, and but for progress bars to the console); returns seconds."""
     logger.info("$ %s", " ".join(cmd))
@@ -127,12 +152,17 @@ def run(cmd: Sequence[str], log_path: str, env=None, quiet: bool = False) -> flo
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env(env), text=True
         )
+        died = None
         for line in proc.stdout:
             log.write(line)
-            # horovodrun turns every refresh of a worker's progress bar into a line: keep those in the log
-            if not quiet and "%|" not in line:
+            died = died or worker_death(line)
+            # horovodrun turns every refresh of a worker's progress bar into a line: keep those in the log;
+            # once a worker has died, the others' stop lines and horovodrun's traceback go to the log only
+            if not quiet and "%|" not in line and died is None:
                 sys.stderr.write(line)
         code = proc.wait()
+    if code != 0 and died is not None:
+        raise DemoError(f"{died}; its Python stacks and the rest are in {log_path}")
     if code != 0:
         raise UserError(f"command failed with exit status {code} (see {log_path}): {' '.join(cmd)}")
     return time.time() - tic

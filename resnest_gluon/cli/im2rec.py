@@ -44,6 +44,14 @@ import cv2
 import numpy as np
 
 from resnest_gluon.data.lst import ListItem, read_list, repeated_indices
+from resnest_gluon.files import (
+    IMAGE_EXTS,
+    MAX_IMAGE_BYTES,
+    NotRegularFile,
+    file_problem,
+    free_space,
+    read_regular,
+)
 from resnest_gluon.interrupts import (
     ParentWatch,
     exit_status,
@@ -65,7 +73,8 @@ IR_SIZE = struct.calcsize(IR_FORMAT)
 MAX_RECORD_BYTES = (1 << 29) - 1
 #: OpenCV refuses to decode images with more pixels than this (``OPENCV_IO_MAX_IMAGE_PIXELS``).
 OPENCV_MAX_PIXELS = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
-DEFAULT_EXTS = (".jpeg", ".jpg", ".png")
+#: the image types scripts/predict.py reads (MXNet's im2rec.py lists .jpeg, .jpg and .png only)
+DEFAULT_EXTS = IMAGE_EXTS
 SKIP_EXIT_STATUS = 2
 #: A run that skips more than this share of its list lines replaces no earlier pair (wrong ROOT or list?).
 MAX_SKIPPED = 0.5
@@ -127,21 +136,35 @@ def _walk(root: str, problems: List[Tuple[str, str]]) -> Iterator[Tuple[str, Lis
 
 
 def _image_files(
-    root: str, folder: str, names: Sequence[str], exts: set, problems: List[Tuple[str, str]]
+    root: str,
+    folder: str,
+    names: Sequence[str],
+    exts: set,
+    problems: List[Tuple[str, str]],
+    others: Optional[Dict[str, int]] = None,
 ) -> Iterator[str]:
-    """Paths of the image files among ``names``; image names that are no readable file go to ``problems``."""
+    """Paths of the image files among ``names``; image names that are no regular file of at most
+    ``MAX_IMAGE_BYTES`` (a FIFO, a device, a broken symlink) go to ``problems``, and the other names are
+    counted by extension in ``others``."""
     for name in names:
         fpath = os.path.join(folder, name)
-        if os.path.splitext(name)[1].lower() not in exts:
+        ext = os.path.splitext(name)[1].lower()
+        if ext not in exts:
+            if others is not None and not os.path.isdir(fpath):
+                others[ext or "(no extension)"] = others.get(ext or "(no extension)", 0) + 1
             continue
-        if os.path.isfile(fpath):
+        problem = file_problem(fpath, MAX_IMAGE_BYTES)
+        if problem is None:
             yield fpath
-        elif os.path.islink(fpath):
-            problems.append((os.path.relpath(fpath, root), "broken or looping symlink"))
+        elif problem != "a folder":
+            problems.append((os.path.relpath(fpath, root), problem))
 
 
 def list_images(
-    root: str, recursive: bool = False, exts: Sequence[str] = DEFAULT_EXTS
+    root: str,
+    recursive: bool = False,
+    exts: Sequence[str] = DEFAULT_EXTS,
+    others: Optional[Dict[str, int]] = None,
 ) -> Tuple[List[ListItem], List[Tuple[str, str]]]:
     """List the images under ``root`` the way MXNet's ``im2rec.py --list`` does.
 
@@ -159,13 +182,16 @@ def list_images(
         Walk sub-folders and label by folder.
     exts : sequence of str
         Accepted extensions (compared case-insensitively, with the dot).
+    others : dict, optional
+        Filled with the count of the other files by extension (``{".txt": 3}``).
 
     Returns
     -------
     items : list of ListItem
         In walk order, indices 0..N-1.
     problems : list of (path, reason)
-        What was left out: broken or looping file symlinks, folders met a second time.
+        What was left out: broken or looping file symlinks, FIFOs, devices, sockets, files over the size
+        cap, folders met a second time.
 
     Raises
     ------
@@ -180,7 +206,7 @@ def list_images(
     if recursive:
         labels: Dict[str, int] = {}
         for path, files in _walk(root, problems):
-            for fpath in _image_files(root, path, files, exts, problems):
+            for fpath in _image_files(root, path, files, exts, problems, others):
                 label = labels.setdefault(path, len(labels))
                 items.append(ListItem(len(items), os.path.relpath(fpath, root), (float(label),)))
         for path, label in labels.items():
@@ -190,7 +216,7 @@ def list_images(
             names = sorted(os.listdir(root))
         except OSError as err:
             _unreadable(err)
-        for fpath in _image_files(root, root, names, exts, problems):
+        for fpath in _image_files(root, root, names, exts, problems, others):
             items.append(ListItem(len(items), os.path.relpath(fpath, root), (0.0,)))
     return items, problems
 
@@ -350,22 +376,43 @@ class RecordWriter:
         self.pos = 0
         self.count = 0
 
+    def _failed(self, path: str, err: OSError) -> PackError:
+        return PackError(
+            f"cannot write {path}: {err.strerror or err} ({free_space(path)}); the earlier "
+            f"{os.path.basename(self.rec_path)} and its .idx are untouched"
+        )
+
     def write(self, key: int, payload: bytes) -> None:
         """Append one record (``payload`` = packed header + image bytes) under ``key``."""
         if len(payload) > MAX_RECORD_BYTES:
             raise SkipImage(f"record of {len(payload)} bytes exceeds the RecordIO limit of 512 MiB")
-        self._idx.write(f"{key:d}\t{self.pos:d}\n")
-        for part in frame_record(payload):
-            self._rec.write(part)
-            self.pos += len(part)
+        try:
+            self._idx.write(f"{key:d}\t{self.pos:d}\n")
+        except OSError as err:
+            raise self._failed(self.idx_path + ".tmp", err) from None
+        try:
+            for part in frame_record(payload):
+                self._rec.write(part)
+                self.pos += len(part)
+        except OSError as err:
+            raise self._failed(self.rec_path + ".tmp", err) from None
         self.count += 1
 
     def commit(self) -> None:
-        """Flush, close and move the finished files into place."""
+        """Flush, close, check the size of the record file, and move the finished files into place."""
         # no fsync: the renames guard against an interrupted process; forcing hundreds of MB to disk
         # here would only slow the run down
-        for f in (self._rec, self._idx):
-            f.close()
+        for f, path in ((self._rec, self.rec_path), (self._idx, self.idx_path)):
+            try:
+                f.close()  # the last buffered bytes are written here: a full disk shows now
+            except OSError as err:
+                raise self._failed(path + ".tmp", err) from None
+        size = os.path.getsize(self.rec_path + ".tmp")
+        if size != self.pos:
+            raise PackError(
+                f"{self.rec_path}.tmp holds {size} of the {self.pos} bytes written "
+                f"({free_space(self.rec_path)}); the earlier pair is untouched"
+            )
         # a Ctrl-C or SIGTERM between the renames would leave a .rec without its .idx: held until done
         with held_signals():
             if os.path.exists(self.idx_path):
@@ -374,9 +421,12 @@ class RecordWriter:
             os.replace(self.idx_path + ".tmp", self.idx_path)
 
     def abort(self) -> None:
-        """Close and delete the temporary files."""
+        """Close and delete the temporary files (a close that fails again on a full disk is ignored)."""
         for f in (self._rec, self._idx):
-            f.close()
+            try:
+                f.close()
+            except OSError:
+                pass
         for path in (self.rec_path + ".tmp", self.idx_path + ".tmp"):
             if os.path.exists(path):
                 os.remove(path)
@@ -564,6 +614,8 @@ def encode_image(data: bytes, opts: EncodeOptions) -> Tuple[bytes, bool, str]:
     img, warning = imdecode_noting(np.frombuffer(data, np.uint8), flag)
     if img is not None and warning and opts.skip_corrupt:
         raise SkipImage(f"corrupt JPEG data (libjpeg: {warning})")
+    if img is not None and img.size and opts.color == -1 and factor == 1 and info.orientation != 1:
+        img = _orient(img, info.orientation)  # IMREAD_UNCHANGED ignores EXIF, unlike the other flags
     if img is None or img.size == 0:
         if info.kind == "other":
             raise SkipImage("not an image OpenCV can decode (unknown format)")
@@ -646,6 +698,20 @@ def _copyable(info: ImageInfo, opts: EncodeOptions) -> bool:
     )
 
 
+def _orient(img: np.ndarray, orientation: int) -> np.ndarray:
+    """``img`` turned upright by its EXIF ``orientation`` (2-8), as OpenCV's IMREAD_COLOR does."""
+    ops = {
+        2: lambda a: cv2.flip(a, 1),
+        3: lambda a: cv2.rotate(a, cv2.ROTATE_180),
+        4: lambda a: cv2.flip(a, 0),
+        5: lambda a: cv2.transpose(a),
+        6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
+        7: lambda a: cv2.rotate(cv2.transpose(a), cv2.ROTATE_180),
+        8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
+    }
+    return ops[orientation](img) if orientation in ops else img
+
+
 def _resize(img: np.ndarray, info: ImageInfo, factor: int, resize: int, cropped: bool) -> np.ndarray:
     h, w = img.shape[:2]
     if factor > 1 and not cropped:
@@ -679,8 +745,9 @@ def make_record(item: ListItem, root: str, opts: EncodeOptions) -> Tuple[Optiona
             raise SkipImage("the list line has no label")
         header = pack_header(item.labels, item.index, opts.pack_label)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_regular(path, MAX_IMAGE_BYTES)  # a FIFO or /dev/zero under an image's name is refused
+        except NotRegularFile as e:
+            raise SkipImage(str(e)) from None
         except OSError as e:
             raise SkipImage(f"cannot read file: {e.strerror or e}") from None
         image, copied, warning = encode_image(data, opts)
@@ -729,7 +796,8 @@ class EncoderPool:
             try:
                 return self.results.get(timeout=1.0)
             except queue.Empty:
-                dead = [p.exitcode for p in self.procs if p.exitcode not in (None, 0)]
+                # a worker never ends on its own while results are awaited, not even with status 0
+                dead = [p.exitcode for p in self.procs if p.exitcode is not None]
                 if dead:
                     raise RuntimeError(
                         f"an encoding worker died (exit code {dead[0]}); out of memory? "
@@ -755,7 +823,10 @@ class EncoderPool:
             if proc.is_alive():
                 proc.terminate()
         for proc in self.procs:
-            proc.join()
+            proc.join(timeout=5)
+            if proc.is_alive():  # SIGTERM blocked or held in the worker: SIGKILL cannot be
+                proc.kill()
+                proc.join()
         for q in (self.tasks, self.results):
             q.cancel_join_thread()
             q.close()
@@ -1042,9 +1113,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _make_lists(args: argparse.Namespace) -> int:
-    items, problems = list_images(args.root, args.recursive, args.exts)
+    others: Dict[str, int] = {}
+    items, problems = list_images(args.root, args.recursive, args.exts, others)
     for path, reason in problems:
         logger.warning("left out %s: %s", path, reason)
+    if others:
+        counts = ", ".join(f"{n} {ext}" for ext, n in sorted(others.items(), key=lambda kv: (-kv[1], kv[0])))
+        logger.info("not listed, not an image type (%s): %s", " ".join(args.exts), counts)
     if not items:
         logger.error("error: no files with extensions %s under %s", " ".join(args.exts), args.root)
         return 1
@@ -1058,6 +1133,24 @@ def _make_lists(args: argparse.Namespace) -> int:
         logger.warning("left out %d entries of %s (listed above)", len(problems), args.root)
         return SKIP_EXIT_STATUS
     return 0
+
+
+def _note_multi_label(lst: str, pack_label: bool) -> None:
+    """Says which label is packed when lines of ``lst`` have several: the first one, without --pack-label
+    (and the trainer uses one class per image either way)."""
+    items, _ = read_list(lst)
+    multi = [item for item in items if len(item.labels) > 1]
+    if multi:
+        logger.warning(
+            "%d lines of %s have several labels (e.g. index %d: %s): %s",
+            len(multi),
+            lst,
+            multi[0].index,
+            " ".join(f"{label:g}" for label in multi[0].labels),
+            "all are packed (--pack-label); scripts/train.py refuses such records"
+            if pack_label
+            else "only the FIRST label of each is packed (--pack-label stores them all)",
+        )
 
 
 def _pack(args: argparse.Namespace) -> int:
@@ -1091,6 +1184,7 @@ def _pack(args: argparse.Namespace) -> int:
     status = 0
     for lst in lists:
         logger.info("creating %s from %s (images in %s)", os.path.splitext(lst)[0] + ".rec", lst, args.root)
+        _note_multi_label(lst, args.pack_label)
         stats = pack_list(
             lst, args.root, opts, args.num_thread, progress=not args.no_progress, max_skipped=args.max_skipped
         )

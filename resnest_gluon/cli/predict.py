@@ -24,6 +24,7 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -32,14 +33,19 @@ import mxnet as mx
 import numpy as np
 
 import resnest_gluon
+from resnest_gluon.cli.im2rec import OPENCV_MAX_PIXELS, image_info
 from resnest_gluon.data.class_names import imagenet_class_names, read_class_names
 from resnest_gluon.data.transforms import ValTransform, write_chw
 from resnest_gluon.errors import UserError
+from resnest_gluon.files import IMAGE_EXTS, NotRegularFile, read_regular, write_bytes
 from resnest_gluon.progress import progress_bar
 
 from . import common
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: images with more pixels are decoded one at a time (about 100 MB each as 8-bit BGR): four 20000^2
+#: PNGs in four threads would otherwise need about 10 GB at once
+LARGE_PIXELS = 1 << 25
+_large = threading.Lock()
 OK = "ok"
 
 
@@ -171,19 +177,65 @@ class Preprocess:
     def __call__(self, path: str) -> Tuple[Optional[np.ndarray], str]:
         """``(image, "ok")``, or ``(None, reason)`` for a file that cannot be used."""
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_regular(path)  # a FIFO named a.jpg would block, /dev/zero would fill the memory
+        except NotRegularFile as err:
+            return None, f"cannot read: {err}"
         except OSError as err:
             return None, f"cannot read: {err.strerror or err}"
         if not data:
             return None, "empty file"
+        pixels = image_pixels(data)
+        if pixels > OPENCV_MAX_PIXELS:
+            return None, f"image too large ({pixels} pixels; OpenCV decodes at most {OPENCV_MAX_PIXELS})"
         try:
-            crop, affine = self._transform(np.frombuffer(data, np.uint8), None, None, (path, 0))
+            if pixels > LARGE_PIXELS:
+                with _large:
+                    crop, affine = self._transform(np.frombuffer(data, np.uint8), None, None, (path, 0))
+            else:
+                crop, affine = self._transform(np.frombuffer(data, np.uint8), None, None, (path, 0))
         except ValueError:
             return None, "not a decodable image (corrupt, or not an image format OpenCV reads)"
         out = np.empty((3, self.crop, self.crop), np.float32)
         write_chw(crop, affine, out, np.empty(crop.shape, np.float32))
         return out, OK
+
+
+def image_pixels(data: bytes) -> int:
+    """Width x height from the file's header without decoding (JPEG and PNG; other formats through Pillow
+    when it is installed), 0 when unknown."""
+    try:
+        info = image_info(data)
+    except Exception:  # noqa: BLE001 - a damaged header is the decoder's to report
+        return 0
+    if info.width:
+        return info.width * info.height
+    try:
+        import warnings
+
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                return im.width * im.height
+    except Exception:  # noqa: BLE001 - no Pillow, or not an image it knows
+        return 0
+
+
+def printable_path(path: str) -> str:
+    """``path`` as valid Unicode: bytes of a name that are not UTF-8 (``os.fsdecode``'s lone surrogates)
+    become ``\\xNN`` escapes, so one such name does not lose the whole CSV or JSON."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def csv_cell(text: str) -> str:
+    """A cell that a spreadsheet shows as text: one starting with ``= + - @`` (or a tab or CR) gets a
+    leading ``'``, as OWASP recommends against formula injection."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -395,7 +447,7 @@ def predict(
                     row["names"] = [names[c] if names else str(c) for c in top]
                     row["probs"] = [float(p[c]) for c in top]
                 else:
-                    print(f"{path}: {status}", file=sys.stderr)
+                    print(f"{printable_path(path)}: {status}", file=sys.stderr)
                 rows.append(row)
             bar.update(len(chunk))
     finally:
@@ -409,7 +461,8 @@ def format_table(rows: Sequence[dict], top_k: int) -> str:
     """A plain-text table: path, status, then ``name (prob)`` for each of the top-k."""
     header = ["path", "status"] + [f"top-{i + 1}" for i in range(top_k)]
     body = [
-        [r["path"], r["status"]] + [f"{n} ({p:.3f})" for n, p in zip(r["names"], r["probs"])] for r in rows
+        [printable_path(r["path"]), r["status"]] + [f"{n} ({p:.3f})" for n, p in zip(r["names"], r["probs"])]
+        for r in rows
     ]
     widths = [max(len(str(line[c])) for line in [header] + body if c < len(line)) for c in range(len(header))]
     return "\n".join(
@@ -419,6 +472,7 @@ def format_table(rows: Sequence[dict], top_k: int) -> str:
 
 def write_results(rows: Sequence[dict], path: str, top_k: int) -> None:
     """``rows`` as CSV (path, status, name_1, prob_1, ...) or JSON, through a temporary file."""
+    rows = [dict(r, path=printable_path(r["path"]), status=printable_path(r["status"])) for r in rows]
     if path.lower().endswith(".json"):
         text = json.dumps(list(rows), indent=1) + "\n"
     else:
@@ -426,15 +480,14 @@ def write_results(rows: Sequence[dict], path: str, top_k: int) -> None:
         writer = csv.writer(buf)
         writer.writerow(["path", "status"] + [f"{f}_{i + 1}" for i in range(top_k) for f in ("name", "prob")])
         for r in rows:
-            cells = [r["path"], r["status"]]
+            cells = [csv_cell(r["path"]), csv_cell(r["status"])]
             for i in range(top_k):
-                cells += [r["names"][i], f"{r['probs'][i]:.6f}"] if i < len(r["names"]) else ["", ""]
+                cells += (
+                    [csv_cell(r["names"][i]), f"{r['probs'][i]:.6f}"] if i < len(r["names"]) else ["", ""]
+                )
             writer.writerow(cells)
         text = buf.getvalue()
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_bytes(path, text.encode("utf-8"))  # checked before it replaces anything; an error is one line
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,7 @@ from resnest_gluon import deploy, threads
 from resnest_gluon.data import val_iter
 from resnest_gluon.errors import UserError
 from resnest_gluon.models.pretrained import load_params_checked
+from resnest_gluon.training import TrainingError, atomic_json, check_labels
 
 from . import common
 
@@ -74,8 +75,13 @@ def quantize_checkpoint(
     for path in (params, rec_calib, rec_val):
         if not os.path.isfile(path):
             raise UserError(f"{path} does not exist (`make demo` makes the digits model and records)")
+    for path in (rec_calib, rec_val):  # labels from the records' heads, against --classes
+        check_labels(path, classes)
     net = resnest_gluon.get_model(model, classes=classes)
-    load_params_checked(net, params, mx.cpu())
+    try:
+        load_params_checked(net, params, mx.cpu())
+    except ValueError as err:  # cut short, or another model or class count (named in the message)
+        raise TrainingError(f"--params: {err}") from None
     modes = [calib_mode] if isinstance(calib_mode, str) else list(calib_mode)
     deploy.prepare_for_inference(net)  # the fused float32 graph a user gets
     fp32 = top1(net, rec_val, batch_size, input_size)
@@ -173,8 +179,5 @@ def main(argv=None) -> Dict:
     )
     print(json.dumps(result, indent=1))
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, args.json)
+        atomic_json(args.json, result)  # checked before it replaces anything; an error is one line
     return result

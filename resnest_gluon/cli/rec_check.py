@@ -33,6 +33,8 @@ _MAGIC_BYTES = struct.pack("<I", RECORDIO_MAGIC)
 IR_FORMAT = "<IfQQ"
 IR_SIZE = struct.calcsize(IR_FORMAT)
 MAX_EXAMPLES = 10
+#: images held for decoding at once, in bytes (each worker also holds its share while it decodes)
+PENDING_BYTES = 64 << 20
 
 
 class RecordError(Exception):
@@ -212,6 +214,7 @@ def check_rec(
     shorter = []
     bad_payload = 0
     pending: List[Tuple[int, int, bytes]] = []
+    pending_bytes = [0]
     corrupt: List[Dict[str, object]] = []
     labels: Dict[int, float] = {}
 
@@ -233,6 +236,7 @@ def check_rec(
             if warning:
                 corrupt.append({"offset": offset, "id": rec_id, "reason": warning})
         pending.clear()
+        pending_bytes[0] = 0
 
     pool = None
     if decode and num_workers > 1:
@@ -268,7 +272,9 @@ def check_rec(
                     counts[_label_key(labels[rec_id])] += 1
                     if decode:
                         pending.append((offset, rec_id, image))
-                        if len(pending) >= 256 * max(1, num_workers):
+                        pending_bytes[0] += len(image)
+                        # bounded by count and by bytes: 256 records of 512 MiB would be 128 GiB
+                        if len(pending) >= 256 * max(1, num_workers) or pending_bytes[0] >= PENDING_BYTES:
                             flush()
             except RecordError as e:
                 errors.append(

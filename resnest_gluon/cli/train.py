@@ -29,6 +29,7 @@ pickles: resume only from a run directory you trust.
 """
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -43,6 +44,8 @@ from resnest_gluon import threads
 from resnest_gluon.cli import common
 from resnest_gluon.data import mixup, num_records, shard_bounds, smooth_one_hot, train_iter, val_iter
 from resnest_gluon.data.class_names import class_names_beside, read_class_names
+from resnest_gluon.data.iterator import explain_iter_error
+from resnest_gluon.data.recordio import find_bad_record
 from resnest_gluon.models.layers import set_drop_per_sample
 from resnest_gluon.progress import progress_bar
 from resnest_gluon.training import (
@@ -56,6 +59,7 @@ from resnest_gluon.training import (
     recipes,
     writable_dir,
 )
+from resnest_gluon.training.checks import recipe_changes
 from resnest_gluon.training.finetune import (
     file_class_names,
     freeze_stages,
@@ -64,6 +68,7 @@ from resnest_gluon.training.finetune import (
 )
 from resnest_gluon.training.loop import BASE_BATCH, Task, fit, plan_steps, show_progress
 from resnest_gluon.training.quiet import held_native_stderr
+from resnest_gluon.training.rundir import lock_run_dir, unlock_run_dir
 from resnest_gluon.training.tensorboard import check_available as check_tensorboard
 
 logger = logging.getLogger("resnest_gluon.train")
@@ -93,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--print-recipe", action="store_true", help="print the resolved options as JSON and exit")
     model.add_argument("--model", default="resnest50", help="one of resnest_gluon.list_models()")
-    data.add_argument("--rec-train", default=None, help="training .rec (its .idx beside it); required")
+    data.add_argument("--rec-train", default=None, help="training .rec (its .idx beside it) (required)")
     data.add_argument(
         "--rec-val", default=None, help="validation .rec (its .idx beside it); none: no evaluation"
     )
@@ -489,7 +494,7 @@ def colour_ctx(args: argparse.Namespace, ctx: mx.Context):
 
 def make_train_iter(args: argparse.Namespace, epoch: int, ctx: mx.Context):
     """This worker's shard of the training set, reshuffled with a seed per epoch (so a resume repeats it)."""
-    return train_iter(
+    it = train_iter(
         args.rec_train,
         args.batch_size,
         args.input_size,
@@ -509,6 +514,9 @@ def make_train_iter(args: argparse.Namespace, epoch: int, ctx: mx.Context):
         backend=args.data_backend,
         ctx=colour_ctx(args, ctx),
     )
+    # the C++ iterator's errors name no record: a scan of the shard finds it
+    it.locate_bad_record = functools.partial(find_bad_record, args.rec_train, dist.size(), dist.rank())
+    return it
 
 
 def make_val_iter(args: argparse.Namespace, crop_size: int):
@@ -591,7 +599,16 @@ class Classification(Task):
         prepare_finetune(net, self.args, ctx, load, self.class_names)
 
     def train_data(self, epoch: int, ctx):
-        return make_train_iter(self.args, epoch, ctx)
+        try:
+            return make_train_iter(self.args, epoch, ctx)
+        except (OSError, ValueError, mx.base.MXNetError) as err:  # e.g. the file was cut short since
+            if isinstance(err, mx.base.MXNetError):  # the C++ iterator reads its first batch at once
+                locate = functools.partial(find_bad_record, self.args.rec_train, dist.size(), dist.rank())
+                err = explain_iter_error(err, locate)
+            raise TrainingError(
+                f"training data: {err}. The checkpoints in {self.args.save_dir} are intact: --resume "
+                "continues once the data is fixed"
+            ) from None
 
     def begin_epoch(self, net, epoch: int) -> dict:
         args = self.args
@@ -654,10 +671,13 @@ def main(argv=None) -> dict:
     dist.init()
     ctx = dist.worker_context(args.ctx)  # every worker stops here alike if one has no GPU
     workers, primary = dist.size(), dist.is_primary()
+    lock, changes = None, []
     if primary:
         writable_dir(args.save_dir, "--save-dir")
         if args.resume:
             check_run_dir(args.save_dir, args.model, args.classes)
+            changes = recipe_changes(args.save_dir, args)
+        lock = lock_run_dir(args.save_dir)  # one run per directory; released when this process ends
     handlers = _setup_logging(args.save_dir, primary)
     try:
         if primary:
@@ -668,17 +688,58 @@ def main(argv=None) -> dict:
                 )
             for note in args.settled:
                 logger.info("%s", note)
-        task, n_train = prepare_data(args, workers, primary)
-        return fit(task, ctx, n_train)
+        for change in changes:
+            logger.warning("--resume changes the run's recipe: %s (args.json now records it)", change)
+        try:
+            task, n_train = prepare_data(args, workers, primary)
+            return fit(task, ctx, n_train)
+        except (MemoryError, mx.base.MXNetError) as err:
+            explained = out_of_memory(err, args) or peer_lost(err)
+            if explained is None:
+                raise
+            raise explained from None
     except BaseException as err:
         if primary:  # the reason goes into train.log too, not only to the console
             log_failure(err, handlers)
         raise
     finally:
+        unlock_run_dir(lock)
         root = logging.getLogger("resnest_gluon")
         for handler in handlers:
             root.removeHandler(handler)
             handler.close()
+
+
+def out_of_memory(err: Exception, args: argparse.Namespace):
+    """A TrainingError saying what to lower when ``err`` is a failed allocation, else None."""
+    text = str(err).lower()
+    if not isinstance(err, MemoryError) and not any(
+        word in text for word in ("bad_alloc", "out of memory", "failed to allocate", "cannot allocate")
+    ):
+        return None
+    return TrainingError(
+        f"out of memory with --batch-size {args.batch_size} at --input-size {args.input_size} on --ctx "
+        f"{args.ctx}: lower --batch-size (--accumulate N keeps the update batch), --input-size or "
+        "--data-threads"
+    )
+
+
+def peer_lost(err: Exception):
+    """A TrainingError when ``err`` is Horovod's shutdown after another worker died or failed, else None:
+    that worker's own message (or crash report) is the one that says what happened."""
+    text = str(err)
+    lost = (
+        "Horovod has been shut down",
+        "Connection reset by peer",
+        "Connection closed by peer",
+        "Broken pipe",
+    )
+    if not dist.is_distributed() or not any(word in text for word in lost):
+        return None
+    return TrainingError(
+        "stopped because another worker failed or died (Horovod has been shut down); its own message, "
+        "with its rank, says why"
+    )
 
 
 def log_failure(err: BaseException, handlers: list) -> None:
@@ -708,10 +769,11 @@ def prepare_data(args: argparse.Namespace, workers: int, primary: bool):
     image count."""
     crop_size = args.val_crop_size
     n_train = record_count(args.rec_train, "training file")
+    n_val = record_count(args.rec_val, "validation file") if args.rec_val else 0
+    # every worker counts its steps from these: a stale copy on one machine would hang the job
+    dist.agree_counts({args.rec_train: n_train, **({args.rec_val: n_val} if args.rec_val else {})})
     check_labels(args.rec_train, args.classes)
-    n_val = 0
     if args.rec_val:
-        n_val = record_count(args.rec_val, "validation file")
         check_labels(args.rec_val, args.classes)
         val_shard = min(
             end - begin for begin, end in (shard_bounds(n_val, workers, r) for r in range(workers))

@@ -19,6 +19,7 @@ Images are ``uint8`` arrays of shape ``(H, W, 3)`` in RGB order (the pipeline pa
 OpenCV's order: only Color and Contrast depend on it).
 """
 
+import math
 from typing import Callable, Dict, List, Tuple
 
 import cv2
@@ -129,39 +130,44 @@ def _invert(img, level, sign, bgr):
     return _lut(img, _invert_table(level))
 
 
+_LEVELS = np.arange(256)
+
+
 def _histograms(img: np.ndarray) -> np.ndarray:
     """``(3, 256)`` per-channel histograms (cv2.calcHist: a tenth of the time of numpy's bincount)."""
-    return np.stack([cv2.calcHist([img], [c], None, [256], [0, 256])[:, 0] for c in range(3)]).astype(
-        np.int64
-    )
+    hist = np.empty((3, 256), np.int64)
+    for c in range(3):
+        hist[c] = cv2.calcHist([img], [c], None, [256], [0, 256])[:, 0]
+    return hist
 
 
 def _per_channel_lut(img: np.ndarray, make) -> np.ndarray:
-    """Each channel through the table ``make(histogram)`` of its own 256-bin histogram."""
-    tables = np.stack([make(h) for h in _histograms(img)], axis=1).astype(np.uint8)  # (256, 3)
+    """Each channel through its row of the tables ``make(histograms)`` of its own 256-bin histogram."""
+    tables = np.ascontiguousarray(make(_histograms(img)).T, np.uint8)  # (256, 3)
     return cv2.LUT(img, tables.reshape(256, 1, 3))
 
 
 def _autocontrast_table(hist: np.ndarray) -> np.ndarray:
-    """PIL's autocontrast without cutoff: the channel's range stretched to 0..255, truncated."""
-    present = np.flatnonzero(hist)
-    lo, hi = int(present[0]), int(present[-1])
-    if hi <= lo:
-        return np.arange(256)
-    scale = 255.0 / (hi - lo)
-    return np.clip((np.arange(256) * scale - lo * scale).astype(np.int64), 0, 255)
+    """PIL's autocontrast without cutoff, for each row of ``hist`` (a channel's histogram): the channel's
+    range stretched to 0..255, truncated."""
+    present = hist > 0
+    lo, hi = present.argmax(1), 255 - present[:, ::-1].argmax(1)
+    flat = hi <= lo
+    scale = 255.0 / np.where(flat, 1, hi - lo)
+    table = np.clip((_LEVELS * scale[:, None] - (lo * scale)[:, None]).astype(np.int64), 0, 255)
+    return np.where(flat[:, None], _LEVELS, table)
 
 
 def _equalize_table(hist: np.ndarray) -> np.ndarray:
-    """PIL's equalize: steps of (pixels but the last occupied bin's) / 255, started half a step in."""
-    present = hist[hist > 0]
-    if len(present) <= 1:
-        return np.arange(256)
-    step = (int(present.sum()) - int(present[-1])) // 255
-    if not step:
-        return np.arange(256)
-    before = np.concatenate([[0], np.cumsum(hist)[:-1]])
-    return np.minimum((step // 2 + before) // step, 255)
+    """PIL's equalize, for each row of ``hist``: steps of (pixels but the last occupied bin's) / 255,
+    started half a step in."""
+    present = hist > 0
+    last = 255 - present[:, ::-1].argmax(1)
+    step = (hist.sum(1) - hist[np.arange(len(hist)), last]) // 255
+    keep = (present.sum(1) <= 1) | (step == 0)
+    step = np.where(keep, 1, step)[:, None]
+    before = np.cumsum(hist, axis=1) - hist
+    return np.where(keep[:, None], _LEVELS, np.minimum((step // 2 + before) // step, 255))
 
 
 def _autocontrast(img, level, sign, bgr):
@@ -195,6 +201,24 @@ def _enhance(kind):
     return op
 
 
+def _rotate_coeffs(h: int, w: int, degrees: float) -> Tuple[float, ...]:
+    """PIL's ``rotate`` (no expand, about the centre) as its affine ``(a, b, c, d, e, f)``: output pixel
+    ``(x, y)`` reads the input at ``(a (x + .5) + b (y + .5) + c, d (x + .5) + e (y + .5) + f)``."""
+    angle = -math.radians(degrees)
+    a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
+    d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
+    cx, cy = w / 2, h / 2
+    return (a, b, a * -cx + b * -cy + cx, d, e, d * -cx + e * -cy + cy)
+
+
+def _coeffs(name: str, level, sign: int, h: int, w: int) -> Tuple[float, ...]:
+    """The affine of Rotate, ShearX or ShearY on an ``h x w`` image, in PIL's convention."""
+    if name == "Rotate":
+        return _rotate_coeffs(h, w, sign * int(level * 30 / MAX_LEVEL))
+    s = sign * level * 0.3 / MAX_LEVEL
+    return (1, s, 0, 0, 1, 0) if name == "ShearX" else (1, 0, 0, s, 1, 0)
+
+
 def _rotate(img, level, sign, bgr):
     degrees = sign * int(level * 30 / MAX_LEVEL)
     return _from_pil(_to_pil(img, False).rotate(degrees, resample=Image.NEAREST), False)
@@ -223,18 +247,19 @@ def channel_tables(img: np.ndarray, steps) -> np.ndarray:
     """The ``(256, 1, 3)`` uint8 table (for ``cv2.LUT``) of a run of :data:`TABLE_OPS` ``(name, level,
     sign)`` steps on ``img``: ``cv2.LUT(img[box], table)`` equals ``img`` put through the steps, then cut
     to ``box``. The whole image is read only for histograms, and only if a step needs them."""
-    total = np.tile(np.arange(256), (3, 1))
+    total = np.tile(_LEVELS, (3, 1))
     hist0 = None
     for name, level, _ in steps:
         if name in _HIST_TABLES:
             if hist0 is None:
                 hist0 = _histograms(img)
-            hist = [np.bincount(total[c], weights=hist0[c], minlength=256) for c in range(3)]
-            tables = [np.asarray(_HIST_TABLES[name](h), np.int64) for h in hist]
+            # The histograms of the image through the tables so far: each bin's count moved to its value.
+            moved = (total + 256 * np.arange(3)[:, None]).ravel()
+            hist = np.bincount(moved, weights=hist0.ravel(), minlength=768).reshape(3, 256).astype(np.int64)
+            total = np.take_along_axis(_HIST_TABLES[name](hist), total, axis=1)
         else:
-            tables = [np.asarray(_TABLES[name](level), np.int64)] * 3
-        total = np.stack([tables[c][total[c]] for c in range(3)])
-    return total.T.reshape(256, 1, 3).astype(np.uint8)
+            total = np.asarray(_TABLES[name](level), np.int64)[total]
+    return np.ascontiguousarray(total.T, np.uint8).reshape(256, 1, 3)
 
 
 PIXEL_OPS = frozenset(("Color", "Brightness", "Contrast"))
@@ -283,6 +308,8 @@ def _finisher(img: np.ndarray, tail, bgr: bool) -> Callable[[np.ndarray], np.nda
     def flush(run):
         if run:
             table = channel_tables(img, run)  # histogram tables only in a first run: img is its input
+            if (table == table[:, :, :1]).all():  # one table for every channel: OpenCV's LUT is 1.6x faster
+                table = np.ascontiguousarray(table[:, :, :1])
             stages.append(lambda x, table=table: cv2.LUT(x, table))
         return []
 
@@ -323,6 +350,153 @@ RESNEST_OPS: Dict[str, Callable] = {
     "Equalize": _equalize,
     "Invert": _invert,
 }
+
+
+# Operations that read a neighbourhood of each output pixel: a crop region of their output needs only the
+# part of their input it maps back to (through the affine, plus the filter's reach).
+LOCAL_OPS = frozenset(("Rotate", "ShearX", "ShearY", "Sharpness"))
+
+
+def _source_box(name: str, level, sign: int, box, h: int, w: int) -> Tuple[int, int, int, int]:
+    """``(y, x, ch, cw)``: the part of an ``h x w`` image that ``name`` reads to compute ``box`` of its
+    output (clipped to the image, so that where it meets the image's edge the operation sees that edge)."""
+    y, x, ch, cw = box
+    if name == "Sharpness":  # PIL's 3 x 3 smoothing, the image's outermost pixels left as they are
+        top, left = max(0, y - 1), max(0, x - 1)
+        return top, left, min(h, y + ch + 1) - top, min(w, x + cw + 1) - left
+    a, b, c, d, e, f = _coeffs(name, level, sign, h, w)
+    corners = [(px, py) for px in (x + 0.5, x + cw - 0.5) for py in (y + 0.5, y + ch - 0.5)]
+    xs = [a * px + b * py + c for px, py in corners]
+    ys = [d * px + e * py + f for px, py in corners]
+    # Nearest neighbour reads within a pixel of the mapped corners.
+    left, top = max(0, math.floor(min(xs)) - 1), max(0, math.floor(min(ys)) - 1)
+    right, bottom = min(w, math.ceil(max(xs)) + 1), min(h, math.ceil(max(ys)) + 1)
+    return top, left, max(0, bottom - top), max(0, right - left)
+
+
+def _cubic_weights(d: np.ndarray) -> np.ndarray:
+    """The four taps of PIL's transform bicubic (a = -1, not its resize's -0.5) at offsets ``d``."""
+    d2, d3 = d * d, d * d * d
+    return np.stack([-d + 2 * d2 - d3, 1 - 2 * d2 + d3, d + d2 - d3, d3 - d2], axis=-1)
+
+
+def shear_x_region(img: np.ndarray, shear: float, box) -> np.ndarray:
+    """``box = (y, x, ch, cw)`` of PIL's ``transform(AFFINE, (1, shear, 0, 0, 1, 0), BICUBIC)`` of ``img``,
+    with OpenCV. Each output row reads its own input row at a constant fractional offset (vertically the
+    kernel sits on the row: weights 0, 1, 0, 0), so rows sharing an offset share one 1 x 4 filter; then
+    PIL's edge clamp, black fill and truncation. Float32 instead of PIL's double: a grey level apart where
+    a value lands within 1e-4 of an integer."""
+    y, x, ch, cw = box
+    h, w = img.shape[:2]
+    rows = np.arange(y, y + ch)
+    t = shear * (rows + 0.5)  # input x = output x + 0.5 + t (PIL's pixel-centre convention)
+    k = np.floor(t).astype(np.int64)
+    d = t - k
+    pad = 2
+    lo, hi = max(0, x + int(k.min()) - pad), min(w, x + cw + int(k.max()) + pad + 1)
+    # The columns the rows read, with PIL's clamp at the image's edges (replicated pixels).
+    part = cv2.copyMakeBorder(img[y : y + ch, lo:hi], 0, 0, pad, pad, cv2.BORDER_REPLICATE)
+    # Rows sorted by their offset, so that each offset's rows are one slice for one filter.
+    keys = np.round(d, 9)
+    order = np.argsort(keys, kind="stable")
+    part = part[order]
+    filtered = np.empty(part.shape, np.float32)
+    values, starts = np.unique(keys[order], return_index=True)
+    for i, first in enumerate(starts.tolist()):
+        end = starts[i + 1] if i + 1 < len(starts) else ch
+        kernel = _cubic_weights(d[order[first]])[None, :].astype(np.float32)
+        # anchor 1: output column c reads columns c - 1 .. c + 2
+        filtered[first:end] = cv2.filter2D(part[first:end], cv2.CV_32F, kernel, anchor=(1, 0))
+    # Output column X of row v reads filtered column X + k - lo + pad of its sorted row; PIL fills where
+    # X + 0.5 + t is outside [0, w): there the map points outside (OpenCV's constant border, 0).
+    cols = np.arange(x, x + cw, dtype=np.int32)[None, :]
+    first = np.ceil(-0.5 - t).astype(np.int32)[:, None]
+    last = np.ceil(w - 0.5 - t).astype(np.int32)[:, None]
+    where = np.empty((ch, cw, 2), np.int16)
+    where[..., 0] = np.where(
+        (cols < first) | (cols >= last), -1, cols + (k - lo + pad).astype(np.int32)[:, None]
+    )
+    where[..., 1] = np.argsort(order).astype(np.int16)[:, None]
+    out = cv2.remap(filtered, where, None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    # PIL's clip and truncation (OpenCV's conversion rounds: shift by just under half a level)
+    return cv2.subtract(out, 0.5 - 1.0 / 1024, dtype=cv2.CV_8U)
+
+
+def _shear_region(img: np.ndarray, step, box) -> np.ndarray:
+    """``box`` of ShearX or ShearY (the transpose of ShearX on the transposed image) on ``img``."""
+    name, level, sign = step
+    shear = sign * level * 0.3 / MAX_LEVEL
+    if name == "ShearX":
+        return shear_x_region(img, shear, box)
+    y, x, ch, cw = box
+    turned = np.ascontiguousarray(img.transpose(1, 0, 2))
+    return np.ascontiguousarray(shear_x_region(turned, shear, (x, y, cw, ch)).transpose(1, 0, 2))
+
+
+def _rotate_region(src: np.ndarray, src_box, step, box, h: int, w: int) -> np.ndarray:
+    """``box`` of Rotate (``step = (name, level, sign)``) on an ``h x w`` image, from ``src``, the image's
+    part at ``src_box``, by PIL. PIL rotates by nearest neighbour in 16.16 fixed point (``affine_fixed`` in
+    its Geometry.c), from the rounded coefficients and the rounded offset of the first pixel; the offset
+    given here rounds to the whole image's at the region's first pixel, so each output pixel reads the
+    same input pixel as in the whole image (PIL's fill outside the image: ``src`` reaches its edges)."""
+    y, x, ch, cw = box
+    sy, sx = src_box[:2]
+    a, b, c, d, e, f = _coeffs(*step, h, w)
+
+    def fix(v):
+        return math.floor(v * 65536.0 + 0.5)
+
+    # The whole image's fixed-point position of the region's first pixel, in the part's coordinates.
+    x0 = fix(c + a * 0.5 + b * 0.5) + y * fix(b) + x * fix(a) - sx * 65536
+    y0 = fix(f + d * 0.5 + e * 0.5) + y * fix(e) + x * fix(d) - sy * 65536
+    coeffs = (a, b, (x0 + 0.25) / 65536 - a * 0.5 - b * 0.5, d, e, (y0 + 0.25) / 65536 - d * 0.5 - e * 0.5)
+    pil = _to_pil(src, False).transform((cw, ch), Image.AFFINE, coeffs, resample=Image.NEAREST)
+    return _from_pil(pil, False)
+
+
+def _local_region(src: np.ndarray, src_box, step, box, h: int, w: int, bgr: bool) -> np.ndarray:
+    """``box`` of Rotate or Sharpness (``step = (name, level, sign)``) on an ``h x w`` image, computed from
+    ``src``, the image's part at ``src_box``."""
+    name, level, sign = step
+    y, x, ch, cw = box
+    sy, sx, sh, sw = src_box
+    if not sh or not sw:  # the region maps wholly outside the image: fill
+        return np.zeros((ch, cw, 3), np.uint8)
+    if name == "Sharpness":
+        return RESNEST_OPS[name](src, level, sign, bgr)[y - sy : y - sy + ch, x - sx : x - sx + cw]
+    return _rotate_region(src, src_box, step, box, h, w)
+
+
+def _needs_whole(steps) -> bool:
+    """Whether ``steps`` read the whole image's statistics (histograms, Contrast's mean grey)."""
+    return any(name in _HIST_TABLES or name == "Contrast" for name, _, _ in steps)
+
+
+def _crop_around(img: np.ndarray, box, pre, step, post, bgr: bool) -> np.ndarray:
+    """``box`` of ``img`` through ``pre`` (pixel by pixel), the local ``step``, then ``post`` (pixel by
+    pixel), computing only the part of each that the region needs."""
+    h, w = img.shape[:2]
+    y, x, ch, cw = box
+    before = _finisher(img, pre, bgr) if pre else None
+    if _needs_whole(post):  # the statistics need the whole image: compute it, then cut the region
+        img = img if before is None else before(img)
+        if step[0] in ("ShearX", "ShearY"):
+            stats = _shear_region(img, step, (0, 0, h, w))
+        else:
+            stats = RESNEST_OPS[step[0]](img, *step[1:], bgr)
+        region = stats[y : y + ch, x : x + cw]
+    elif step[0] in ("ShearX", "ShearY"):
+        region = stats = _shear_region(img if before is None else before(img), step, box)
+    else:
+        src_box = _source_box(*step, box, h, w)
+        sy, sx, sh, sw = src_box
+        src = img[sy : sy + sh, sx : sx + sw]
+        if before is not None and src.size:
+            src = before(src)
+        region = stats = _local_region(src, src_box, step, box, h, w, bgr)
+    if not post:
+        return region
+    return _finisher(stats, post, bgr)(region)
 
 
 def apply_op(image: np.ndarray, name: str, level: float, sign: int = 1, *, bgr: bool = False) -> np.ndarray:
@@ -487,6 +661,21 @@ def apply_torchvision_op(img: np.ndarray, name: str, magnitude: int, rng: np.ran
     return TORCHVISION_OPS[name](img, magnitude, rng)
 
 
+def _before_crop(img: np.ndarray, steps, bgr: bool):
+    """``(image, finish)`` of :meth:`AutoAugment.before_crop` for drawn ``steps``. Color, Brightness and
+    Contrast on the whole image (before a histogram) go through OpenCV (:func:`pixel_step`)."""
+    k = _deferred_from(steps)
+    for name, level, sign in steps[:k]:
+        if name in PIXEL_OPS:
+            mean_grey = cv2.mean(cv2.transform(img, _grey_weights(bgr)))[0] if name == "Contrast" else 0.0
+            img = pixel_step(img, name, level, bgr, mean_grey)
+        else:
+            img = RESNEST_OPS[name](img, level, sign, bgr)
+    if k == len(steps):
+        return img, None
+    return img, _finisher(img, steps[k:], bgr)
+
+
 class AutoAugment:
     """Callable ``augment(img, rng, bgr=False) -> img`` applying one random sub-policy of a flavour.
 
@@ -538,13 +727,29 @@ class AutoAugment:
         tables give the same pixels; Color, Brightness and Contrast are OpenCV's rounding of PIL's
         truncated blend (a grey level apart on the odd pixel, see :func:`pixel_step`).
         """
+        return _before_crop(img, self.draw(rng), bgr)
+
+    def crop(self, img: np.ndarray, box, rng: np.random.Generator, bgr: bool = False) -> np.ndarray:
+        """The ``"resnest"`` flavour for a pipeline that crops next: ``self(img, rng, bgr)`` cut to ``box =
+        (y, x, ch, cw)``, computing little more than the region.
+
+        As :meth:`before_crop`, and further: a sub-policy with one local operation (Rotate, the shears,
+        Sharpness) and pixel-by-pixel operations around it runs on the part of the image the region reads
+        (Rotate: PIL's on that part, the same pixels; the shears: :func:`shear_x_region`, a grey level apart
+        on a few pixels in a hundred), and the histograms and mean grey after it come from the whole image
+        (PIL's Rotate, :func:`shear_x_region`). Measured against the whole-image chain on 480 x 720
+        photographs: under 0.05 grey levels mean.
+        """
         steps = self.draw(rng)
-        k = _deferred_from(steps)
-        for name, level, sign in steps[:k]:
-            img = RESNEST_OPS[name](img, level, sign, bgr)
-        if k == len(steps):
-            return img, None
-        return img, _finisher(img, steps[k:], bgr)
+        local = [i for i, (name, _, _) in enumerate(steps) if name in LOCAL_OPS]
+        if len(local) == 1:
+            pre, step, post = steps[: local[0]], steps[local[0]], steps[local[0] + 1 :]
+            if _deferred_from(pre) == 0 and _deferred_from(post) == 0:
+                return _crop_around(img, box, pre, step, post, bgr)
+        img, finish = _before_crop(img, steps, bgr)
+        y, x, ch, cw = box
+        region = img[y : y + ch, x : x + cw]
+        return region if finish is None else finish(region)
 
     def __repr__(self) -> str:
         return f"AutoAugment({self.flavour!r}, {len(self.sub_policies)} sub-policies)"

@@ -6,6 +6,7 @@ negative index) is skipped by all of them, and a list with a repeated index is r
 """
 
 import collections
+import math
 from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 __all__ = ["ListItem", "parse_line", "read_list", "repeated_indices"]
@@ -37,6 +38,8 @@ def parse_line(line: str) -> ListItem:
         raise ValueError(f"cannot parse numbers: {e}") from None
     if index < 0:
         raise ValueError("index must be >= 0")
+    if not all(math.isfinite(label) for label in labels):
+        raise ValueError("a label is not a finite number (nan or inf)")
     return ListItem(index, parts[-1], labels)
 
 

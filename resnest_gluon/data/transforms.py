@@ -346,18 +346,17 @@ class TrainTransform:
                     else:
                         img = None
                     break
-        finish = None
+        region = None
         if img is None:
             img = decode(payload, cv2.IMREAD_COLOR, *where)
-            if self.whole_image_aa:
-                # The whole image, as the reference; trailing pixel-by-pixel operations are left for
-                # the crop region alone (the same pixels, or a grey level apart, for less work).
-                img, finish = self.auto_aug.before_crop(img, rng, bgr=True)
             if img.shape[:2] != hw:
                 y, x, ch, cw = self._box(*img.shape[:2], areas, log_ratios, py, px)
-        region = img[y : y + ch, x : x + cw]
-        if finish is not None:
-            region = finish(region)
+            if self.whole_image_aa:
+                # The whole image, as the reference, but computed only where the crop reads it (the
+                # same pixels, or a grey level apart on the odd pixel, for less work).
+                region = self.auto_aug.crop(img, (y, x, ch, cw), rng, bgr=True)
+        if region is None:
+            region = img[y : y + ch, x : x + cw]
         img = cv2.resize(region, (size, size), interpolation=self.interp)
         if self.mirror and flip < 0.5:
             img = cv2.flip(img, 1)

@@ -10,7 +10,6 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..data.index import idx_path, read_index, record_head_problem
-from ..data.lst import read_list
 from ..errors import UserError
 
 # mx.recordio.IRHeader as stored after the 8-byte RecordIO frame head: flag, label, id, id2
@@ -24,16 +23,21 @@ class TrainingError(UserError):
     """A problem with the run's inputs or its course, with a message that says what to do."""
 
 
-def _lst_path(rec_path: str) -> str:
-    return os.path.splitext(rec_path)[0] + ".lst"
+def _spread(pairs: List[Tuple[int, int]], limit: Optional[int]) -> List[Tuple[int, int]]:
+    """All of ``pairs``, or ``limit`` of them spread evenly over the file (first and last included)."""
+    if limit is None or len(pairs) <= limit:
+        return pairs
+    picks = np.unique(np.linspace(0, len(pairs) - 1, limit).round().astype(int))
+    return [pairs[i] for i in picks]
 
 
-def _record_labels(rec_path: str, pairs: List[Tuple[int, int]], limit: int) -> List[float]:
-    """First label of up to ``limit`` records, reading only each record's 32-byte head (not the image);
-    every offset read is checked to be a record start first, so a foreign index never yields labels."""
-    labels = []
+def _record_labels(rec_path: str, pairs: List[Tuple[int, int]]) -> Tuple[List[float], List[int]]:
+    """The class label and the label count of each record of ``pairs``, read from the record's own
+    32-byte head (not the image); every offset read is checked to be a record start first, so a foreign
+    index never yields labels."""
+    labels, counts = [], []
     with open(rec_path, "rb") as f:
-        for key, offset in pairs[:limit]:
+        for key, offset in pairs:
             f.seek(offset)
             head = f.read(8 + _IR_SIZE + 4)
             problem = record_head_problem(head) or (len(head) < 8 + _IR_SIZE and "the record is cut short")
@@ -47,52 +51,88 @@ def _record_labels(rec_path: str, pairs: List[Tuple[int, int]], limit: int) -> L
             if flag > 0 and len(head) >= 8 + _IR_SIZE + 4:  # several labels follow the header
                 label = struct.unpack_from("<f", head, 8 + _IR_SIZE)[0]
             labels.append(label)
-    return labels
+            counts.append(max(int(flag), 1))
+    return labels, counts
 
 
-def _list_labels(lst: str, keys: List[int]) -> Optional[List[float]]:
-    """The labels the ``.lst`` beside a ``.rec`` gives its records' keys, or None when it lacks one of them
-    (no list, or one that does not describe this ``.rec``). Read with the parser im2rec packs with."""
-    if not os.path.exists(lst):
-        return None
-    items, _ = read_list(lst)
-    first = {item.index: item.labels[0] for item in items if item.labels}
-    if not all(key in first for key in keys):
-        return None
-    return [first[key] for key in keys]
-
-
-def check_labels(rec_path: str, classes: int, max_records: int = 100_000) -> Tuple[int, int]:
+def check_labels(rec_path: str, classes: int, max_records: Optional[int] = 200_000) -> Tuple[int, int]:
     """Checks that every label of ``rec_path`` lies in ``[0, classes)``; returns (lowest, highest) label.
 
-    Reads the ``.lst`` beside the ``.rec`` when it lists every key of the ``.idx`` (a text file, fast at
-    any size), otherwise the record heads (32 bytes each, not the images), up to ``max_records`` of them
-    (the training loop checks every batch anyway).
+    Reads the labels from the records' own heads (32 bytes each, not the images), never from a ``.lst``
+    beside the file, which may be stale: all of them, or ``max_records`` spread evenly over the file (the
+    training loop checks every batch anyway).
 
     Raises
     ------
     TrainingError
-        When the index does not describe the file, or a label is negative, not an integer, or not below
-        ``classes``.
+        When the index does not describe the file, a record holds several labels, or a label is not a
+        finite whole number below ``classes``.
     """
     try:
         pairs = read_index(rec_path)
     except (OSError, ValueError) as err:
         raise TrainingError(str(err)) from err
-    lst = _lst_path(rec_path)
-    labels, source = _list_labels(lst, [key for key, _ in pairs]), lst
-    if labels is None:
-        labels, source = _record_labels(rec_path, pairs, max_records), rec_path
+    picked = _spread(pairs, max_records)
+    labels, counts = _record_labels(rec_path, picked)
     if not labels:
-        raise TrainingError(f"{source} holds no records")
-    values = np.asarray(labels)
-    bad = values[(values < 0) | (values >= classes) | (values != np.round(values))]
-    if bad.size:
+        raise TrainingError(f"{rec_path} holds no records")
+    multi = [i for i, n in enumerate(counts) if n > 1]
+    if multi:
+        key = picked[multi[0]][0]
         raise TrainingError(
-            f"{source} has label {bad[0]:g}, outside 0..{classes - 1} for --classes {classes}: "
-            f"pass --classes {int(values.max()) + 1} (or more), or re-pack the data with labels 0..classes-1"
+            f"record {key} of {rec_path} holds {counts[multi[0]]} labels (packed with --pack-label from a "
+            "multi-label list), and this model learns one class per image: pack a list with one label per "
+            "line"
+        )
+    values = np.asarray(labels, dtype=np.float64)
+    finite = np.isfinite(values)
+    whole = finite & (values == np.round(np.where(finite, values, 0)))
+    bad = np.flatnonzero(~whole | (values < 0))
+    if bad.size:
+        key = picked[bad[0]][0]
+        raise TrainingError(
+            f"record {key} of {rec_path} has label {values[bad[0]]:g}: labels must be whole numbers "
+            f"0..{classes - 1}. Re-pack the data with such labels (tools/im2rec.py --list numbers class "
+            "folders from 0)"
+        )
+    high = np.flatnonzero(values >= classes)
+    if high.size:
+        key = picked[high[0]][0]
+        raise TrainingError(
+            f"record {key} of {rec_path} has label {values[high[0]]:g}, outside 0..{classes - 1} for "
+            f"--classes {classes}: pass --classes {int(values.max()) + 1} (or more), or re-pack the data "
+            "with labels 0..classes-1"
         )
     return int(values.min()), int(values.max())
+
+
+#: options that change what a run learns: a --resume that changes one of them says so.
+#: --epochs is not one: a resume often extends a run (the cosine decay then follows the new length)
+RECIPE_OPTIONS = (
+    "lr", "batch_size", "warmup_epochs", "momentum", "wd", "no_wd", "last_gamma",
+    "label_smoothing", "mixup", "mixup_alpha", "mixup_off_epoch", "auto_aug", "jitter", "lighting",
+    "no_mirror", "min_area", "dropblock_prob", "final_drop", "input_size", "dtype", "accumulate",
+    "backbone_lr_mult", "freeze_stages", "ema", "seed", "loss_scale", "gradient_predivide_factor",
+    "data_backend",
+)  # fmt: skip
+
+
+def recipe_changes(save_dir: str, args) -> List[str]:
+    """``--name saved -> now`` for every recipe option (:data:`RECIPE_OPTIONS`) that ``args`` sets
+    otherwise than the run's ``args.json`` (empty when there is none)."""
+    path = os.path.join(save_dir, "args.json")
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return []
+    changes = []
+    for name in RECIPE_OPTIONS:
+        if name in saved and hasattr(args, name) and saved[name] != getattr(args, name):
+            changes.append(f"--{name.replace('_', '-')} {saved[name]} -> {getattr(args, name)}")
+    return changes
 
 
 def writable_dir(path: str, flag: str) -> None:

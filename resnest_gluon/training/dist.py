@@ -27,6 +27,7 @@ __all__ = [
     "barrier",
     "make_trainer",
     "worker_context",
+    "agree_counts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -188,3 +189,32 @@ def make_trainer(
             params, optimizer, optimizer_params, gradient_predivide_factor=gradient_predivide_factor
         )
     return gluon.Trainer(params, optimizer, optimizer_params, kvstore=None)
+
+
+def agree_counts(counts: dict) -> None:
+    """Checks that every worker sees the same ``counts`` (name -> int, e.g. the records of each input
+    file), with one allreduce of a (names x workers) matrix; nothing happens with one worker.
+
+    Each worker counts its own steps per epoch from these sizes, so a stale copy of a file on one machine
+    would otherwise leave the workers waiting for each other forever.
+
+    Raises
+    ------
+    TrainingError
+        On every worker, naming each rank's counts, when they differ.
+    """
+    if not is_distributed() or not counts:
+        return
+    names = list(counts)
+    mine = mx.nd.zeros((len(names), size()), dtype="float64")
+    mine[:, rank()] = mx.nd.array([counts[n] for n in names], dtype="float64")
+    seen = allreduce_sum(mine, name="counts").asnumpy().astype("int64")
+    differ = [i for i in range(len(names)) if len(set(seen[i].tolist())) > 1]
+    if differ:
+        text = "; ".join(
+            f"{names[i]}: " + ", ".join(f"rank {r} {int(n)}" for r, n in enumerate(seen[i])) for i in differ
+        )
+        raise TrainingError(
+            f"the workers do not see the same data ({text}): a stale copy of a file on one machine? Give "
+            "every worker the same files"
+        )

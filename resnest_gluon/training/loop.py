@@ -31,6 +31,9 @@ from .checkpoints import (
     checkpoint_paths,
     ema_checkpoint_path,
     latest_checkpoint,
+    latest_good_checkpoint,
+    non_finite_arrays,
+    param_arrays,
     prune_checkpoints,
     save_checkpoint,
     save_params,
@@ -145,6 +148,13 @@ def start_epoch(args: argparse.Namespace, primary: bool, run_info: dict) -> int:
     first = 0
     if primary:
         found = latest_checkpoint(args.save_dir, args.model)
+        if args.resume and found:  # a newest checkpoint that does not load is named and passed over
+            found = latest_good_checkpoint(args.save_dir, args.model)
+            if not found:
+                raise TrainingError(
+                    f"no checkpoint in {args.save_dir} loads (each is named above): restore one from a "
+                    "backup, or choose another --save-dir"
+                )
         if args.resume:
             first = found[0] if found else 0
             if not found:
@@ -321,6 +331,28 @@ def train_epoch(task: Task, net, trainer, epoch: int, ctx, plan: Plan, scaler=No
     seconds = time.time() - start
     bar.close()
     return loss_sum / steps, seconds, lr
+
+
+def check_finite(net, ema, args: argparse.Namespace, epoch: int) -> None:
+    """Every worker, before anything of ``epoch`` is saved: one fused all-finite check of the weights (and
+    of the moving average), agreed over workers with one allreduce. A NaN or an infinity stops the run, so
+    a non-finite model never replaces a checkpoint or a best file (oneDNN's ReLU and pooling can hide NaN
+    weights behind a finite loss)."""
+    bad = non_finite_arrays(param_arrays(net))
+    bad_ema = non_finite_arrays(ema.shadow) if ema is not None else []
+    mine = mx.nd.array([len(bad), len(bad_ema)])
+    total = dist.allreduce_sum(mine, name="finite").asnumpy()
+    if total.any():
+        what = bad or bad_ema
+        count = len(param_arrays(net)) if bad else len(ema.shadow)
+        where = "weights" if bad else "moving average (--ema)"
+        names = ", ".join(what[:3]) + (", ..." if len(what) > 3 else "") or "on another worker"
+        raise TrainingError(
+            f"after epoch {epoch} {len(what) or 'some'} of {count} parameter arrays of the {where} are "
+            f"NaN or infinite ({names}); "
+            f"nothing of this epoch was saved. Lower --lr (now {args.lr:g}) and --resume from the last good "
+            f"checkpoint in {args.save_dir}"
+        )
 
 
 def show_progress(args: argparse.Namespace, primary: bool) -> bool:
@@ -514,6 +546,7 @@ def fit(task: Task, ctx: mx.Context, n_train: int) -> dict:
         train_loss, train_seconds, lr = train_epoch(task, net, trainer, epoch, ctx, plan, scaler, ema, board)
         # BN statistics differ per worker: average them so every worker holds the same model
         average_aux_states(net, dist.allreduce_sum, workers)
+        check_finite(net, ema, args, epoch + 1)
         row = dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, **{k: None for k in task.metrics})
         row.update(
             samples_per_sec=plan.steps * plan.total_batch / train_seconds,

@@ -1,18 +1,29 @@
 """The run directory's files: args.json, metrics.jsonl, curves.png, all written atomically."""
 
+import fcntl
 import json
 import os
 import shutil
-from typing import List, Mapping, Sequence
+import socket
+import sys
+import time
+from typing import List, Mapping, Optional, Sequence
+
+from ..errors import UserError
+from ..files import verified_replace, write_failed
 
 
 def atomic_json(path: str, obj) -> None:
     """Writes ``obj`` as JSON to ``path`` through a temporary file and a rename."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+    except OSError as err:
+        _remove(tmp)
+        raise write_failed(path, err) from None
+    verified_replace(tmp, path, check=_loads_json)
 
 
 def read_metrics(path: str) -> List[dict]:
@@ -33,10 +44,13 @@ def read_metrics(path: str) -> List[dict]:
 
 def append_metrics(path: str, row: dict) -> None:
     """Appends one JSON line to ``metrics.jsonl``."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise write_failed(path, err) from None
 
 
 def truncate_metrics(path: str, last_epoch: int) -> List[dict]:
@@ -49,10 +63,14 @@ def truncate_metrics(path: str, last_epoch: int) -> List[dict]:
 def write_metrics(path: str, rows: Sequence[dict]) -> None:
     """Replaces ``metrics.jsonl`` with ``rows``, through a temporary file and a rename."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+    except OSError as err:
+        _remove(tmp)
+        raise write_failed(path, err) from None
+    verified_replace(tmp, path, size=len(text.encode()))
 
 
 def plot_curves(
@@ -103,13 +121,82 @@ def plot_curves(
         fig.suptitle(title)
     fig.tight_layout()
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=100)
+    except OSError as err:
+        _remove(tmp)
+        raise write_failed(path, err) from None
+    finally:
+        plt.close(fig)
+    verified_replace(tmp, path)
 
 
 def copy_atomic(src: str, dst: str) -> None:
     """Copies ``src`` to ``dst`` through a temporary file and a rename."""
     tmp = dst + ".tmp"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    try:
+        shutil.copyfile(src, tmp)
+    except OSError as err:
+        _remove(tmp)
+        raise write_failed(dst, err) from None
+    verified_replace(tmp, dst, size=os.path.getsize(src))
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _loads_json(path: str) -> None:
+    with open(path) as f:
+        json.load(f)
+
+
+LOCK_NAME = ".lock"
+
+
+class RunDirLocked(UserError):
+    """Another live process holds the run directory."""
+
+
+def lock_run_dir(save_dir: str) -> Optional[int]:
+    """Takes an exclusive lock on run directory ``save_dir`` (``flock`` on ``save_dir/.lock``) for the life
+    of this process, and writes who holds it (pid, host, start time, command) into the file. Returns the
+    descriptor to pass to :func:`unlock_run_dir`.
+
+    The kernel drops the lock when its holder dies, SIGKILL included, so the file a killed run leaves
+    behind does not block ``--resume``.
+
+    Raises
+    ------
+    RunDirLocked
+        Naming the holder, when another live process holds the lock.
+    """
+    path = os.path.join(save_dir, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise RunDirLocked(
+            f"{save_dir} is in use by another run ({holder}): wait for it to end, or choose another "
+            "--save-dir"
+        ) from None
+    except OSError:  # a filesystem without flock (some network ones): run unlocked
+        os.close(fd)
+        return None
+    command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    text = f"pid {os.getpid()} on {socket.gethostname()}, since {since}: {command}"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text.encode("utf-8", "replace") + b"\n", 0)
+    return fd
+
+
+def unlock_run_dir(fd: Optional[int]) -> None:
+    """Releases a lock of :func:`lock_run_dir` (the file stays: a later run takes it over)."""
+    if fd is not None:
+        os.close(fd)

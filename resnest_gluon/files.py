@@ -1,0 +1,179 @@
+"""Files read and written safely: only regular files are read, and only up to a size cap; a written file
+is checked (size, and a caller's load) before it replaces anything, and a write error is one line.
+
+A FIFO named ``a.jpg`` blocks ``open()`` forever, and a symlink to ``/dev/zero`` reads until memory runs
+out: :func:`read_regular` opens without blocking, looks at what it opened (``fstat``, so a symlink is
+judged by its target) and reads a regular file only. ``mx.nd.save`` and ``fclose`` leave a write that
+fails in its last kilobytes unnoticed: :func:`verified_replace` checks the temporary file before the rename,
+so a truncated file never lands under a final name.
+"""
+
+import errno
+import os
+import shutil
+import stat
+from typing import Callable, Optional
+
+from .errors import UserError
+
+__all__ = [
+    "IMAGE_EXTS",
+    "MAX_IMAGE_BYTES",
+    "NotRegularFile",
+    "WriteFailed",
+    "file_problem",
+    "free_space",
+    "read_regular",
+    "verified_replace",
+    "write_failed",
+]
+
+#: the image types every tool reads (im2rec --list, predict): what OpenCV decodes in the pip wheel
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: the largest image file read (an image of 2^30 pixels, OpenCV's own limit, needs far less)
+MAX_IMAGE_BYTES = 1 << 30
+
+
+class NotRegularFile(ValueError):
+    """A path that is not a regular file (a FIFO, a device, a socket, a folder) or is over the size cap."""
+
+
+class WriteFailed(UserError):
+    """A file could not be written completely (disk full, quota, I/O error); nothing was replaced."""
+
+
+def _kind(mode: int) -> Optional[str]:
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
+def file_problem(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> Optional[str]:
+    """Why ``path`` (symlinks followed) cannot be read as a data file, or None: ``"a FIFO (named pipe)"``,
+    ``"a device"``, ``"a socket"``, ``"a folder"``, ``"broken or looping symlink"``,
+    ``"larger than N bytes"``."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        if os.path.islink(path):
+            return "broken or looping symlink"
+        return err.strerror or str(err)
+    kind = _kind(st.st_mode)
+    if kind:
+        return kind
+    if st.st_size > max_bytes:
+        return f"larger than {max_bytes} bytes ({st.st_size})"
+    return None
+
+
+def read_regular(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of regular file ``path``, at most ``max_bytes`` of them.
+
+    Opened with ``O_NONBLOCK`` (a FIFO without a writer does not block the open) and judged by ``fstat`` of
+    what was opened (a symlink to ``/dev/zero`` is a device).
+
+    Raises
+    ------
+    NotRegularFile
+        For anything but a regular file, or a file larger than ``max_bytes``.
+    OSError
+        When the file cannot be opened or read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        kind = _kind(st.st_mode)
+        if kind:
+            raise NotRegularFile(f"{kind}, not an image file")
+        if st.st_size > max_bytes:
+            raise NotRegularFile(f"larger than the {max_bytes}-byte cap ({st.st_size} bytes)")
+        os.set_blocking(fd, True)
+        chunks, size = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 24, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:  # grew while read
+                raise NotRegularFile(f"larger than the {max_bytes}-byte cap")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def free_space(path: str) -> str:
+    """``"N MiB free"`` on the filesystem of ``path`` (or of its folder), or ``"free space unknown"``."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 2**20:.1f} MiB free"
+
+
+def write_failed(path: str, err) -> WriteFailed:
+    """The one-line error for a failed write of ``path`` (``err``: an exception or a reason)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback"):  # an MXNetError: the reason is its last line
+        lines = [lines[-1].split(": ")[-1]]
+    reason = getattr(err, "strerror", None) or (lines[0] if lines else repr(err))
+    return WriteFailed(
+        f"cannot write {path}: {reason} ({free_space(path)}); nothing was replaced. Free some space "
+        "or choose another folder, then run again"
+    )
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def verified_replace(
+    tmp: str, path: str, check: Optional[Callable[[str], None]] = None, size: Optional[int] = None
+) -> None:
+    """Renames the written ``tmp`` to ``path`` once it is on disk (fsync), of ``size`` bytes when given
+    (else not empty), and passes ``check(tmp)`` (a load, say; any exception fails it). Otherwise removes
+    ``tmp``, leaves ``path`` as it was and raises :class:`WriteFailed` naming ``path`` and the free space."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            actual = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if (size is None and actual == 0) or (size is not None and actual != size):
+            expected = f"{size} bytes" if size is not None else "some bytes"
+            raise OSError(errno.EIO, f"the file was cut short ({actual} bytes written, {expected} expected)")
+        if check is not None:
+            try:
+                check(tmp)
+            except Exception as err:  # noqa: BLE001 - any failure to read it back means a bad write
+                first = str(err).splitlines()[0] if str(err) else repr(err)
+                raise OSError(errno.EIO, f"the written file does not read back ({first})") from None
+        os.replace(tmp, path)
+    except OSError as err:
+        _remove(tmp)
+        raise write_failed(path, err) from None
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through ``path.tmp``, verified and renamed (:func:`verified_replace`)."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    except OSError as err:
+        _remove(tmp)
+        raise write_failed(path, err) from None
+    verified_replace(tmp, path, size=len(data))
