@@ -334,3 +334,7 @@ def main(argv=None) -> int:
     summary = run(parse_args(argv))
     print(json.dumps({k: summary[k] for k in ("scratch", "finetuned", "seconds")}))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
