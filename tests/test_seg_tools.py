@@ -301,3 +301,12 @@ def test_train_sync_bn_builds_the_classifier_with_syncbn():
     found = []
     net.apply(lambda b: found.append(b) if isinstance(b, SyncBatchNorm) else None)
     assert found and net(mx.nd.zeros((1, 3, 32, 32))).shape == (1, 3)
+
+
+def test_seg_benchmark_times_both_models_on_the_same_weights():
+    from resnest_gluon.benchmarking_seg import format_seg, seg_benchmark
+
+    records = seg_benchmark(size=64, iters=1, warmup=1, memory=False)
+    assert {r["impl"] for r in records} == {"gluoncv", "resnest_gluon"}
+    ours = next(r for r in records if r["impl"] == "resnest_gluon")
+    assert ours["max_abs_diff"] < 1e-3 and ours["speedup"] > 0 and "speedup" in format_seg(records)
