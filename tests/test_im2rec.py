@@ -410,6 +410,21 @@ def test_dead_worker_is_an_error_and_leaves_nothing(tmp_path, monkeypatch):
         return real(item, *args)
 
     monkeypatch.setattr(im2rec, "make_record", crash)
+    monkeypatch.setattr(im2rec, "_start_method", lambda: "fork")  # the workers see the patched function
     with pytest.raises(RuntimeError, match="worker died"):
         im2rec.pack_list(prefix + ".lst", str(root), im2rec.EncodeOptions(), 2, False, chunk_size=1)
     assert sorted(os.listdir(tmp_path)) == ["data.lst", "img"]
+
+
+def test_workers_are_spawned_from_a_threaded_process():
+    # a fork copies one thread: locks held by the others (OpenCV's, OpenMP's pools) would stay locked
+    import threading
+
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait, daemon=True)
+    helper.start()
+    try:
+        assert im2rec._start_method() == "spawn"
+    finally:
+        stop.set()
+        helper.join()

@@ -36,6 +36,7 @@ import random
 import struct
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -774,13 +775,24 @@ def _worker_loop(root: str, opts: EncodeOptions, tasks, results, watch: ParentWa
         results.put((number, [make_record(item, root, opts) for item in chunk]))
 
 
+def _start_method() -> Optional[str]:
+    """``fork`` while this process runs a single thread, else ``spawn``. A fork copies only the calling
+    thread: a lock that another thread held (OpenCV's or OpenMP's thread pool, as in a process that has used
+    MXNet or decoded images) stays locked in the child, and its first OpenCV call can wait forever."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:
+        threads = threading.active_count()
+    return "fork" if threads == 1 else "spawn"
+
+
 class EncoderPool:
     """``num_workers`` encoding processes fed chunk by chunk; :meth:`imap` gives results in list order."""
 
     def __init__(self, root: str, opts: EncodeOptions, num_workers: int):
-        ctx = multiprocessing.get_context(
-            "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-        )
+        ctx = multiprocessing.get_context(_start_method())
         self.num_workers = num_workers
         self.tasks, self.results = ctx.Queue(), ctx.Queue()
         parent = ParentWatch()
