@@ -44,6 +44,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from resnest_gluon.cli import common
 from resnest_gluon.data.lst import ListItem, read_list, repeated_indices
 from resnest_gluon.files import (
     IMAGE_EXTS,
@@ -1082,7 +1083,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="largest share of list lines that may be skipped; above it (or with no record at all) the "
         "earlier .rec/.idx are kept and the exit status is 1",
     )
-    rgroup.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common.add_progress(rgroup)
     args = parser.parse_args(argv)
     if not args.check and args.root is None:
         parser.error("ROOT (the image folder) is required unless --check is given")
@@ -1198,7 +1199,12 @@ def _pack(args: argparse.Namespace) -> int:
         logger.info("creating %s from %s (images in %s)", os.path.splitext(lst)[0] + ".rec", lst, args.root)
         _note_multi_label(lst, args.pack_label)
         stats = pack_list(
-            lst, args.root, opts, args.num_thread, progress=not args.no_progress, max_skipped=args.max_skipped
+            lst,
+            args.root,
+            opts,
+            args.num_thread,
+            progress=common.progress_enabled(args),
+            max_skipped=args.max_skipped,
         )
         logger.info(
             "wrote %d records (%d copied unchanged) to %s in %.1f s (%.0f images/s)",

@@ -24,6 +24,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from resnest_gluon.cli import common
 from resnest_gluon.data.lst import read_list
 from resnest_gluon.data.seg_records import pair_parts, pair_problem
 from resnest_gluon.interrupts import ParentWatch, exit_status, stop_message, stop_on_sigterm, worker_signals
@@ -420,8 +421,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-decode", action="store_true", help="skip decoding the images (much faster)")
     parser.add_argument("--num-thread", type=int, default=1, help="decoding processes")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--progress", action="store_true", help="show a progress bar")
-    return parser.parse_args(argv)
+    common.add_progress(parser)
+    args = parser.parse_args(argv)
+    args.progress = bool(args.progress)  # off unless asked: the report is what a script reads
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
