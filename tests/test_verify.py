@@ -201,3 +201,25 @@ def test_openvino_backend_matches_the_reference(setup):
         verify.main(argv(setup, "--backend", "openvino", "--precision", "int8"))
     with pytest.raises(TrainingError, match="runs on the CPU"):
         verify.main(argv(setup, "--backend", "openvino", "--ctx", "gpu"))
+
+
+def test_an_exported_graph_is_scored_from_its_metadata_alone(setup, tmp_path):
+    from resnest_gluon import deploy
+
+    net = resnest_gluon.get_model("resnest14", classes=10)
+    net.load_parameters(str(setup / "net.params"))
+    prefix = str(tmp_path / "exported")
+    deploy.export(net, prefix, (1, 3, 32, 32))  # the .meta.json says resnest14, 10 classes, crop 32
+    verify = load_verify()
+    result = verify.main(["--symbol", prefix, "--rec-val", str(setup / "val.rec"), "--batch-size", "8"])
+    top1, top5, n = reference_counts(setup)
+    assert (result["model"], result["classes"], result["crop_size"], result["images"]) == (
+        "resnest14",
+        10,
+        32,
+        n,
+    )
+    assert result["top1"] == pytest.approx(top1) and result["top5"] == pytest.approx(top5)
+    os.remove(deploy.meta_path(prefix))
+    with pytest.raises(TrainingError, match="no .*exported.meta.json"):
+        verify.main(["--symbol", prefix, "--rec-val", str(setup / "val.rec")])

@@ -39,7 +39,7 @@ logger = logging.getLogger("resnest_gluon.verify")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = common.parser("Top-1/top-5 accuracy and speed of a ResNeSt on a validation .rec.")
-    src = p.add_argument_group("the model (one of --run, --params, --pretrained)")
+    src = p.add_argument_group("the model (one of --run, --params, --pretrained, --symbol)")
     src.add_argument(
         "--run",
         metavar="DIR",
@@ -52,6 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--params", help="a .params file (e.g. from scripts/train.py); needs --model")
     src.add_argument(
         "--pretrained", action="store_true", help="the published weights (resnest_gluon.models.pretrained)"
+    )
+    src.add_argument(
+        "--symbol",
+        metavar="PREFIX",
+        help="an exported graph (resnest-export --format symbol): PREFIX-symbol.json and -0000.params; "
+        "model, classes, crop and class names from its PREFIX.meta.json",
     )
     src.add_argument("--model", help="one of resnest_gluon.list_models() (default: the run's)")
     src.add_argument(
@@ -96,12 +102,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--json", default=None, help="also write the results to this JSON file")
     common.add_progress(out)
     args = p.parse_args(argv)
-    sources = [name for name in ("run", "params", "pretrained") if getattr(args, name)]
+    sources = [name for name in ("run", "params", "pretrained", "symbol") if getattr(args, name)]
     if len(sources) != 1:
-        p.error("give exactly one of --run, --params, --pretrained")
+        p.error("give exactly one of --run, --params, --pretrained, --symbol")
     if args.ema and not args.run:
         p.error("--ema goes with --run")
-    if not args.run and not args.model:
+    if not args.run and not args.symbol and not args.model:
         p.error(f"--{sources[0]} needs --model")
     return args
 
@@ -129,6 +135,26 @@ def run_files(run: str, ema: bool = False) -> Tuple[dict, str]:
             f"--run {run} holds no {'EMA weights (train with --ema)' if ema else 'checkpoint'}"
         )
     return saved, found[1]
+
+
+def settle_export(args: argparse.Namespace) -> Optional[List[str]]:
+    """With ``--symbol``: model, classes and crop from the export's ``.meta.json`` (what the command line
+    gives wins); returns its class names."""
+    try:
+        meta = deploy.read_meta(args.symbol)
+    except ValueError as err:
+        raise TrainingError(str(err)) from err
+    if meta is None and not (args.model and args.classes and args.crop_size):
+        raise TrainingError(
+            f"--symbol {args.symbol}: no {deploy.meta_path(args.symbol)}; give --model, --classes and "
+            "--crop-size, or export again with resnest-export"
+        )
+    meta = meta or {}
+    args.model = args.model or meta.get("model")
+    args.classes = args.classes or meta.get("classes") or 1000
+    args.crop_size = args.crop_size or meta.get("input_size")
+    logger.info("--symbol %s: %s, %d classes, crop %s", args.symbol, args.model, args.classes, args.crop_size)
+    return meta.get("class_names")
 
 
 def settle_run(args: argparse.Namespace) -> Optional[List[str]]:
@@ -201,7 +227,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if not logging.getLogger().handlers:  # a command, not a library call: its notes on the console
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    class_names = settle_run(args)
+    class_names = settle_export(args) if args.symbol else settle_run(args)
     common.resolve_ctx(args)
     if args.model not in resnest_gluon.list_models():
         raise TrainingError(
@@ -209,6 +235,8 @@ def main(argv=None) -> dict:
         )
     if args.dtype == "float16" and args.ctx != "gpu":
         raise TrainingError("--dtype float16 needs --ctx gpu")
+    if args.symbol and (args.backend != "mxnet" or args.dtype != "float32"):
+        raise TrainingError("--symbol runs the exported float32 graph with MXNet: drop --backend/--dtype")
     if args.backend == "openvino" and args.ctx != "cpu":
         raise TrainingError("--backend openvino runs on the CPU: drop --ctx gpu")
     if args.backend == "openvino" and args.precision == "int8" and not args.rec_calib:
@@ -227,7 +255,13 @@ def main(argv=None) -> dict:
         raise TrainingError(f"validation file {args.rec_val}: {err}") from err
     check_labels(args.rec_val, args.classes)
 
-    if args.pretrained:
+    if args.symbol:
+        try:
+            net = deploy.load_exported(args.symbol, ctx=ctx)
+        except (OSError, ValueError, mx.base.MXNetError) as err:
+            raise TrainingError(f"--symbol {args.symbol}: {err}") from err
+        net.hybridize(static_alloc=True, static_shape=True)
+    elif args.pretrained:
         try:
             net = resnest_gluon.get_model(args.model, pretrained=True, classes=args.classes, ctx=ctx)
         except (OSError, ValueError) as err:  # not on disk, no published weights, a damaged file
@@ -245,7 +279,7 @@ def main(argv=None) -> dict:
     precision = None
     if args.backend == "openvino":
         net, precision = openvino_net(net, args, crop)
-    else:
+    elif not args.symbol:
         deploy.prepare_for_inference(net)  # oneDNN-fused on a CPU, the plain graph on a GPU
 
     batch = min(args.batch_size, max(1, -(-total // dist.size()) if dist.size() > 1 else total))
@@ -277,7 +311,7 @@ def main(argv=None) -> dict:
     seconds = time.time() - tic  # after the sum: the slowest worker's time
     result = dict(
         model=args.model,
-        params=args.params or "pretrained",
+        params=args.params or args.symbol or "pretrained",
         run=args.run,
         classes=args.classes,
         class_names=class_names,
