@@ -777,16 +777,12 @@ def _worker_loop(root: str, opts: EncodeOptions, tasks, results, watch: ParentWa
 
 
 def _start_method() -> Optional[str]:
-    """``fork`` while this process runs a single thread, else ``spawn``. A fork copies only the calling
-    thread: a lock that another thread held (OpenCV's or OpenMP's thread pool, as in a process that has used
-    MXNet or decoded images) stays locked in the child, and its first OpenCV call can wait forever."""
+    """``fork``, unless this process runs other Python threads or has loaded MXNet (whose engine and OpenMP
+    threads run beside this one): then ``spawn``. A fork copies only the calling thread, so a lock another
+    thread held stays locked in the child and its first call into that library can wait forever."""
     if "fork" not in multiprocessing.get_all_start_methods():
         return None
-    try:
-        threads = len(os.listdir("/proc/self/task"))
-    except OSError:
-        threads = threading.active_count()
-    return "fork" if threads == 1 else "spawn"
+    return "spawn" if threading.active_count() > 1 or "mxnet" in sys.modules else "fork"
 
 
 class EncoderPool:
