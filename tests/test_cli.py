@@ -163,29 +163,3 @@ def test_old_spellings_still_work():
     assert quantize.parse_args(argv + ["--out", "o"]).out_prefix == "o"
     assert convert_weights.parse_args(["--model", "resnest14", "--input", "i", "--output", "o"]).out == "o"
     assert prepare_imagenet.parse_args.__module__  # its parser checks the archives exist: see its own tests
-
-
-def test_training_workers_load_one_openmp_runtime():
-    # MXNet's `from sklearn.base import ...` would load scikit-learn's own libgomp beside libmxnet's
-    code = (
-        "import sys\n"
-        "from resnest_gluon import cli\n"
-        "stub = type(sys)('stub')\n"
-        "stub.main = lambda argv: __import__('mxnet')\n"
-        "cli._module = lambda name: stub\n"
-        "cli.run(sys.argv[1], [])\n"
-        "paths = {line.split()[-1] for line in open('/proc/self/maps') if 'libgomp' in line}\n"
-        "print(len(paths))\n"
-    )
-    counts = []
-    for name in ("train", "benchmark"):  # benchmark keeps scikit-learn (it reads its sample images)
-        done = subprocess.run(
-            [sys.executable, "-c", code, name],
-            env=cli.child_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr
-        counts.append(done.stdout.strip())
-    assert counts == ["1", "2"], counts

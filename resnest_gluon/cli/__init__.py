@@ -80,10 +80,6 @@ COMMANDS = {
 }
 
 
-#: commands whose processes never use scikit-learn (Horovod workers): it is kept out of them
-ONE_OPENMP = ("train", "verify", "train-seg", "verify-seg")
-
-
 def console_scripts() -> list:
     """``setup.py``'s entry points: ``resnest-<command> = resnest_gluon.console:<command>``."""
     return [f"resnest-{name} = resnest_gluon.console:{name.replace('-', '_')}" for name in COMMANDS]
@@ -125,10 +121,6 @@ def run(name: str, argv: Optional[Sequence[str]] = None) -> int:
     if command.on_stop is not None:  # first: a SIGTERM during start-up (the imports) is a stop too
         stop_on_sigterm()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if name in ONE_OPENMP and "sklearn" not in sys.modules:
-        # MXNet imports sklearn.base only to subclass it, which loads scikit-learn's own libgomp beside the
-        # one libmxnet links: keep each training or evaluation worker on one OpenMP runtime
-        sys.modules["sklearn"] = None
     if command.mxnet:  # before libmxnet loads: it reads its thread count once
         flag, default = command.reserve or (None, 0)
         threads.configure(reserve=threads.argv_int(flag, default, argv) if flag else 0)
