@@ -4,12 +4,12 @@ EMA, --keep-best, --accumulate and scripts/average_checkpoints.py. ResNeSt-14 at
 import importlib
 import json
 import os
-import subprocess
 import sys
 
 import mxnet as mx
 import numpy as np
 import pytest
+from workers import horovodrun, report
 
 import resnest_gluon
 from resnest_gluon import cli
@@ -18,7 +18,6 @@ from resnest_gluon.training.ema import EMA
 from resnest_gluon.training.finetune import freeze_stages, load_backbone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
 
 
 def load_script(name):
@@ -361,18 +360,11 @@ def test_ema_on_two_workers_matches_and_rank0_weights_are_broadcast(small_data, 
         small_data, run, "--epochs", 1, "--pretrained", start, "--freeze-stages", 4, "--ema", 0.5
     )
     argv[argv.index("--lr") + 1] = "0"
-    cmd = [
-        HOROVODRUN,
-        "-np",
-        "2",
-        "-H",
-        "localhost:2",
-        sys.executable,
-        os.path.join(REPO, "scripts", "train.py"),
-    ]
     env = cli.child_env(dict(os.environ, OMP_NUM_THREADS="1"))  # the workers import this checkout
-    proc = subprocess.run(cmd + argv, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = horovodrun(
+        [sys.executable, os.path.join(REPO, "scripts", "train.py"), *argv], env=env, timeout=300
+    )
+    assert proc.returncode == 0, report(proc)
     (row,) = read_metrics(str(run / "metrics.jsonl"))
     assert row["workers"] == 2
     assert row["val_top1"] == pytest.approx(single["top1"]) and row["val_top1_ema"] == pytest.approx(

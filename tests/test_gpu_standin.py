@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import importlib
 import os
-import subprocess
 import sys
 
 import mxnet as mx
@@ -22,12 +21,13 @@ import pytest
 from mxnet import gluon
 from mxnet._ctypes import ndarray as ctypes_ndarray
 from mxnet.base import _LIB, check_call, py_str
+from workers import horovodrun, report
 
 from resnest_gluon.training import TrainingError, dist, read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "scripts")
-HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+
 STANDIN_GPUS = 2  # what the patched num_gpus() answers
 
 
@@ -274,16 +274,15 @@ WORKER = "standin-worker"
 
 
 def horovod(argv, timeout=300):
-    cmd = [HOROVODRUN, "-np", "2", "-H", "localhost:2", sys.executable, os.path.abspath(__file__), WORKER]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=REPO)
-    return subprocess.run(cmd + argv, env=env, capture_output=True, text=True, timeout=timeout)
+    return horovodrun([sys.executable, os.path.abspath(__file__), WORKER, *argv], env=env, timeout=timeout)
 
 
 def test_two_horovod_workers_on_standin_gpus(data, tmp_path):
     """Two local workers on gpu(0) and gpu(1) (cpu(1), cpu(2)), colour step and DropBlock there."""
     run = tmp_path / "run"
     proc = horovod(["2,2"] + train_args(data, run, dropblock_prob=0.1, mixup=True))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, report(proc)
     seen = sorted(line for line in proc.stdout.splitlines() if "contexts seen" in line)
     assert len(seen) == 2 and "cpu(1)" in seen[0] + seen[1] and "cpu(2)" in seen[0] + seen[1], proc.stdout
     rows = read_metrics(str(run / "metrics.jsonl"))

@@ -4,16 +4,16 @@ Run as a script (``python tests/test_syncbn.py --worker DIR``) it is the Horovod
 """
 
 import os
-import subprocess
 import sys
 
 import mxnet as mx
 import numpy as np
 import pytest
 from mxnet import autograd, gluon
+from workers import HOROVODRUN, horovodrun, report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+
 SPLIT = (3, 1)  # images per worker: uneven on purpose, the counts are reduced too
 
 
@@ -140,11 +140,9 @@ def test_two_workers_equal_one_process_on_the_joined_batch(tmp_path):
     statistics and inference outputs, against MXNet's BatchNorm in one process: all within 1e-5. The
     workers run on the stand-in GPU (tests/test_gpu_standin.py), so nothing crosses devices; the plain CPU
     path runs in test_train_seg_with_sync_bn_on_two_workers."""
-    cmd = [HOROVODRUN, "-np", "2", "-H", "localhost:2", sys.executable, __file__, "--worker", str(tmp_path)]
-    cmd.append("--standin-gpu")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = horovodrun([sys.executable, __file__, "--worker", tmp_path, "--standin-gpu"], env=env, timeout=300)
+    assert proc.returncode == 0, report(proc)
     ranks = [np.load(tmp_path / f"rank{r}.npz") for r in range(len(SPLIT))]
     worst = {}
     for name, (*_, compared) in NETS.items():
@@ -180,21 +178,13 @@ def test_train_seg_with_sync_bn_on_two_workers(tmp_path):
     from test_segmentation import make_seg_folder
 
     make_seg_folder(tmp_path / "data")
-    cmd = [
-        HOROVODRUN,
-        "-np",
-        "2",
-        "-H",
-        "localhost:2",
-        sys.executable,
-        os.path.join(REPO, "scripts", "train_seg.py"),
-    ]
+    cmd = [sys.executable, os.path.join(REPO, "scripts", "train_seg.py")]
     cmd += ["--backbone", "resnest14", "--data-root", str(tmp_path / "data"), "--classes", "3"]
     cmd += ["--mask-offset", "0", "--ctx", "cpu", "--crop-size", "32", "--base-size", "40", "--epochs", "1"]
     cmd += ["--batch-size", "2", "--data-threads", "1", "--sync-bn", "--save-dir", str(tmp_path / "run")]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = horovodrun(cmd, env=env, timeout=300)
+    assert proc.returncode == 0, report(proc)
     row = json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
     assert row["workers"] == 2 and np.isfinite(row["train_loss"]) and row["val_miou"] is not None
     assert json.load(open(tmp_path / "run" / "args.json"))["sync_bn"] is True

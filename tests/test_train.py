@@ -13,6 +13,7 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 import pytest
+from workers import horovodrun, report
 
 from resnest_gluon import cli
 from resnest_gluon.data import MEAN, STD
@@ -20,7 +21,7 @@ from resnest_gluon.training import TrainingError, drop_prob_at, latest_checkpoin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "scripts")
-HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+
 CLASSES = 4
 
 
@@ -277,25 +278,14 @@ np.savez(os.path.join(out, f"seen{{rank}}.npz"), **{{f"{{i}}_{{e}}": d for i, (e
 def horovod(tmp_path, mode, argv, timeout=240):
     wrapper = tmp_path / "wrapper.py"
     wrapper.write_text(WRAPPER.format())
-    cmd = [
-        HOROVODRUN,
-        "-np",
-        "2",
-        "-H",
-        "localhost:2",
-        sys.executable,
-        str(wrapper),
-        str(tmp_path),
-        mode,
-    ] + argv
-    return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    return horovodrun([sys.executable, wrapper, tmp_path, mode, *argv], env=subprocess_env(), timeout=timeout)
 
 
 def test_two_workers_identical_params_disjoint_shards_summed_metrics(data, tmp_path):
     verify = load_script("verify")
     run = tmp_path / "run"
     proc = horovod(tmp_path, "ok", base_args(data, save_dir=run, epochs=3, batch_size=8, last_gamma=True))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, report(proc)
     # same parameters on both ranks after training (trained weights and averaged BN statistics)
     p0, p1 = np.load(tmp_path / "params0.npz"), np.load(tmp_path / "params1.npz")
     assert sorted(p0.files) == sorted(p1.files) and len(p0.files) > 50
