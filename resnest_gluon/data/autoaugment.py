@@ -388,38 +388,43 @@ def shear_x_region(img: np.ndarray, shear: float, box) -> np.ndarray:
     a value lands within 1e-4 of an integer."""
     y, x, ch, cw = box
     h, w = img.shape[:2]
-    rows = np.arange(y, y + ch)
-    t = shear * (rows + 0.5)  # input x = output x + 0.5 + t (PIL's pixel-centre convention)
+    t = shear * (np.arange(y, y + ch) + 0.5)  # input x = output x + 0.5 + t (PIL's pixel-centre convention)
     k = np.floor(t).astype(np.int64)
     d = t - k
     pad = 2
     lo, hi = max(0, x + int(k.min()) - pad), min(w, x + cw + int(k.max()) + pad + 1)
-    # The columns the rows read, with PIL's clamp at the image's edges (replicated pixels).
+    # The columns the rows read, with PIL's clamp at the image's edges (replicated pixels). Column j of
+    # ``part`` is the input's column j + lo - pad.
     part = cv2.copyMakeBorder(img[y : y + ch, lo:hi], 0, 0, pad, pad, cv2.BORDER_REPLICATE)
     # Rows sorted by their offset, so that each offset's rows are one slice for one filter.
     keys = np.round(d, 9)
     order = np.argsort(keys, kind="stable")
     part = part[order]
     filtered = np.empty(part.shape, np.float32)
-    values, starts = np.unique(keys[order], return_index=True)
-    for i, first in enumerate(starts.tolist()):
-        end = starts[i + 1] if i + 1 < len(starts) else ch
-        kernel = _cubic_weights(d[order[first]])[None, :].astype(np.float32)
-        # anchor 1: output column c reads columns c - 1 .. c + 2
+    _, starts = np.unique(keys[order], return_index=True)
+    ends = starts[1:].tolist() + [ch]
+    for first, end in zip(starts.tolist(), ends):
+        frac = float(d[order[first]])
+        kernel = _cubic_weights(np.array(frac))[None, :].astype(np.float32)
+        # anchor 1: column j reads columns j - 1 .. j + 2
         filtered[first:end] = cv2.filter2D(part[first:end], cv2.CV_32F, kernel, anchor=(1, 0))
-    # Output column X of row v reads filtered column X + k - lo + pad of its sorted row; PIL fills where
-    # X + 0.5 + t is outside [0, w): there the map points outside (OpenCV's constant border, 0).
-    cols = np.arange(x, x + cw, dtype=np.int32)[None, :]
-    first = np.ceil(-0.5 - t).astype(np.int32)[:, None]
-    last = np.ceil(w - 0.5 - t).astype(np.int32)[:, None]
-    where = np.empty((ch, cw, 2), np.int16)
-    where[..., 0] = np.where(
-        (cols < first) | (cols >= last), -1, cols + (k - lo + pad).astype(np.int32)[:, None]
-    )
-    where[..., 1] = np.argsort(order).astype(np.int16)[:, None]
-    out = cv2.remap(filtered, where, None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    # PIL's clip and truncation (OpenCV's conversion rounds: shift by just under half a level)
-    return cv2.subtract(out, 0.5 - 1.0 / 1024, dtype=cv2.CV_8U)
+        # PIL fills where the sampling point c + frac + 0.5 (c: the input column) is outside [0, w).
+        start, stop = math.ceil(-0.5 - frac) - lo + pad, math.ceil(w - 0.5 - frac) - lo + pad
+        filtered[first:end, : max(0, start)] = 0
+        filtered[first:end, max(0, stop) :] = 0
+    # PIL's clip and truncation (OpenCV's conversion rounds: shift by just under half a level), then the
+    # rows back in their order.
+    rows = cv2.subtract(filtered, 0.5 - 1.0 / 1024, dtype=cv2.CV_8U)[np.argsort(order)]
+    # Output column X of row v is column X + k[v] - lo + pad of its row: one slice per run of equal k.
+    out = np.zeros((ch, cw, 3), np.uint8)
+    width = rows.shape[1]
+    cuts = [0] + (np.flatnonzero(np.diff(k)) + 1).tolist() + [ch]
+    for r0, r1 in zip(cuts[:-1], cuts[1:]):
+        j0 = x + int(k[r0]) - lo + pad
+        src0, src1 = max(0, j0), min(width, j0 + cw)
+        if src1 > src0:
+            out[r0:r1, src0 - j0 : src1 - j0] = rows[r0:r1, src0:src1]
+    return out
 
 
 def _shear_region(img: np.ndarray, step, box) -> np.ndarray:
