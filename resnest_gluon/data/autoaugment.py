@@ -243,22 +243,52 @@ _HIST_TABLES = {"Equalize": _equalize_table, "AutoContrast": _autocontrast_table
 TABLE_OPS = frozenset(_TABLES) | frozenset(_HIST_TABLES)
 
 
-def channel_tables(img: np.ndarray, steps) -> np.ndarray:
-    """The ``(256, 1, 3)`` uint8 table (for ``cv2.LUT``) of a run of :data:`TABLE_OPS` ``(name, level,
-    sign)`` steps on ``img``: ``cv2.LUT(img[box], table)`` equals ``img`` put through the steps, then cut
-    to ``box``. The whole image is read only for histograms, and only if a step needs them."""
-    total = np.tile(_LEVELS, (3, 1))
+_CHANNEL_OFFSETS = (256 * np.arange(3))[:, None]
+
+
+def _run_table(img: np.ndarray, steps) -> np.ndarray:
+    """The table of a run of :data:`TABLE_OPS` steps on ``img``: ``(256,)`` int64 when every channel gets
+    the same one (no histogram step), else ``(3, 256)``. Plain indexing throughout: this runs once per
+    image, and numpy's generic helpers (``take_along_axis``, ``tile``) cost more than the tables."""
+    total = None  # the identity
     hist0 = None
     for name, level, _ in steps:
         if name in _HIST_TABLES:
             if hist0 is None:
                 hist0 = _histograms(img)
-            # The histograms of the image through the tables so far: each bin's count moved to its value.
-            moved = (total + 256 * np.arange(3)[:, None]).ravel()
-            hist = np.bincount(moved, weights=hist0.ravel(), minlength=768).reshape(3, 256).astype(np.int64)
-            total = np.take_along_axis(_HIST_TABLES[name](hist), total, axis=1)
+            hist = hist0
+            if total is not None:  # the histograms through the tables so far: each bin moved to its value
+                moved = (total + _CHANNEL_OFFSETS).ravel()
+                hist = np.bincount(moved, weights=hist0.ravel(), minlength=768).reshape(3, 256)
+                hist = hist.astype(np.int64)
+            table = _HIST_TABLES[name](hist)
+            total = table if total is None else table.ravel()[total + _CHANNEL_OFFSETS]
         else:
-            total = np.asarray(_TABLES[name](level), np.int64)[total]
+            table = _static_table(name, level)
+            total = table if total is None else table[total]
+    return _LEVELS if total is None else total
+
+
+def _static_table(name: str, level) -> np.ndarray:
+    key = (name, level)
+    table = _STATIC.get(key)
+    if table is None:
+        table = np.asarray(_TABLES[name](level), np.int64)
+        table.flags.writeable = False  # shared between images and threads
+        _STATIC[key] = table
+    return table
+
+
+_STATIC: Dict[tuple, np.ndarray] = {}
+
+
+def channel_tables(img: np.ndarray, steps) -> np.ndarray:
+    """The ``(256, 1, 3)`` uint8 table (for ``cv2.LUT``) of a run of :data:`TABLE_OPS` ``(name, level,
+    sign)`` steps on ``img``: ``cv2.LUT(img[box], table)`` equals ``img`` put through the steps, then cut
+    to ``box``. The whole image is read only for histograms, and only if a step needs them."""
+    total = _run_table(img, steps)
+    if total.ndim == 1:
+        total = np.broadcast_to(total, (3, 256))
     return np.ascontiguousarray(total.T, np.uint8).reshape(256, 1, 3)
 
 
@@ -307,9 +337,11 @@ def _finisher(img: np.ndarray, tail, bgr: bool) -> Callable[[np.ndarray], np.nda
 
     def flush(run):
         if run:
-            table = channel_tables(img, run)  # histogram tables only in a first run: img is its input
-            if (table == table[:, :, :1]).all():  # one table for every channel: OpenCV's LUT is 1.6x faster
-                table = np.ascontiguousarray(table[:, :, :1])
+            table = _run_table(img, run)  # histogram tables only in a first run: img is its input
+            if table.ndim == 1:  # one table for every channel: OpenCV's LUT is 1.6x faster
+                table = table.astype(np.uint8).reshape(256, 1)
+            else:
+                table = np.ascontiguousarray(table.T, np.uint8).reshape(256, 1, 3)
             stages.append(lambda x, table=table: cv2.LUT(x, table))
         return []
 
