@@ -370,3 +370,14 @@ def test_bench_transform_returns_per_image_figures(photo_rec):
     rows = bench_pipeline.bench_transform(photo_rec[0], ("train", "train_autoaug"), rounds=1, size=32)
     assert [r["pipeline"] for r in rows] == ["decode_limit", "train", "train_autoaug"]
     assert all(r["ms_per_image"] > 0 and r["ratio"] > 0 for r in rows)
+
+
+def test_lighting_shift_is_opencvs_saturating_add():
+    """The lighting step adds whole arrays: the same pixels as ``cv2.add`` with a per-channel scalar (each
+    shift rounded half to even, the sum clipped), for shifts of either sign, ties and shifts past 255."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    shifts = [(2.5, -3.5, 0.5), (0.0, 0.0, 0.0), (-300.0, 1.4, 260.2)] + rng.normal(0, 8, (20, 3)).tolist()
+    for shift in shifts:
+        want = cv2.add(img, (shift[0], shift[1], shift[2], 0.0))
+        np.testing.assert_array_equal(transforms.add_per_channel(img, shift), want)
