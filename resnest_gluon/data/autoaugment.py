@@ -412,6 +412,9 @@ def _cubic_weights(d: np.ndarray) -> np.ndarray:
     return np.stack([-d + 2 * d2 - d3, 1 - 2 * d2 + d3, d + d2 - d3, d3 - d2], axis=-1)
 
 
+_ONE = np.ones(1, np.float32)
+
+
 def shear_x_region(img: np.ndarray, shear: float, box) -> np.ndarray:
     """``box = (y, x, ch, cw)`` of PIL's ``transform(AFFINE, (1, shear, 0, 0, 1, 0), BICUBIC)`` of ``img``,
     with OpenCV. Each output row reads its own input row at a constant fractional offset (vertically the
@@ -437,9 +440,10 @@ def shear_x_region(img: np.ndarray, shear: float, box) -> np.ndarray:
     ends = starts[1:].tolist() + [ch]
     for first, end in zip(starts.tolist(), ends):
         frac = float(d[order[first]])
-        kernel = _cubic_weights(np.array(frac))[None, :].astype(np.float32)
-        # anchor 1: column j reads columns j - 1 .. j + 2
-        filtered[first:end] = cv2.filter2D(part[first:end], cv2.CV_32F, kernel, anchor=(1, 0))
+        kernel = _cubic_weights(np.array(frac)).astype(np.float32)
+        # anchor 1: column j reads columns j - 1 .. j + 2. As a separable filter with a vertical [1]:
+        # the same sums, 3x faster than filter2D.
+        filtered[first:end] = cv2.sepFilter2D(part[first:end], cv2.CV_32F, kernel, _ONE, anchor=(1, 0))
         # PIL fills where the sampling point c + frac + 0.5 (c: the input column) is outside [0, w).
         start, stop = math.ceil(-0.5 - frac) - lo + pad, math.ceil(w - 0.5 - frac) - lo + pad
         filtered[first:end, : max(0, start)] = 0
