@@ -330,10 +330,12 @@ def _deferred_from(steps) -> int:
     return len(steps)
 
 
-def _finisher(img: np.ndarray, tail, bgr: bool) -> Callable[[np.ndarray], np.ndarray]:
-    """``finish(region)`` applying ``tail`` (see :func:`_deferred_from`) to a region of ``img``."""
+def _finisher(img: np.ndarray, tail, bgr: bool, box=None) -> Callable[[np.ndarray], np.ndarray]:
+    """``finish(region)`` applying ``tail`` (see :func:`_deferred_from`) to a region of ``img``. With the
+    region's ``box`` known, the whole image that Contrast's mean needs is reused: its cut starts the rest."""
     stages: List[Callable[[np.ndarray], np.ndarray]] = []
     run: list = []
+    start, cut = 0, None
 
     def flush(run):
         if run:
@@ -356,11 +358,16 @@ def _finisher(img: np.ndarray, tail, bgr: bool) -> Callable[[np.ndarray], np.nda
             for stage in stages:
                 now = stage(now)
             mean_grey = cv2.mean(cv2.transform(now, _grey_weights(bgr)))[0]
+            if box is not None:
+                y, x, ch, cw = box
+                start, cut = len(stages), now[y : y + ch, x : x + cw]
         stages.append(lambda x, n=name, lv=level, m=mean_grey: pixel_step(x, n, lv, bgr, m))
     flush(run)
 
     def finish(region: np.ndarray) -> np.ndarray:
-        for stage in stages:
+        if cut is not None:
+            region = cut
+        for stage in stages[start:]:
             region = stage(region)
         return region
 
@@ -537,7 +544,7 @@ def _crop_around(img: np.ndarray, box, pre, step, post, bgr: bool) -> np.ndarray
         region = stats = _local_region(src, src_box, step, box, h, w, bgr)
     if not post:
         return region
-    return _finisher(stats, post, bgr)(region)
+    return _finisher(stats, post, bgr, box if stats is not region else None)(region)
 
 
 def apply_op(image: np.ndarray, name: str, level: float, sign: int = 1, *, bgr: bool = False) -> np.ndarray:
@@ -702,7 +709,7 @@ def apply_torchvision_op(img: np.ndarray, name: str, magnitude: int, rng: np.ran
     return TORCHVISION_OPS[name](img, magnitude, rng)
 
 
-def _before_crop(img: np.ndarray, steps, bgr: bool):
+def _before_crop(img: np.ndarray, steps, bgr: bool, box=None):
     """``(image, finish)`` of :meth:`AutoAugment.before_crop` for drawn ``steps``. Color, Brightness and
     Contrast on the whole image (before a histogram) go through OpenCV (:func:`pixel_step`)."""
     k = _deferred_from(steps)
@@ -714,7 +721,7 @@ def _before_crop(img: np.ndarray, steps, bgr: bool):
             img = RESNEST_OPS[name](img, level, sign, bgr)
     if k == len(steps):
         return img, None
-    return img, _finisher(img, steps[k:], bgr)
+    return img, _finisher(img, steps[k:], bgr, box)
 
 
 class AutoAugment:
@@ -787,7 +794,7 @@ class AutoAugment:
             pre, step, post = steps[: local[0]], steps[local[0]], steps[local[0] + 1 :]
             if _deferred_from(pre) == 0 and _deferred_from(post) == 0:
                 return _crop_around(img, box, pre, step, post, bgr)
-        img, finish = _before_crop(img, steps, bgr)
+        img, finish = _before_crop(img, steps, bgr, box)
         y, x, ch, cw = box
         region = img[y : y + ch, x : x + cw]
         return region if finish is None else finish(region)
