@@ -367,9 +367,13 @@ def test_shear_x_region_is_pils_bicubic_affine(shear):
 def test_bench_transform_returns_per_image_figures(photo_rec):
     from resnest_gluon.cli import bench_pipeline
 
-    rows = bench_pipeline.bench_transform(photo_rec[0], ("train", "train_autoaug"), rounds=1, size=32)
-    assert [r["pipeline"] for r in rows] == ["decode_limit", "train", "train_autoaug"]
+    rows = bench_pipeline.bench_transform(photo_rec[0], rounds=2, size=32)
+    assert [r["pipeline"] for r in rows] == ["decode_limit", "train", "train_unclipped", "train_autoaug"]
     assert all(r["ms_per_image"] > 0 and r["ratio"] > 0 for r in rows)
+    # Clipping's cost is paired per round: a ratio of two positive times, minus 1.
+    assert -1.0 < rows[1]["clipping_cost"] < 10.0 and "clipping_cost" not in rows[3]
+    rows = bench_pipeline.bench_transform(photo_rec[0], ("train",), rounds=1, size=32)
+    assert "clipping_cost" not in rows[1]
 
 
 def test_lighting_shift_is_opencvs_saturating_add():
