@@ -269,7 +269,11 @@ def _run_table(img: np.ndarray, steps) -> np.ndarray:
     return _LEVELS if total is None else total
 
 
+_STATIC: Dict[tuple, np.ndarray] = {}
+
+
 def _static_table(name: str, level) -> np.ndarray:
+    """The ``(256,)`` table of Posterize, Solarize or Invert at ``level``, built once."""
     key = (name, level)
     table = _STATIC.get(key)
     if table is None:
@@ -277,9 +281,6 @@ def _static_table(name: str, level) -> np.ndarray:
         table.flags.writeable = False  # shared between images and threads
         _STATIC[key] = table
     return table
-
-
-_STATIC: Dict[tuple, np.ndarray] = {}
 
 
 def channel_tables(img: np.ndarray, steps) -> np.ndarray:

@@ -262,9 +262,9 @@ def _jitter_clipped(img: np.ndarray, order, alphas, lighting_shift, bgr: bool) -
 
 
 def _scale_add(img: np.ndarray, a: float, b: float) -> np.ndarray:
-    """``a x + b`` rounded and clipped to uint8. ``cv2.convertScaleAbs`` (20 % faster) where ``a x + b``
-    cannot be negative, so that its absolute value changes nothing: the same float arithmetic and rounding
-    as ``cv2.addWeighted``, hence the same pixels."""
+    """``a x + b`` rounded and clipped to uint8, as ``cv2.addWeighted(img, a, img, 0, b)``. Where ``a x + b``
+    cannot be negative (so that its absolute value changes nothing) ``cv2.convertScaleAbs``, 20 % faster:
+    the same float arithmetic and rounding, the same pixels (``tests/test_reference.py`` compares them)."""
     if a >= 0.0 and b >= 0.0:
         return cv2.convertScaleAbs(img, alpha=a, beta=b)
     return cv2.addWeighted(img, a, img, 0.0, b)
