@@ -367,6 +367,46 @@ def test_shear_x_region_is_pils_bicubic_affine(shear):
 def test_bench_transform_returns_per_image_figures(photo_rec):
     from resnest_gluon.cli import bench_pipeline
 
-    rows = bench_pipeline.bench_transform(photo_rec[0], ("train", "train_autoaug"), rounds=1, size=32)
-    assert [r["pipeline"] for r in rows] == ["decode_limit", "train", "train_autoaug"]
+    rows = bench_pipeline.bench_transform(photo_rec[0], rounds=2, size=32)
+    assert [r["pipeline"] for r in rows] == ["decode_limit", "train", "train_unclipped", "train_autoaug"]
     assert all(r["ms_per_image"] > 0 and r["ratio"] > 0 for r in rows)
+    # Clipping's cost is paired per round: a ratio of two positive times, minus 1.
+    assert -1.0 < rows[1]["clipping_cost"] < 10.0 and "clipping_cost" not in rows[3]
+    rows = bench_pipeline.bench_transform(photo_rec[0], ("train",), rounds=1, size=32)
+    assert "clipping_cost" not in rows[1]
+
+
+def test_lighting_shift_is_opencvs_saturating_add():
+    """The lighting step adds whole arrays: the same pixels as ``cv2.add`` with a per-channel scalar (each
+    shift rounded half to even, the sum clipped), for shifts of either sign, ties and shifts past 255."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    shifts = [(2.5, -3.5, 0.5), (0.0, 0.0, 0.0), (-300.0, 1.4, 260.2)] + rng.normal(0, 8, (20, 3)).tolist()
+    for shift in shifts:
+        want = cv2.add(img, (shift[0], shift[1], shift[2], 0.0))
+        np.testing.assert_array_equal(transforms.add_per_channel(img, shift), want)
+
+
+def test_clipped_colour_equals_opencvs_chain():
+    """``_jitter_clipped`` in every order equals the chain written with one ``cv2.addWeighted`` per operation
+    and ``cv2.add`` for the lighting shift: its faster calls give the same pixels."""
+    rng = np.random.default_rng(3)
+    img = cv2.resize(load_sample_images().images[1], (61, 47))
+    grey_w = np.array([[0.114, 0.587, 0.299]] * 3, np.float32)  # BGR
+    for order in ([0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]):
+        for _ in range(4):
+            alphas = rng.uniform(0.6, 1.4, 3).tolist()
+            shift = rng.normal(0, 6, 3)
+            want = img
+            for op, a in zip(order, alphas):
+                if op == 0:
+                    want = cv2.addWeighted(want, a, want, 0.0, 0.0)
+                elif op == 1:
+                    m = cv2.mean(want[::8])
+                    grey = 0.114 * m[0] + 0.587 * m[1] + 0.299 * m[2]
+                    want = cv2.addWeighted(want, a, want, 0.0, (1.0 - a) * grey)
+                else:
+                    want = cv2.addWeighted(want, a, cv2.transform(want, grey_w), 1.0 - a, 0.0)
+            want = cv2.add(want, (shift[2], shift[1], shift[0], 0.0))
+            got = transforms._jitter_clipped(img, order, alphas, shift, bgr=True)
+            np.testing.assert_array_equal(got, want)

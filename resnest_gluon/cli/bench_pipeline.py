@@ -294,7 +294,7 @@ _TRAIN_OPTIONS = {
 
 def bench_transform(
     rec_path: str,
-    pipelines: Sequence[str] = ("train", "train_autoaug"),
+    pipelines: Sequence[str] = ("train", "train_unclipped", "train_autoaug"),
     rounds: int = 9,
     size: int = 224,
     limit: Optional[int] = 300,
@@ -304,7 +304,9 @@ def bench_transform(
     normalisation into a CHW buffer) on one thread, against the decode limit (``cv2.imdecode`` + random
     resized crop). Interleaved over ``rounds`` rounds on the first ``limit`` records, each round timing the
     limit then each pipeline; returns per pipeline the median ms per image and the median over rounds of
-    "limit / pipeline" (each ratio from one round, so both sides saw the same load)."""
+    "limit / pipeline" (each ratio from one round, so both sides saw the same load). With ``train`` and
+    ``train_unclipped`` both measured, the ``train`` row also has ``clipping_cost``: the median over rounds of
+    its time over ``train_unclipped``'s, minus 1 (what clipping the colour operations costs per image)."""
     payloads = [np.frombuffer(p, np.uint8) for p in _payloads(rec_path, limit)]
     made = {}
     for name in pipelines:
@@ -355,6 +357,9 @@ def bench_transform(
                 goal=_goal(name),
             )
         )
+        if name == "train" and "train_unclipped" in times:
+            paired = [a / b for a, b in zip(times["train"], times["train_unclipped"])]
+            rows[-1]["clipping_cost"] = round(float(np.median(paired)) - 1.0, 3)
     return rows
 
 
