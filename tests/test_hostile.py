@@ -251,6 +251,41 @@ def test_cpp_backend_names_the_undecodable_record(packed, tmp_path):  # noqa: F8
     assert "record 5 of" in one_line(proc) and "bad.rec" in proc.stderr
 
 
+def test_cpp_backend_names_a_training_file_cut_short(packed, tmp_path):  # noqa: F811
+    prefix = copy_pair(str(packed / "data"), str(tmp_path / "cut"))
+    offsets = dict(tuple(map(int, line.split())) for line in open(prefix + ".idx"))
+    last = max(offsets, key=offsets.get)
+    with open(prefix + ".rec", "r+b") as f:  # the index still fits: the last record is cut short
+        f.truncate(offsets[last] + 40)
+    argv = train_argv(prefix + ".rec", str(tmp_path / "run"), "--data-backend", "cpp", "--no-hybridize")
+    proc = run(TRAIN, *argv)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"cut.rec' is cut short: record {last} " in one_line(proc) and "Fatal Python" not in proc.stderr
+
+
+def test_cpp_backend_names_a_training_file_cut_short_while_read(packed, tmp_path):  # noqa: F811
+    prefix = copy_pair(str(packed / "data"), str(tmp_path / "live"))
+    argv = train_argv(prefix + ".rec", str(tmp_path / "run"), "--data-backend", "cpp", "--no-hybridize")
+    argv[argv.index("--epochs") + 1] = "3"
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, TRAIN, *argv], stdout=subprocess.DEVNULL, stderr=err, env=ENV
+        )
+        deadline = time.monotonic() + 120
+        while "epoch 1/3" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGSTOP)  # another job rewrites the file while the iterator reads it
+        with open(prefix + ".rec", "r+b") as f:
+            f.truncate(os.path.getsize(prefix + ".rec") // 2)
+        proc.send_signal(signal.SIGCONT)
+        status = proc.wait(timeout=300)
+    stderr = log.read_text()
+    # was: a traceback (the scan for the bad record stopped at the index that no longer fits the file)
+    assert status == 1 and "Traceback" not in stderr and "Fatal Python" not in stderr, stderr[-3000:]
+    assert "error (rank 0): training data: " in stderr and "live.rec" in stderr
+
+
 # ----------------------------------------------------------------------------- FIFOs, devices, names
 def test_fifos_and_devices_are_refused_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "a.jpg")
