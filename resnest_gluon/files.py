@@ -23,6 +23,7 @@ __all__ = [
     "MAX_IMAGE_BYTES",
     "NotRegularFile",
     "Staged",
+    "check_written",
     "WriteFailed",
     "file_problem",
     "free_space",
@@ -130,12 +131,17 @@ def free_space(path: str) -> str:
     return f"{free / 2**20:.1f} MiB free"
 
 
-def write_failed(path: str, err) -> WriteFailed:
-    """The one-line error for a failed write of ``path`` (``err``: an exception or a reason)."""
+def _first_line(err) -> str:
+    """The reason of ``err`` (an exception or a text) on one line."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     if lines and lines[0].startswith("Traceback"):  # an MXNetError: the reason is its last line
         lines = [lines[-1].split(": ")[-1]]
-    reason = getattr(err, "strerror", None) or (lines[0] if lines else repr(err))
+    return lines[0] if lines else repr(err)
+
+
+def write_failed(path: str, err) -> WriteFailed:
+    """The one-line error for a failed write of ``path`` (``err``: an exception or a reason)."""
+    reason = getattr(err, "strerror", None) or _first_line(err)
     return WriteFailed(
         f"cannot write {path}: {reason} ({free_space(path)}); nothing was replaced. Free some space "
         "or choose another folder, then run again",
@@ -177,8 +183,19 @@ def _verify(staged: Staged) -> None:
         try:
             staged.check(staged.tmp)
         except Exception as err:  # noqa: BLE001 - any failure to read it back means a bad write
-            first = str(err).splitlines()[0] if str(err) else repr(err)
-            raise OSError(errno.EIO, f"the written file does not read back ({first})") from None
+            raise OSError(errno.EIO, f"the written file does not read back ({_first_line(err)})") from None
+
+
+def check_written(staged: Staged) -> Staged:
+    """Checks ``staged`` now, as :func:`replace_together` would, for a file that is read before it is
+    renamed (an operator check, say). On failure removes its temporary file and raises :class:`WriteFailed`
+    naming its final path. Returns it with its size fixed and no check left to run."""
+    try:
+        _verify(staged)
+    except OSError as err:
+        _remove(staged.tmp)
+        raise write_failed(staged.path, err) from None
+    return Staged(staged.tmp, staged.path, None, os.path.getsize(staged.tmp))
 
 
 def _sync_folder(path: str) -> None:

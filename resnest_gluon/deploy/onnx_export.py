@@ -8,7 +8,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import HybridBlock
 
-from ..files import Staged, WriteFailed, replace_together, write_failed
+from ..files import Staged, WriteFailed, check_written, replace_together, write_failed
 from .graph import export, temporary_folder
 from .meta import build_meta, stage_meta
 
@@ -122,9 +122,9 @@ def export_onnx(
             _fix_onnx(tmp_onnx)
         except OSError as err:
             raise write_failed(path, err) from None
+        staged = [check_written(Staged(tmp_onnx, path, check_onnx_file))]  # before the operators are read
         if check_ops:
             check_onnx_ops(tmp_onnx, TENSORRT_ONNX_OPS | (DEEPLAB_EXTRA_OPS if deeplab else set()))
-        staged = [Staged(tmp_onnx, path, check_onnx_file)]
         if info is not None:
             staged.append(stage_meta(path, info, os.path.join(tmp, "meta.json")))
         replace_together(staged)  # the model, then its metadata, each checked before the first rename
