@@ -556,6 +556,15 @@ def test_an_openvino_export_cut_short_never_replaces_the_earlier_pair(tmp_path, 
         assert contents(tmp_path) == before  # was: a cut .bin beside the new .xml
 
 
+def test_an_export_under_a_file_names_the_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(
+        WriteFailed, match=r"cannot write .*file/m-symbol\.json: (File exists|Not a directory)"
+    ):
+        deploy.export(tiny_net(0), str(tmp_path / "file" / "m"), (1, 3, 32, 32))  # was: FileExistsError
+    assert os.listdir(tmp_path) == ["file"]
+
+
 @pytest.mark.parametrize("fmt, name", [("symbol", "m-0000.params"), ("onnx", "m.onnx")])
 def test_export_on_a_full_disk_is_one_line_and_keeps_the_earlier_export(packed, tmp_path, fmt, name):  # noqa: F811
     other = str(tmp_path / "other.params")
