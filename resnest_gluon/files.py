@@ -183,7 +183,8 @@ def _verify(staged: Staged) -> None:
         try:
             staged.check(staged.tmp)
         except Exception as err:  # noqa: BLE001 - any failure to read it back means a bad write
-            raise OSError(errno.EIO, f"the written file does not read back ({_first_line(err)})") from None
+            reason = _first_line(err).replace(staged.tmp, "it")  # the temporary name means nothing to a user
+            raise OSError(errno.EIO, f"the written file does not read back ({reason})") from None
 
 
 def check_written(staged: Staged) -> Staged:
