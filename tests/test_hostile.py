@@ -31,6 +31,8 @@ from test_reliability import (
     train_argv,
 )
 
+import resnest_gluon
+from resnest_gluon import deploy
 from resnest_gluon.cli import average_checkpoints, im2rec, predict
 from resnest_gluon.data.lst import parse_line
 from resnest_gluon.data.recordio import RecordReader
@@ -40,6 +42,7 @@ from resnest_gluon.training.checkpoints import save_arrays
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREDICT = os.path.join(REPO, "scripts", "predict.py")
+EXPORT = os.path.join(REPO, "scripts", "export.py")
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
 
 
@@ -251,6 +254,41 @@ def test_cpp_backend_names_the_undecodable_record(packed, tmp_path):  # noqa: F8
     assert "record 5 of" in one_line(proc) and "bad.rec" in proc.stderr
 
 
+def test_cpp_backend_names_a_training_file_cut_short(packed, tmp_path):  # noqa: F811
+    prefix = copy_pair(str(packed / "data"), str(tmp_path / "cut"))
+    offsets = dict(tuple(map(int, line.split())) for line in open(prefix + ".idx"))
+    last = max(offsets, key=offsets.get)
+    with open(prefix + ".rec", "r+b") as f:  # the index still fits: the last record is cut short
+        f.truncate(offsets[last] + 40)
+    argv = train_argv(prefix + ".rec", str(tmp_path / "run"), "--data-backend", "cpp", "--no-hybridize")
+    proc = run(TRAIN, *argv)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"cut.rec' is cut short: record {last} " in one_line(proc) and "Fatal Python" not in proc.stderr
+
+
+def test_cpp_backend_names_a_training_file_cut_short_while_read(packed, tmp_path):  # noqa: F811
+    prefix = copy_pair(str(packed / "data"), str(tmp_path / "live"))
+    argv = train_argv(prefix + ".rec", str(tmp_path / "run"), "--data-backend", "cpp", "--no-hybridize")
+    argv[argv.index("--epochs") + 1] = "3"
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, TRAIN, *argv], stdout=subprocess.DEVNULL, stderr=err, env=ENV
+        )
+        deadline = time.monotonic() + 120
+        while "epoch 1/3" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGSTOP)  # another job rewrites the file while the iterator reads it
+        with open(prefix + ".rec", "r+b") as f:
+            f.truncate(os.path.getsize(prefix + ".rec") // 2)
+        proc.send_signal(signal.SIGCONT)
+        status = proc.wait(timeout=300)
+    stderr = log.read_text()
+    # was: a traceback (the scan for the bad record stopped at the index that no longer fits the file)
+    assert status == 1 and "Traceback" not in stderr and "Fatal Python" not in stderr, stderr[-3000:]
+    assert "error (rank 0): training data: " in stderr and "live.rec" in stderr
+
+
 # ----------------------------------------------------------------------------- FIFOs, devices, names
 def test_fifos_and_devices_are_refused_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "a.jpg")
@@ -416,6 +454,131 @@ def test_quantize_checks_calibration_labels_and_the_class_count(packed, tmp_path
         quantize.quantize_checkpoint("resnest14", str(packed / "net.params"), 2, rec, rec, "x", 32)
     with pytest.raises(TrainingError, match="--params: .*does not fit"):
         quantize.quantize_checkpoint("resnest14", str(packed / "net.params"), 5, rec, rec, "x", 32)
+
+
+# ---------------------------------------------------------------------------------------------- exports
+def tiny_net(seed):
+    mx.random.seed(seed)
+    net = resnest_gluon.get_model("resnest14", classes=4)
+    net.initialize(mx.init.Xavier())
+    return net
+
+
+def contents(folder):
+    """Every entry of ``folder`` (a hidden temporary folder left behind is one) with its bytes."""
+    return {
+        name: open(os.path.join(folder, name), "rb").read()
+        if os.path.isfile(os.path.join(folder, name))
+        else None
+        for name in os.listdir(folder)
+    }
+
+
+def cut_in_half(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def cutting(writer, path_of):
+    """``writer``, then a cut of the file it wrote (``path_of(*args)``, None: no cut): a write that failed
+    unnoticed."""
+
+    def write(*args, **kwargs):
+        out = writer(*args, **kwargs)
+        if path_of(*args):
+            cut_in_half(path_of(*args))
+        return out
+
+    return write
+
+
+@pytest.mark.parametrize("cut", ["params", "json"])
+def test_a_symbol_export_cut_short_never_replaces_the_earlier_one(tmp_path, monkeypatch, cut):
+    prefix = str(tmp_path / "m")
+    deploy.export(tiny_net(0), prefix, (1, 3, 32, 32))
+    before = contents(tmp_path)
+    assert sorted(before) == ["m-0000.params", "m-symbol.json", "m.meta.json"]
+    if cut == "params":
+        monkeypatch.setattr(mx.nd, "save", cutting(mx.nd.save, lambda fname, data: fname))
+    else:
+        monkeypatch.setattr(
+            mx.sym.Symbol, "save", cutting(mx.sym.Symbol.save, lambda sym, fname, **kw: fname)
+        )
+    name = "m-0000.params" if cut == "params" else "m-symbol.json"
+    with pytest.raises(
+        WriteFailed, match=rf"cannot write .*/{name}: the written file does not read back .*MiB free"
+    ):
+        deploy.export(tiny_net(1), prefix, (1, 3, 32, 32))
+    assert contents(tmp_path) == before  # was: the cut file in place of the good one
+
+
+def test_an_int8_model_cut_short_never_replaces_the_earlier_one(tmp_path, monkeypatch):
+    calib = [np.random.RandomState(0).uniform(-2, 2, (4, 3, 32, 32)).astype(np.float32)]
+    prefix = str(tmp_path / "q")
+    deploy.quantize(tiny_net(0), calib, 1, prefix)
+    before = contents(tmp_path)
+    # MXNet's quantization saves and reloads the model in the system's temporary folder: that file stays whole
+    in_tmp_path = lambda fname, data: fname if fname.startswith(str(tmp_path)) else None  # noqa: E731
+    monkeypatch.setattr(mx.nd, "save", cutting(mx.nd.save, in_tmp_path))
+    with pytest.raises(
+        WriteFailed, match=r"cannot write .*/q-0000\.params: the written file does not read back"
+    ):
+        deploy.quantize(tiny_net(1), calib, 1, prefix)
+    assert contents(tmp_path) == before
+
+
+def test_an_onnx_export_cut_short_never_replaces_the_earlier_one(tmp_path, monkeypatch):
+    from resnest_gluon.deploy import onnx_export
+
+    path = str(tmp_path / "m.onnx")
+    deploy.export_onnx(tiny_net(0), path, (1, 3, 32, 32))
+    before = contents(tmp_path)
+    monkeypatch.setattr(onnx_export, "_fix_onnx", cutting(onnx_export._fix_onnx, lambda path: path))
+    with pytest.raises(WriteFailed, match=r"cannot write .*/m\.onnx: the written file does not read back"):
+        deploy.export_onnx(tiny_net(1), path, (1, 3, 32, 32))  # was: a DecodeError traceback
+    assert contents(tmp_path) == before
+
+
+def test_an_openvino_export_cut_short_never_replaces_the_earlier_pair(tmp_path, monkeypatch):
+    import openvino
+
+    prefix = str(tmp_path / "m")
+    deploy.export_openvino(tiny_net(0), prefix, (1, 3, 32, 32), "f32")
+    before = contents(tmp_path)
+    real = openvino.save_model
+    for cut in (".bin", ".xml"):
+        save = cutting(real, lambda model, xml, cut=cut: xml[: -len(".xml")] + cut)
+        monkeypatch.setattr(openvino, "save_model", save)
+        with pytest.raises(
+            WriteFailed, match=rf"cannot write .*/m\{cut}: the written file does not read back"
+        ):
+            deploy.export_openvino(tiny_net(1), prefix, (1, 3, 32, 32), "f32")
+        assert contents(tmp_path) == before  # was: a cut .bin beside the new .xml
+
+
+def test_an_export_under_a_file_names_the_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(
+        WriteFailed, match=r"cannot write .*file/m-symbol\.json: (File exists|Not a directory)"
+    ):
+        deploy.export(tiny_net(0), str(tmp_path / "file" / "m"), (1, 3, 32, 32))  # was: FileExistsError
+    assert os.listdir(tmp_path) == ["file"]
+
+
+@pytest.mark.parametrize("fmt, name", [("symbol", "m-0000.params"), ("onnx", "m.onnx")])
+def test_export_on_a_full_disk_is_one_line_and_keeps_the_earlier_export(packed, tmp_path, fmt, name):  # noqa: F811
+    other = str(tmp_path / "other.params")
+    tiny_net(1).save_parameters(other)
+    out = tmp_path / "out"
+    common = ["--model", "resnest14", "--classes", "4", "--input-size", "32", "--format", fmt]
+    common += ["--out-prefix", out / "m"]
+    proc = run(EXPORT, *common, "--params", packed / "net.params")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = contents(out)
+    proc = run_limited(EXPORT, *common, "--params", other, max_file_bytes=1 << 20)  # the weights are larger
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"error: cannot write {out / name}: " in one_line(proc) and "MiB free" in proc.stderr
+    assert contents(out) == before  # no cut file, no temporary file or folder left
 
 
 # ------------------------------------------------------------------------------------------------ stops

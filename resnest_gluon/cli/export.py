@@ -73,13 +73,12 @@ def load(args: argparse.Namespace):
     import resnest_gluon
     from resnest_gluon.data.class_names import read_class_names
     from resnest_gluon.models.pretrained import load_params_checked
-
-    from .predict import _run_files
+    from resnest_gluon.training.rundir import run_files
 
     saved, crop, names_path = {}, args.input_size, args.class_names
     model, classes, params = args.model, args.classes, args.params
     if args.run:
-        saved, params = _run_files(args.run, args.ema)
+        saved, params = run_files(args.run, args.ema)
         model, classes = saved["model"], saved["classes"]
         crop = crop or saved.get("val_crop_size") or saved.get("crop_size")
         if names_path is None and os.path.isfile(os.path.join(args.run, "classes.txt")):

@@ -270,27 +270,6 @@ def _gluon_forward(net, ctx: mx.Context) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: net(mx.nd.array(x, ctx=ctx)).asnumpy()
 
 
-def _run_files(run: str, ema: bool) -> Tuple[dict, str]:
-    """A run directory's args.json and the weights to use: the best (EMA) checkpoint, else the newest."""
-    from resnest_gluon.training import latest_checkpoint
-
-    args_path = os.path.join(run, "args.json")
-    if not os.path.isfile(args_path):
-        raise PredictError(f"{run} is not a training run directory (no args.json): pass --run RUN_DIR")
-    with open(args_path) as f:
-        saved = json.load(f)
-    model = saved["model"]
-    names = [f"{model}-ema-best.params", f"{model}-ema.params"] if ema else [f"{model}-best.params"]
-    for name in names:
-        if os.path.isfile(os.path.join(run, name)):
-            return saved, os.path.join(run, name)
-    found = None if ema else latest_checkpoint(run, model)
-    if found is None:
-        what = "EMA weights (train with --ema)" if ema else "checkpoint"
-        raise PredictError(f"{run} holds no {what}")
-    return saved, found[1]
-
-
 def load_mxnet(args) -> Model:
     """--run, --params, --pretrained (Gluon models) and --symbol (an exported graph) with MXNet."""
     from resnest_gluon.models.pretrained import load_params_checked
@@ -307,7 +286,12 @@ def load_mxnet(args) -> Model:
     model, classes, params = args.model, args.classes, args.params
     crop = args.crop_size
     if args.run:
-        saved, params = _run_files(args.run, args.ema)
+        from resnest_gluon.training.rundir import NotARun, run_files
+
+        try:
+            saved, params = run_files(args.run, args.ema)
+        except NotARun as err:
+            raise PredictError(str(err)) from None
         model, classes = saved["model"], saved["classes"]
         crop = crop or saved.get("val_crop_size")
     if model not in resnest_gluon.list_models():

@@ -17,11 +17,10 @@ exactly once.
 """
 
 import argparse
-import json
 import logging
 import os
 import time
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import mxnet as mx
 
@@ -33,6 +32,7 @@ from resnest_gluon.data.class_names import class_names_beside, read_class_names
 from resnest_gluon.models.pretrained import UnreadableParams, load_params_checked
 from resnest_gluon.progress import progress_bar
 from resnest_gluon.training import TrainingError, atomic_json, check_labels, dist, evaluate, writable_dir
+from resnest_gluon.training.rundir import run_files
 
 logger = logging.getLogger("resnest_gluon.verify")
 
@@ -110,31 +110,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.run and not args.symbol and not args.model:
         p.error(f"--{sources[0]} needs --model")
     return args
-
-
-def run_files(run: str, ema: bool = False) -> Tuple[dict, str]:
-    """A run directory's args.json and the weights to score: the best (EMA) checkpoint, else the newest."""
-    from resnest_gluon.training import latest_checkpoint
-
-    args_path = os.path.join(run, "args.json")
-    if not os.path.isfile(args_path):
-        raise TrainingError(f"--run {run} is not a training run directory (no args.json)")
-    try:
-        with open(args_path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as err:
-        raise TrainingError(f"--run {run}: args.json is unreadable ({err})") from err
-    model = saved["model"]
-    names = [f"{model}-ema-best.params", f"{model}-ema.params"] if ema else [f"{model}-best.params"]
-    for name in names:
-        if os.path.isfile(os.path.join(run, name)):
-            return saved, os.path.join(run, name)
-    found = None if ema else latest_checkpoint(run, model)
-    if found is None:
-        raise TrainingError(
-            f"--run {run} holds no {'EMA weights (train with --ema)' if ema else 'checkpoint'}"
-        )
-    return saved, found[1]
 
 
 def settle_export(args: argparse.Namespace) -> Optional[List[str]]:

@@ -100,11 +100,15 @@ def find_bad_record(rec_path: str, num_parts: int = 1, part_index: int = 0) -> s
     decoded, as the message of :func:`decode` or of a short read; ``""`` when every record decodes.
 
     For back ends that do not say which record failed (MXNet's C++ ``ImageRecordIter``): a scan with
-    this module's reader, decoding at 1/8 size in grey (fast, and it fails where a full decode fails)."""
+    this module's reader, decoding at 1/8 size in grey (fast, and it fails where a full decode fails).
+    An index that no longer fits the file (cut short since it was checked) is the message too."""
     from .index import read_shard
 
-    pairs = read_shard(rec_path, 1, num_parts, part_index)
-    reader = RecordReader(rec_path, dict(pairs))
+    try:  # the index is checked against the file again: it may have been cut short since training began
+        pairs = read_shard(rec_path, 1, num_parts, part_index)
+        reader = RecordReader(rec_path, dict(pairs))
+    except (OSError, ValueError) as err:
+        return str(err)
     for key, _ in pairs:
         try:
             _, payload = reader.read_raw(key)

@@ -11,8 +11,10 @@ not handle), so the layers are switched off before tracing; on a CPU the graph i
 Every export writes ``PREFIX.meta.json`` beside its files (:mod:`.meta`): classes, class names, the input
 size and preprocessing, the model and the source checkpoint's SHA-1.
 
-Files are written under a temporary name and renamed, so an interrupted export never leaves a half-written
-model where a good one was.
+The files of an export are written to a temporary folder, each loaded back there (weights against the graph,
+``onnx.checker``, OpenVINO's reader, the metadata's JSON), and only then renamed into place, weights first:
+a failed or interrupted export never leaves a half-written model, or a new graph beside old weights, where a
+good one was (:func:`resnest_gluon.files.replace_together`).
 """
 
 from .graph import export, fusion_available, is_fused, load_exported, net_context, prepare_for_inference

@@ -1,16 +1,19 @@
-"""MXNet graphs for inference: DropBlock off, hybridized, oneDNN-fused; symbol export written atomically."""
+"""MXNet graphs for inference: DropBlock off, hybridized, oneDNN-fused; symbol export written atomically, each
+file loaded back before it replaces anything."""
 
+import contextlib
 import logging
 import os
 import tempfile
-from typing import Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import mxnet as mx
 from mxnet.gluon import HybridBlock, SymbolBlock
 
 from .. import ops
+from ..files import Staged, replace_together, write_failed
 from ..models.layers import SplitAttentionConv, set_drop_prob, set_fused_sum
-from .meta import build_meta, write_meta
+from .meta import build_meta, stage_meta
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +93,45 @@ def is_fused(net: HybridBlock) -> bool:
     return getattr(net, "_backend", None) == FUSION_BACKEND
 
 
-def _replace_all(pairs: Sequence[Tuple[str, str]]) -> None:
-    for src, dst in pairs:
-        os.replace(src, dst)
+def stage_symbol(block: HybridBlock, tmp_prefix: str, prefix: str, epoch: int = 0) -> List[Staged]:
+    """Writes ``block``'s graph and weights with MXNet's ``export`` under ``tmp_prefix``, staged to replace
+    ``{prefix}-{epoch:04d}.params`` and ``{prefix}-symbol.json``
+    (:func:`resnest_gluon.files.replace_together`), in that order: the weights first, so a crash between the
+    renames never leaves a new graph beside old weights.
+
+    The weights are checked by a full load: their names are the graph's arguments and auxiliary states (its
+    input aside), with the shapes of ``block``'s parameters. The graph is checked by a parse: its arguments
+    and auxiliary states are those of ``block``'s graph. ``block`` must have run once, hybridized.
+    """
+    from ..training.checkpoints import check_params_file, mxnet_reason
+
+    sym_file, params_file = f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params"
+    tmp_sym, tmp_params = f"{tmp_prefix}-symbol.json", f"{tmp_prefix}-{epoch:04d}.params"
+    try:
+        block.export(tmp_prefix, epoch=epoch)
+    except (OSError, mx.base.MXNetError) as err:
+        failed = params_file if os.path.exists(tmp_params) else sym_file  # the graph is written first
+        reason = mxnet_reason(err) if isinstance(err, mx.base.MXNetError) else err
+        raise write_failed(failed, reason) from None
+    sym = block._cached_graph[1]
+    args, aux = sym.list_arguments(), sym.list_auxiliary_states()
+    # the arrays export() wrote (a SymbolBlock's parameters may not know their shape: their data does)
+    names = set(args) | set(aux)
+    shapes = {
+        p.name: tuple(p.list_data()[0].shape) for p in block.collect_params().values() if p.name in names
+    }
+    expected = {f"arg:{name}": shapes[name] for name in args if name in shapes}
+    expected.update({f"aux:{name}": shapes[name] for name in aux if name in shapes})
+
+    def same_graph(path: str) -> None:
+        loaded = mx.sym.load(path)
+        if loaded.list_arguments() != args or loaded.list_auxiliary_states() != aux:
+            raise ValueError("its arguments are not those of the model's graph")
+
+    return [
+        Staged(tmp_params, params_file, lambda path: check_params_file(path, expected)),
+        Staged(tmp_sym, sym_file, same_graph),
+    ]
 
 
 def export(
@@ -126,6 +165,13 @@ def export(
     -------
     (str, str)
         Paths of the symbol file and the params file; reload them with :func:`load_exported`.
+
+    Raises
+    ------
+    resnest_gluon.files.WriteFailed
+        When a file does not load back as written (disk full, say), naming it; no earlier file was
+        replaced. The files are written to a temporary folder and renamed weights first, then graph, then
+        metadata (see :func:`stage_symbol`).
     """
     sym_file, params_file = f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params"
     # before anything changes: a mistake in it (class names that do not fit) leaves nothing behind
@@ -137,23 +183,30 @@ def export(
     # the plain graph: fused oneDNN operators would tie the files to an MXNet built with MKLDNN
     prepare_for_inference(net, fuse=False)
     net(mx.nd.zeros(tuple(input_shape), ctx=ctx)).wait_to_read()
-    out_dir = os.path.dirname(os.path.abspath(prefix))
-    os.makedirs(out_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
-        tmp_prefix = os.path.join(tmp, "net")
-        net.export(tmp_prefix, epoch=epoch)
-        _replace_all(
-            [
-                (f"{tmp_prefix}-symbol.json", sym_file),
-                (f"{tmp_prefix}-{epoch:04d}.params", params_file),
-            ]
-        )
-    if info is not None:
-        write_meta(prefix, info)
+    with temporary_folder(sym_file) as tmp:
+        staged = stage_symbol(net, os.path.join(tmp, "net"), prefix, epoch)
+        if info is not None:
+            staged.append(stage_meta(prefix, info, os.path.join(tmp, "meta.json")))
+        replace_together(staged)  # weights, graph, metadata: each checked before the first rename
     if fused:
         prepare_for_inference(net, fuse=True)
     logger.info("exported %s and %s", sym_file, params_file)
     return sym_file, params_file
+
+
+@contextlib.contextmanager
+def temporary_folder(path: str) -> Iterator[str]:
+    """A hidden temporary folder beside ``path`` (its folder is created), removed with what it holds: the
+    files of an export are written there, then renamed into place. A folder that cannot be made is a
+    :class:`~resnest_gluon.files.WriteFailed` naming ``path``."""
+    out_dir = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        tmp = tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-")
+    except OSError as err:
+        raise write_failed(path, err) from None
+    with tmp as folder:
+        yield folder
 
 
 def load_exported(prefix: str, epoch: int = 0, ctx: Optional[mx.Context] = None) -> SymbolBlock:

@@ -2,15 +2,15 @@
 
 import logging
 import os
-import tempfile
 from typing import Iterable, List, Optional, Sequence, Union
 
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import HybridBlock, SymbolBlock
 
-from .graph import _replace_all, net_context, prepare_for_inference
-from .meta import build_meta, write_meta
+from ..files import replace_together
+from .graph import net_context, prepare_for_inference, stage_symbol, temporary_folder
+from .meta import build_meta, stage_meta
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ def quantize(
         Batches used to collect the layer output ranges.
     out_prefix : str, optional
         If given, the quantized model is saved as ``{out_prefix}-symbol.json`` / ``-0000.params``
-        (reload with :func:`load_exported`).
+        (reload with :func:`load_exported`), each file loaded back before it replaces anything (see
+        :func:`resnest_gluon.deploy.export`).
     batch_size, input_size : int
         Batch and crop size when ``calib_data`` is a ``.rec`` path (``input_size`` defaults to the
         model's ``crop_size``).
@@ -157,22 +158,14 @@ def quantize(
     )
     qnet.hybridize(static_alloc=True, static_shape=True)
     if out_prefix:
-        out_dir = os.path.dirname(os.path.abspath(out_prefix))
-        os.makedirs(out_dir, exist_ok=True)
         shape = calib_data.provide_data[0].shape
         files = [f"{out_prefix}-symbol.json", f"{out_prefix}-0000.params"]
         fields = dict(meta or {}, calib_mode=calib_mode, precision="int8")
         info = build_meta(net, shape, "int8", files, fields)
         qnet(mx.nd.zeros(shape)).wait_to_read()
-        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".quantize-") as tmp:
-            tmp_prefix = os.path.join(tmp, "net")
-            qnet.export(tmp_prefix, epoch=0)
-            _replace_all(
-                [
-                    (f"{tmp_prefix}-symbol.json", f"{out_prefix}-symbol.json"),
-                    (f"{tmp_prefix}-0000.params", f"{out_prefix}-0000.params"),
-                ]
-            )
-        write_meta(out_prefix, info)
+        with temporary_folder(files[0]) as tmp:
+            staged = stage_symbol(qnet, os.path.join(tmp, "net"), out_prefix)
+            staged.append(stage_meta(out_prefix, info, os.path.join(tmp, "meta.json")))
+            replace_together(staged)  # each file loaded back before the first rename, as export() does
         logger.info("saved the INT8 model as %s-symbol.json / -0000.params", out_prefix)
     return qnet

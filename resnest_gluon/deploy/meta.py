@@ -14,7 +14,9 @@ import math
 import os
 from typing import List, Optional, Sequence
 
-__all__ = ["META_VERSION", "build_meta", "meta_path", "read_meta", "write_meta"]
+from ..files import Staged, replace_together, write_failed
+
+__all__ = ["META_VERSION", "build_meta", "meta_path", "read_meta", "stage_meta", "write_meta"]
 
 META_VERSION = 1
 _SUFFIXES = (".onnx", ".xml", ".bin", "-symbol.json")
@@ -96,15 +98,39 @@ def build_meta(
     return out
 
 
-def write_meta(prefix: str, meta: dict) -> str:
-    """Writes ``meta`` to ``PREFIX.meta.json`` (through a temporary name); returns the path."""
+def stage_meta(prefix: str, meta: dict, tmp: Optional[str] = None) -> Staged:
+    """Writes ``meta`` to ``tmp`` (default ``PREFIX.meta.json.tmp``), staged to replace ``PREFIX.meta.json``
+    once it parses (:func:`resnest_gluon.files.replace_together`)."""
     path = meta_path(prefix)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    tmp = tmp or path + ".tmp"
+    data = (json.dumps(meta, indent=1) + "\n").encode("utf-8")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    except OSError as err:
+        _remove(tmp)
+        raise write_failed(path, err) from None
+    return Staged(tmp, path, _parses, len(data))
+
+
+def write_meta(prefix: str, meta: dict) -> str:
+    """Writes ``meta`` to ``PREFIX.meta.json`` (through a temporary name, checked before the rename);
+    returns the path."""
+    staged = stage_meta(prefix, meta)
+    replace_together([staged])
+    return staged.path
+
+
+def _parses(path: str) -> None:
+    with open(path, encoding="utf-8") as f:
+        json.load(f)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def read_meta(path_or_prefix: str) -> Optional[dict]:

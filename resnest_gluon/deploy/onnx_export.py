@@ -2,15 +2,15 @@
 
 import logging
 import os
-import tempfile
 from typing import Iterable, Sequence, Set, Union
 
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import HybridBlock
 
-from .graph import export
-from .meta import build_meta, write_meta
+from ..files import Staged, WriteFailed, check_written, replace_together, write_failed
+from .graph import export, temporary_folder
+from .meta import build_meta, stage_meta
 
 logger = logging.getLogger(__name__)
 
@@ -90,18 +90,24 @@ def export_onnx(
     -------
     str
         ``path``.
+
+    Raises
+    ------
+    resnest_gluon.files.WriteFailed
+        When the file does not load back with ``onnx.load`` and pass ``onnx.checker`` (disk full, say),
+        naming it; an earlier file is left as it was. The ``.meta.json`` is renamed after the model.
     """
     info = None if meta is False else build_meta(net, input_shape, "onnx", [path], meta or None)
-    out_dir = os.path.dirname(os.path.abspath(path))
-    os.makedirs(out_dir, exist_ok=True)
     # a DeepLab upsamples to its input's size, which MXNet's exporter cannot translate: fix it for the export
     deeplab = hasattr(net, "set_output_size")
     fixed = deeplab and net.output_size is None
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".onnx-") as tmp:
+    with temporary_folder(path) as tmp:
         if fixed:
             net.set_output_size(tuple(input_shape)[2:])
         try:
             sym_file, params_file = export(net, os.path.join(tmp, "net"), input_shape, meta=False)
+        except WriteFailed as err:  # named after the file the user asked for, not the temporary one
+            raise write_failed(path, err.reason) from None
         finally:
             if fixed:
                 net.set_output_size(None)
@@ -109,13 +115,19 @@ def export_onnx(
         kwargs = {}
         if dynamic_batch:
             kwargs = dict(dynamic=True, dynamic_input_shapes=[(None, *tuple(input_shape)[1:])])
-        mx.onnx.export_model(sym_file, params_file, [tuple(input_shape)], [np.float32], tmp_onnx, **kwargs)
-        _fix_onnx(tmp_onnx)
+        try:
+            mx.onnx.export_model(
+                sym_file, params_file, [tuple(input_shape)], [np.float32], tmp_onnx, **kwargs
+            )
+            _fix_onnx(tmp_onnx)
+        except OSError as err:
+            raise write_failed(path, err) from None
+        staged = [check_written(Staged(tmp_onnx, path, check_onnx_file))]  # before the operators are read
         if check_ops:
             check_onnx_ops(tmp_onnx, TENSORRT_ONNX_OPS | (DEEPLAB_EXTRA_OPS if deeplab else set()))
-        os.replace(tmp_onnx, path)
-    if info is not None:
-        write_meta(path, info)
+        if info is not None:
+            staged.append(stage_meta(path, info, os.path.join(tmp, "meta.json")))
+        replace_together(staged)  # the model, then its metadata, each checked before the first rename
     logger.info("exported %s", path)
     return path
 
@@ -150,6 +162,13 @@ def _fix_onnx(path: str) -> None:
     model.graph.initializer.extend(kept)
     onnx.checker.check_model(model)
     onnx.save(model, path)
+
+
+def check_onnx_file(path: str) -> None:
+    """Raises when ``path`` is not a complete, valid ONNX model (``onnx.load`` and ``onnx.checker``)."""
+    import onnx
+
+    onnx.checker.check_model(onnx.load(path))
 
 
 def onnx_ops(path: str) -> Set[str]:

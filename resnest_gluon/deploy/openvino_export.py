@@ -10,12 +10,15 @@ import logging
 import os
 import tempfile
 from typing import Iterable, Optional, Sequence, Union
+from xml.etree import ElementTree
 
 import numpy as np
 from mxnet.gluon import HybridBlock
 
+from ..files import Staged, WriteFailed, replace_together, write_failed
+from .graph import temporary_folder
 from .int8 import calibration_batches
-from .meta import build_meta, write_meta
+from .meta import build_meta, stage_meta
 from .onnx_export import export_onnx
 from .onnx_qdq import quantize_onnx
 
@@ -71,6 +74,10 @@ def export_openvino(
         Calibration batches used, and the batch size when ``calib_data`` is a ``.rec``.
     meta : dict, optional
         Fields of ``{prefix}.meta.json`` to set or override; False writes none.
+
+    The ``.bin`` must hold every weight the ``.xml`` names and the pair must read back with OpenVINO's
+    ``Core().read_model`` before either replaces anything; they are renamed ``.bin``, ``.xml``, then
+    ``.meta.json``. A failure raises :class:`resnest_gluon.files.WriteFailed` naming the file.
     """
     import openvino as ov
 
@@ -80,28 +87,60 @@ def export_openvino(
     xml, bin_ = f"{prefix}.xml", f"{prefix}.bin"
     fields = dict(meta or {}, precision=precision)
     info = None if meta is False else build_meta(net, input_shape, "openvino", [xml, bin_], fields)
-    out_dir = os.path.dirname(os.path.abspath(prefix))
-    os.makedirs(out_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".openvino-") as tmp:
-        onnx_path = export_onnx(
-            net, os.path.join(tmp, "net.onnx"), input_shape, dynamic_batch=True, meta=False
-        )
+    with temporary_folder(xml) as tmp:
+        try:
+            onnx_path = export_onnx(
+                net, os.path.join(tmp, "net.onnx"), input_shape, dynamic_batch=True, meta=False
+            )
+        except WriteFailed as err:  # named after the file the user asked for, not the temporary one
+            raise write_failed(xml, err.reason) from None
         if precision == "int8":
             size = tuple(input_shape)[-1]
             batches = calibration_batches(calib_data, num_calib_batches, batch_size, size)
-            onnx_path = quantize_onnx(onnx_path, os.path.join(tmp, "net-int8.onnx"), batches)
+            try:
+                onnx_path = quantize_onnx(onnx_path, os.path.join(tmp, "net-int8.onnx"), batches)
+            except OSError as err:
+                raise write_failed(xml, err) from None
         model = ov.convert_model(onnx_path)
         # int8: the quantized convolutions run in INT8, the rest in float32
         model.set_rt_info("bf16" if precision == "bf16" else "f32", _HINT)
         model.set_rt_info(precision, ["resnest_gluon", "precision"])
-        # compress_to_fp16 would round the float32 weights to float16
-        ov.save_model(model, os.path.join(tmp, "net.xml"), compress_to_fp16=False)
-        os.replace(os.path.join(tmp, "net.bin"), bin_)
-        os.replace(os.path.join(tmp, "net.xml"), xml)
-    if info is not None:
-        write_meta(prefix, info)
+        tmp_xml, tmp_bin = os.path.join(tmp, "net.xml"), os.path.join(tmp, "net.bin")
+        try:  # compress_to_fp16 would round the float32 weights to float16
+            ov.save_model(model, tmp_xml, compress_to_fp16=False)
+        except (OSError, RuntimeError) as err:
+            raise write_failed(xml, err) from None
+        # the weights first, so a crash between the renames never leaves a new .xml beside an old .bin; the
+        # .bin is checked against the extent of the weights the .xml names, the pair by OpenVINO's reader
+        staged = [
+            Staged(tmp_bin, bin_, lambda path: _weights_fit(tmp_xml, path)),
+            Staged(tmp_xml, xml, lambda path: ov.Core().read_model(path, tmp_bin)),
+        ]
+        if info is not None:
+            staged.append(stage_meta(prefix, info, os.path.join(tmp, "meta.json")))
+        replace_together(staged)
     logger.info("exported %s (%s)", xml, precision)
     return xml
+
+
+def _weights_fit(xml: str, bin_: str) -> None:
+    """Raises when ``bin_`` is shorter than the weights the IR ``xml`` reads from it (offset + size of each
+    constant). An ``xml`` that does not parse passes: its own check names it."""
+    try:
+        root = ElementTree.parse(xml).getroot()
+    except ElementTree.ParseError:
+        return
+    need = max(
+        (
+            int(d.get("offset")) + int(d.get("size"))
+            for d in root.iter("data")
+            if d.get("offset") and d.get("size")
+        ),
+        default=0,
+    )
+    size = os.path.getsize(bin_)
+    if size < need:
+        raise ValueError(f"it holds {size} bytes, the .xml reads {need}")
 
 
 def load_openvino(path: str, threads: int = 0, precision: Optional[str] = None):

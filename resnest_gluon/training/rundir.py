@@ -1,4 +1,5 @@
-"""The run directory's files: args.json, metrics.jsonl, curves.png, all written atomically."""
+"""The run directory's files: args.json, metrics.jsonl, curves.png, all written atomically; the lock of a
+live run; the weights a finished run offers (:func:`run_files`)."""
 
 import fcntl
 import json
@@ -7,7 +8,7 @@ import shutil
 import socket
 import sys
 import time
-from typing import List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import UserError
 from ..files import verified_replace, write_failed
@@ -152,6 +153,40 @@ def _remove(path: str) -> None:
 def _loads_json(path: str) -> None:
     with open(path) as f:
         json.load(f)
+
+
+class NotARun(UserError):
+    """``--run DIR`` that is not a training run directory, or holds no weights of the kind asked for."""
+
+
+def run_files(run: str, ema: bool = False) -> Tuple[dict, str]:
+    """The ``args.json`` of run directory ``run`` (a dict) and the weights to use from it: the best
+    checkpoint, else the newest one; with ``ema``, the best EMA weights, else the last EMA weights.
+
+    Raises
+    ------
+    NotARun
+        When ``run`` has no readable ``args.json`` naming its model, or no such weights.
+    """
+    from .checkpoints import latest_checkpoint
+
+    args_path = os.path.join(run, "args.json")
+    if not os.path.isfile(args_path):
+        raise NotARun(f"--run {run} is not a training run directory (no args.json)")
+    try:
+        with open(args_path) as f:
+            saved = json.load(f)
+        model = saved["model"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise NotARun(f"--run {run}: args.json is unreadable ({err!r})") from None
+    names = [f"{model}-ema-best.params", f"{model}-ema.params"] if ema else [f"{model}-best.params"]
+    for name in names:
+        if os.path.isfile(os.path.join(run, name)):
+            return saved, os.path.join(run, name)
+    found = None if ema else latest_checkpoint(run, model)
+    if found is None:
+        raise NotARun(f"--run {run} holds no {'EMA weights (train with --ema)' if ema else 'checkpoint'}")
+    return saved, found[1]
 
 
 LOCK_NAME = ".lock"
