@@ -30,6 +30,7 @@ from test_reliability import (
     run,
     train_argv,
 )
+from workers import HOROVODRUN, horovodrun
 
 import resnest_gluon
 from resnest_gluon import deploy
@@ -43,7 +44,6 @@ from resnest_gluon.training.checkpoints import save_arrays
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREDICT = os.path.join(REPO, "scripts", "predict.py")
 EXPORT = os.path.join(REPO, "scripts", "export.py")
-HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
 
 
 def limited(max_file_bytes):
@@ -601,8 +601,7 @@ needs_horovod = pytest.mark.skipif(not os.path.exists(HOROVODRUN), reason="no ho
 
 
 def horovod(code, *argv, timeout=180):
-    cmd = [HOROVODRUN, "-np", "2", "-H", "localhost:2", sys.executable, "-c", code, *map(str, argv)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
+    return horovodrun([sys.executable, "-c", code, *argv], timeout=timeout, env=ENV)
 
 
 @needs_horovod
