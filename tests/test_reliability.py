@@ -278,7 +278,7 @@ def test_im2rec_stopped_cleans_up_like_ctrl_c(stalled_pack, signum, status):
     proc, workers = start()
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == status
+    assert proc.returncode == status, err[-3000:]
     assert err.strip().splitlines()[-1].startswith(f"im2rec: stopped by {signal.Signals(signum).name}")
     assert "Traceback" not in err
     assert contents(prefix) == good and not leftovers(os.path.dirname(prefix))
