@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-scenes", type=int, default=800, help="training scenes")
     p.add_argument("--val-scenes", type=int, default=100, help="validation scenes")
     p.add_argument("--steps", type=int, default=200, help="segmentation training steps (each run)")
-    p.add_argument("--pretrain-steps", type=int, default=600, help="steps of the digit classifier")
+    p.add_argument("--pretrain-steps", type=int, default=400, help="steps of the digit classifier")
     p.add_argument("--batch-size", type=int, default=8, help="scenes per step")
     p.add_argument("--lr", type=float, default=0.02, help="peak learning rate (SGD, momentum 0.9, poly)")
     p.add_argument(
