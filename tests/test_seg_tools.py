@@ -259,6 +259,10 @@ def test_demo_seg_quick_scores_both_runs_and_writes_overlays(tmp_path):
         f"fine-tuned {tuned:.1f} %" in summary["result"] and f"scratch {scratch:.1f} %" in summary["result"]
     )
     assert all(0 <= summary["pretrain"][k] <= 1 for k in ("train_accuracy", "val_accuracy"))
+    val = PairRecords(os.path.join(out, "val.rec"))
+    masks = np.stack([val.read(key)[1] for key in val.keys])
+    assert summary["all_background"]["pixacc"] == pytest.approx(100 * (masks == 0).mean())
+    assert f"would score {summary['all_background']['miou']:.1f} %" in summary["result"]
     assert len(summary["overlays"]) == 2 and all(os.path.isfile(p) for p in summary["overlays"])
     assert len(PairRecords(os.path.join(out, "train.rec"))) == 32
 
