@@ -88,8 +88,9 @@ SOURCES: Dict[str, dict] = {
         url=GLUONCV_URL,
         publisher="gluoncv (github.com/dmlc/gluon-cv model zoo; the file gluoncv 0.10.5 loads)",
         licence="Apache-2.0",
-        protocol="ADE20K validation (2,000 images, 150 classes), pixel accuracy and mIoU at scales 0.5-1.75 "
-        "with flipping, base size 520, crop 480 (gluoncv's model zoo table)",
+        protocol="ADE20K validation (2,000 images, 150 classes), pixel accuracy and mIoU from gluoncv's "
+        "test.py --eval: scales 0.5-1.75 with flipping, base size 520, crop 480, in the version read "
+        "(docs/segmentation.md#evaluation)",
     ),
 }
 _SOURCE_OF = dict(
