@@ -1,6 +1,10 @@
 """Pretrained loading (files the tests write, never the network) and the PyTorch weight importer."""
 
+import contextlib
+import functools
 import hashlib
+import http.server
+import threading
 import zipfile
 
 import mxnet as mx
@@ -127,26 +131,31 @@ def test_download_with_a_bad_checksum_leaves_nothing(saved, tmp_path, monkeypatc
     assert list((tmp_path / "home").iterdir()) == []
 
 
+@contextlib.contextmanager
+def serving(folder):
+    """``folder`` served by a local HTTP server on 127.0.0.1 (no network); yields its URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def http_mirror(saved, tmp_path):
-    """The zip of the test's resnest14 file served by a local HTTP server on 127.0.0.1 (no network)."""
-    import functools
-    import http.server
-    import threading
-
+    """The zip of the test's resnest14 file served over local HTTP."""
     _, path, sha1 = saved
     mirror = tmp_path / "served"
     mirror.mkdir()
     with zipfile.ZipFile(mirror / f"resnest14-{sha1[:8]}.zip", "w") as zf:
         zf.write(path, f"resnest14-{sha1[:8]}.params")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mirror))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with serving(mirror) as url:
+        yield url
 
 
 def test_download_command_over_http_with_progress(saved, http_mirror, tmp_path, capsys):
@@ -165,6 +174,46 @@ def test_download_command_over_http_with_progress(saved, http_mirror, tmp_path, 
     np.testing.assert_allclose(loaded(X).asnumpy(), net(X).asnumpy(), rtol=1e-6)
     # a second run keeps the checked file (no fetch: the server is not even asked)
     assert command.main(["resnest14", "--dir", str(out), "--base-url", "http://127.0.0.1:1/"]) == paths
+
+
+def test_deeplab_names_are_gluoncv_files_and_download_like_the_classifiers(tmp_path, monkeypatch, capsys):
+    """``resnest-download deeplab_resnest50_ade``: gluoncv's URL and SHA-1, the same checked download."""
+    from gluoncv.model_zoo.model_store import _model_sha1
+
+    from resnest_gluon.cli import download as command
+
+    for name in ("deeplab_resnest50_ade", "deeplab_resnest101_ade", "deeplab_resnest200_ade",
+                 "deeplab_resnest269_ade"):  # fmt: skip
+        assert pretrained.SHA1[name] == _model_sha1[name], name
+        assert pretrained.url_of(name) == f"{pretrained.GLUONCV_URL}{name}-{_model_sha1[name][:8]}.zip"
+        assert name not in pretrained.CLASSIFIERS  # 'all' fetches the classifiers only
+    assert "ADE20K" in pretrained.published("deeplab_resnest101_ade")["protocol"]
+    # a small DeepLab stands in for the published file; the table is pointed at its SHA-1
+    name = "deeplab_resnest50_ade"
+    net = get_model(name, backbone="resnest14", classes=5)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    path = tmp_path / "deeplab.params"
+    net.save_parameters(str(path))
+    sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
+    monkeypatch.setitem(pretrained.SHA1, name, sha1)
+    mirror, out = tmp_path / "served", tmp_path / "weights"
+    mirror.mkdir()
+    with zipfile.ZipFile(mirror / f"{name}-{sha1[:8]}.zip", "w") as zf:
+        zf.write(path, f"{name}-{sha1[:8]}.params")
+    with pytest.raises(FileNotFoundError, match=f"resnest-download {name}"):
+        get_model(name, backbone="resnest14", classes=5, pretrained=True, root=str(out))
+    with serving(mirror) as url:
+        paths = command.main([name, "--dir", str(out), "--base-url", url, "--progress"])
+    assert paths == [str(out / f"{name}-{sha1[:8]}.params")] and pretrained.file_sha1(paths[0]) == sha1
+    assert f"{name}-{sha1[:8]}.zip" in capsys.readouterr().err
+    loaded = get_model(name, backbone="resnest14", classes=5, pretrained=True, root=str(out))
+    x = mx.nd.array(np.random.default_rng(2).uniform(size=(1, 3, 32, 32)))
+    np.testing.assert_allclose(loaded(x).asnumpy(), net(x).asnumpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(pretrained.DownloadError, match=rf"cannot download http://127\.0\.0\.1:1/{name}-"):
+        pretrained.download(
+            name, root=str(tmp_path / "offline"), base_url="http://127.0.0.1:1/", progress=False
+        )
+    assert list((tmp_path / "offline").iterdir()) == []
 
 
 def test_download_offline_is_one_error_line_naming_the_url(saved, tmp_path):

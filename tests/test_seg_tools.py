@@ -227,6 +227,21 @@ def test_deeplab_exports_to_onnx_and_openvino_with_the_same_outputs(tmp_path):
     np.testing.assert_allclose(run_openvino(xml, x), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_demo_seg_paste_marks_strokes_and_leaves_faint_scan_grey_out():
+    """The mask holds the strokes (ink of at least half); the scans' faint grey does not tint the square."""
+    from resnest_gluon.cli import demo_seg
+
+    digit = np.full((8, 8), 1 / 16, np.float32)  # a scan's background grey
+    digit[2:6, 3:5] = 1.0
+    canvas = np.full((20, 20, 3), 100.0)
+    mask = np.zeros((20, 20), np.int32)
+    demo_seg.paste(canvas, mask, digit, 6, np.random.default_rng(0), 16, 2, 2)
+    assert set(np.unique(mask)) == {0, 7}
+    assert (canvas[mask == 7] != 100).all()
+    corner = canvas[2:5, 2:5]  # the square's corner: scan grey only
+    np.testing.assert_array_equal(corner, 100.0)
+
+
 def test_demo_seg_quick_scores_both_runs_and_writes_overlays(tmp_path):
     from resnest_gluon.cli import demo, demo_seg
 
@@ -237,6 +252,17 @@ def test_demo_seg_quick_scores_both_runs_and_writes_overlays(tmp_path):
     summary = json.load(open(os.path.join(out, "summary.json")))
     for run in ("scratch", "finetuned"):
         assert 0 <= summary[run]["miou"] <= 100 and np.isfinite(summary[run]["last_loss"])
+    # the verdict names both runs' mIoU and their difference
+    tuned, scratch = summary["finetuned"]["miou"], summary["scratch"]["miou"]
+    assert summary["finetuned_minus_scratch_miou"] == pytest.approx(tuned - scratch)
+    assert (
+        f"fine-tuned {tuned:.1f} %" in summary["result"] and f"scratch {scratch:.1f} %" in summary["result"]
+    )
+    assert all(0 <= summary["pretrain"][k] <= 1 for k in ("train_accuracy", "val_accuracy"))
+    val = PairRecords(os.path.join(out, "val.rec"))
+    masks = np.stack([val.read(key)[1] for key in val.keys])
+    assert summary["all_background"]["pixacc"] == pytest.approx(100 * (masks == 0).mean())
+    assert f"would score {summary['all_background']['miou']:.1f} %" in summary["result"]
     assert len(summary["overlays"]) == 2 and all(os.path.isfile(p) for p in summary["overlays"])
     assert len(PairRecords(os.path.join(out, "train.rec"))) == 32
 

@@ -113,7 +113,7 @@ def test_small_deeplab_hybridized_equals_imperative_and_exports(tmp_path):
 
 def test_published_file_is_checked(tmp_path):
     name = "deeplab_resnest50_ade"
-    with pytest.raises(FileNotFoundError, match="gluoncv"):
+    with pytest.raises(FileNotFoundError, match=f"resnest-download {name}"):
         get_model(name, pretrained=True, root=str(tmp_path))
     sha1 = SEG_MODELS[name]["sha1"]
     (tmp_path / f"{name}-{sha1[:8]}.params").write_bytes(b"not the file")

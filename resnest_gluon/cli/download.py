@@ -1,7 +1,8 @@
-"""Fetches the published ImageNet weights into the folder ``get_model(name, pretrained=True)`` reads.
+"""Fetches published weights into the folder ``get_model(name, pretrained=True)`` reads.
 
     resnest-download resnest50                 # into $RESNEST_GLUON_HOME, else ~/.mxnet/models
-    resnest-download all --dir ~/weights       # every published file
+    resnest-download deeplab_resnest50_ade     # gluoncv's ADE20K DeepLab (also 101, 200, 269)
+    resnest-download all --dir ~/weights       # every ImageNet classifier's file
     python -m resnest_gluon download resnest14 --base-url file:///mirror/   # a mirror (or RESNEST_GLUON_URL)
 
 Each file's SHA-1 is checked before it is moved into place; a file already there with the right SHA-1 is
@@ -19,7 +20,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     from ..models.pretrained import SHA1
 
     p = common.parser("Download published ResNeSt weights, SHA-1 checked.", epilog=__doc__.split("\n\n")[1])
-    p.add_argument("names", nargs="+", metavar="NAME", help=f"'all', or any of: {', '.join(SHA1)}")
+    p.add_argument(
+        "names",
+        nargs="+",
+        metavar="NAME",
+        help=f"'all' (the ImageNet classifiers), or any of: {', '.join(SHA1)}",
+    )
     out = p.add_argument_group("output")
     out.add_argument(
         "--dir", help="folder for the files (default: $RESNEST_GLUON_HOME, else ~/.mxnet/models)"
@@ -37,11 +43,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     """Downloads every named file; returns their paths."""
-    from ..models.pretrained import SHA1, default_root, download
+    from ..models.pretrained import CLASSIFIERS, default_root, download
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    names = list(SHA1) if "all" in args.names else list(dict.fromkeys(args.names))
+    names = list(CLASSIFIERS) if "all" in args.names else list(dict.fromkeys(args.names))
     paths = []
     for name in names:
         path = download(name, args.dir or default_root(), args.base_url, common.progress_enabled(args))

@@ -19,6 +19,7 @@ from mxnet.gluon import HybridBlock, nn
 from mxnet.gluon.contrib.nn import HybridConcurrent
 
 from .layers import make_norm
+from .pretrained import SHA1
 from .resnest import ResNeSt
 
 __all__ = ["ASPP", "DeepLabHead", "DeepLabV3", "FCNHead", "SEG_MODELS", "get_deeplab", "load_backbone_params"]
@@ -28,18 +29,15 @@ __all__ = ["ASPP", "DeepLabHead", "DeepLabV3", "FCNHead", "SEG_MODELS", "get_dee
 # at scales 0.5-1.75 with flipping (multi-scale + flip), base size 520, crop 480.
 _ADE = dict(dataset="ade20k", classes=150, crop_size=480, base_size=520, protocol="multi-scale + flip")
 SEG_MODELS = {
-    "deeplab_resnest50_ade": dict(
-        _ADE, backbone="resnest50", pixacc=81.2, miou=45.1, sha1="a8312db6e30a464151580f2bda83479786455724"
-    ),
-    "deeplab_resnest101_ade": dict(
-        _ADE, backbone="resnest101", pixacc=82.1, miou=46.9, sha1="6d05c630fb7acb38615f7f4d360fb90f47b25042"
-    ),
-    "deeplab_resnest200_ade": dict(
-        _ADE, backbone="resnest200", pixacc=82.5, miou=48.4, sha1="9134a6f7d1399b549d5803d8faed3dfc74efc0d8"
-    ),
-    "deeplab_resnest269_ade": dict(
-        _ADE, backbone="resnest269", pixacc=82.6, miou=47.6, sha1="d45b33dedf4cca13b8147213c5360e30f93685bd"
-    ),
+    f"deeplab_{backbone}_ade": dict(
+        _ADE, backbone=backbone, pixacc=pixacc, miou=miou, sha1=SHA1[f"deeplab_{backbone}_ade"]
+    )
+    for backbone, pixacc, miou in (
+        ("resnest50", 81.2, 45.1),
+        ("resnest101", 82.1, 46.9),
+        ("resnest200", 82.5, 48.4),
+        ("resnest269", 82.6, 47.6),
+    )
 }
 
 
@@ -221,36 +219,12 @@ class DeepLabV3(HybridBlock):
         return out
 
 
-def _model_path(name: str, root: Optional[str]) -> str:
-    import os
-
-    from .pretrained import default_root
-
-    sha1 = SEG_MODELS[name]["sha1"]
-    return os.path.join(os.path.expanduser(root or default_root()), f"{name}-{sha1[:8]}.params")
-
-
 def load_published(net: DeepLabV3, name: str, root: Optional[str] = None, ctx=None) -> str:
-    """Loads gluoncv's published file for ``name`` after checking its SHA-1, keys and shapes."""
-    import os
+    """Loads gluoncv's published file for ``name`` (``resnest-download name`` fetches it) after checking
+    its SHA-1, keys and shapes."""
+    from .pretrained import load_pretrained
 
-    from .pretrained import file_sha1, load_params_checked
-
-    path = _model_path(name, root)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"pretrained weights for {name} not found at {path}. gluoncv publishes them: on a machine that "
-            f"is online, `gluoncv.model_zoo.get_model({name!r}, pretrained=True)` downloads this file into "
-            "~/.mxnet/models; copy it into that folder (or set RESNEST_GLUON_HOME)"
-        )
-    actual, expected = file_sha1(path), SEG_MODELS[name]["sha1"]
-    if actual != expected:
-        raise ValueError(
-            f"{path} has SHA-1 {actual}, not the published {expected}: the file is damaged or belongs to "
-            "another model; delete it and download it again"
-        )
-    load_params_checked(net, path, ctx)
-    return path
+    return load_pretrained(net, name, root=root, ctx=ctx)
 
 
 def load_backbone_params(

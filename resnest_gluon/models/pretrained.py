@@ -1,7 +1,8 @@
 """Published pretrained weights: where they live, how they are checked, how they are fetched.
 
 The files are ``{model}-{sha1[:8]}.params``, each published as ``{file}.zip``: ResNeSt-50 and up by the
-ResNeSt authors (GitHub release ``weights_step2``), ResNeSt-14 and -26 by gluoncv (its model store). Loading
+ResNeSt authors (GitHub release ``weights_step2``), ResNeSt-14 and -26 and the ADE20K DeepLabs
+(``deeplab_resnest{50,101,200,269}_ade``) by gluoncv (its model store). Loading
 checks the SHA-1 and then every key and shape against the model, so a file for another model fails with the
 first mismatch named instead of a shape error deep in MXNet. :func:`download` fetches a file with a progress
 bar, checks it and moves it into place; without a network it raises :class:`DownloadError` naming the URL.
@@ -22,6 +23,7 @@ from mxnet.gluon import Block
 from ..errors import UserError
 
 __all__ = [
+    "CLASSIFIERS",
     "SHA1",
     "SOURCES",
     "DownloadError",
@@ -53,10 +55,17 @@ SHA1: Dict[str, str] = {
     "resnest50_fast_2s2x40d": "2db13245aa4967cf5e8617cb4911880dd41628a4",
     "resnest50_fast_4s2x40d": "b24d515797832e02da4da9c8a15effd5e44cfb56",
     "resnest50_fast_1s4x24d": "7318153ddb5e542a20cc6c58192f3c6209cff9ed",
+    # DeepLabV3 on ResNeSt trained on ADE20K (gluoncv 0.10.5, model_zoo/model_store.py)
+    "deeplab_resnest50_ade": "a8312db6e30a464151580f2bda83479786455724",
+    "deeplab_resnest101_ade": "6d05c630fb7acb38615f7f4d360fb90f47b25042",
+    "deeplab_resnest200_ade": "9134a6f7d1399b549d5803d8faed3dfc74efc0d8",
+    "deeplab_resnest269_ade": "d45b33dedf4cca13b8147213c5360e30f93685bd",
 }
+#: the ImageNet classifiers' files: what ``resnest-download all`` fetches (the DeepLabs are fetched by name)
+CLASSIFIERS = tuple(name for name in SHA1 if not name.startswith("deeplab_"))
 
 RELEASE_URL = "https://github.com/zhanghang1989/ResNeSt/releases/download/weights_step2/"
-#: gluoncv's model store (gluoncv 0.10.5, ``model_zoo/model_store.py``), where ResNeSt-14 and -26 live
+#: gluoncv's model store (gluoncv 0.10.5, ``model_zoo/model_store.py``): ResNeSt-14 and -26, the DeepLabs
 GLUONCV_URL = "https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/gluon/models/"
 
 #: who published the files, where, under which licence, and how their top-1 was measured
@@ -75,8 +84,19 @@ SOURCES: Dict[str, dict] = {
         protocol="ImageNet-1k validation (50,000 images), one 224 px centre crop after resizing the shorter "
         "side to 256 (gluoncv's model zoo table)",
     ),
+    "gluoncv-ade20k": dict(
+        url=GLUONCV_URL,
+        publisher="gluoncv (github.com/dmlc/gluon-cv model zoo; the file gluoncv 0.10.5 loads)",
+        licence="Apache-2.0",
+        protocol="ADE20K validation (2,000 images, 150 classes), pixel accuracy and mIoU from gluoncv's "
+        "test.py --eval: scales 0.5-1.75 with flipping, base size 520, crop 480, in the version read "
+        "(docs/segmentation.md#evaluation)",
+    ),
 }
-_SOURCE_OF = {"resnest14": "gluoncv", "resnest26": "gluoncv"}
+_SOURCE_OF = dict(
+    {"resnest14": "gluoncv", "resnest26": "gluoncv"},
+    **{name: "gluoncv-ade20k" for name in SHA1 if name.startswith("deeplab_")},
+)
 
 
 class DownloadError(UserError, OSError):
@@ -191,8 +211,8 @@ def _fetch(url: str, dest: str, progress: bool, timeout: float) -> None:
 def download_all(
     root: Optional[str] = None, base_url: Optional[str] = None, progress: bool = True
 ) -> List[str]:
-    """:func:`download` for every published file; returns their paths."""
-    return [download(name, root, base_url, progress) for name in SHA1]
+    """:func:`download` for every published ImageNet classifier (:data:`CLASSIFIERS`); returns their paths."""
+    return [download(name, root, base_url, progress) for name in CLASSIFIERS]
 
 
 class UnreadableParams(ValueError):
