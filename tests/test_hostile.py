@@ -541,8 +541,9 @@ def test_an_onnx_export_cut_short_never_replaces_the_earlier_one(tmp_path, monke
 
 
 def test_an_openvino_export_cut_short_never_replaces_the_earlier_pair(tmp_path, monkeypatch):
-    import openvino
+    from resnest_gluon.deploy.openvino_export import import_openvino
 
+    openvino = import_openvino()
     prefix = str(tmp_path / "m")
     deploy.export_openvino(tiny_net(0), prefix, (1, 3, 32, 32), "f32")
     before = contents(tmp_path)

@@ -2,6 +2,8 @@
 
 import collections
 import os
+import subprocess
+import sys
 
 import mxnet as mx
 import numpy as np
@@ -10,6 +12,8 @@ from mxnet import autograd, gluon
 
 import resnest_gluon
 from resnest_gluon import deploy
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,6 +78,30 @@ def test_float32_equals_mxnet_and_files_are_complete(tmp_path):
     assert deploy.run_openvino(xml, x[:1]).shape == (1, 10)  # dynamic batch
     in_memory = deploy.compile_openvino(net, (1, 3, 32, 32), "f32")  # the same, through a temporary folder
     np.testing.assert_array_equal(deploy.run_openvino(in_memory, x), deploy.run_openvino(compiled, x))
+
+
+def test_openvino_sends_no_telemetry_and_starts_no_process(tmp_path):
+    """Importing OpenVINO, and its converter, post usage events from processes forked in a thread pool: in a
+    process running MXNet's threads such a fork can deadlock (it hung the test suite). In a fresh process,
+    an export and a compile through our functions start no process and send nothing."""
+    code = (
+        "import multiprocessing.process, sys\n"
+        "started = []\n"
+        "multiprocessing.process.BaseProcess.start = lambda self: started.append(self)\n"
+        "import resnest_gluon\n"
+        "from resnest_gluon import deploy\n"
+        "net = resnest_gluon.get_model('resnest14', classes=4)\n"
+        "net.initialize()\n"
+        "deploy.export_openvino(net, sys.argv[1], (1, 3, 32, 32), precision='f32')\n"
+        "deploy.compile_openvino(net, (1, 3, 32, 32), 'f32')\n"
+        "print('started', len(started))\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "m")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["started", "0"], done.stdout
 
 
 def test_bad_arguments_say_what_to_do(tmp_path):

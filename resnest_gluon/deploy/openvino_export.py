@@ -8,6 +8,7 @@ bfloat16 are OpenVINO execution precisions of the same float32 weights; INT8 is 
 
 import logging
 import os
+import sys
 import tempfile
 from typing import Iterable, Optional, Sequence, Union
 from xml.etree import ElementTree
@@ -28,9 +29,22 @@ PRECISIONS = ("auto", "f32", "bf16", "int8")
 _HINT = ["runtime_options", "INFERENCE_PRECISION_HINT"]
 
 
+def import_openvino():
+    """``import openvino``, with its usage telemetry off. Importing OpenVINO (and each ``convert_model``)
+    posts a usage event from a process that it forks in a thread pool: in a process running MXNet's threads
+    that fork can deadlock, and nobody running this toolkit asked for it. Without ``openvino_telemetry``
+    OpenVINO uses its own stub, which sends nothing; an application that imported either first keeps its
+    choice."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # "import openvino_telemetry" raises ImportError
+    import openvino
+
+    return openvino
+
+
 def openvino_capabilities() -> set:
     """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of this CPU (e.g. ``{"FP32", "BF16", "INT8"}``)."""
-    import openvino as ov
+    ov = import_openvino()
 
     return set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
@@ -79,7 +93,7 @@ def export_openvino(
     ``Core().read_model`` before either replaces anything; they are renamed ``.bin``, ``.xml``, then
     ``.meta.json``. A failure raises :class:`resnest_gluon.files.WriteFailed` naming the file.
     """
-    import openvino as ov
+    ov = import_openvino()
 
     precision = resolve_precision(precision)
     if precision == "int8" and calib_data is None:
@@ -149,7 +163,7 @@ def load_openvino(path: str, threads: int = 0, precision: Optional[str] = None):
     ``precision`` (``f32``/``bf16``) overrides the execution precision stored at export; ``threads`` = 0
     lets OpenVINO use every core it may.
     """
-    import openvino as ov
+    ov = import_openvino()
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist: export it with resnest_gluon.deploy.export_openvino")
