@@ -250,13 +250,22 @@ def verified_replace(
     replace_together([Staged(tmp, path, check, size)])
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through ``path.tmp``, verified and renamed (:func:`verified_replace`)."""
-    tmp = path + ".tmp"
+def stage_bytes(
+    path: str, data: bytes, check: Optional[Callable[[str], None]] = None, tmp: Optional[str] = None
+) -> Staged:
+    """Writes ``data`` to ``tmp`` (default ``path.tmp``), staged to replace ``path`` once it has ``len(data)``
+    bytes on disk and passes ``check`` (:func:`replace_together`). A failed write removes ``tmp`` and raises
+    :class:`WriteFailed` naming ``path``."""
+    tmp = tmp or path + ".tmp"
     try:
         with open(tmp, "wb") as f:
             f.write(data)
     except OSError as err:
         _remove(tmp)
         raise write_failed(path, err) from None
-    verified_replace(tmp, path, size=len(data))
+    return Staged(tmp, path, check, len(data))
+
+
+def write_bytes(path: str, data: bytes, check: Optional[Callable[[str], None]] = None) -> None:
+    """Writes ``data`` to ``path`` through ``path.tmp``, verified and renamed (:func:`stage_bytes`)."""
+    replace_together([stage_bytes(path, data, check)])

@@ -14,7 +14,7 @@ import math
 import os
 from typing import List, Optional, Sequence
 
-from ..files import Staged, replace_together, write_failed
+from ..files import Staged, replace_together, stage_bytes
 
 __all__ = ["META_VERSION", "build_meta", "meta_path", "read_meta", "stage_meta", "write_meta"]
 
@@ -101,16 +101,8 @@ def build_meta(
 def stage_meta(prefix: str, meta: dict, tmp: Optional[str] = None) -> Staged:
     """Writes ``meta`` to ``tmp`` (default ``PREFIX.meta.json.tmp``), staged to replace ``PREFIX.meta.json``
     once it parses (:func:`resnest_gluon.files.replace_together`)."""
-    path = meta_path(prefix)
-    tmp = tmp or path + ".tmp"
     data = (json.dumps(meta, indent=1) + "\n").encode("utf-8")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-    except OSError as err:
-        _remove(tmp)
-        raise write_failed(path, err) from None
-    return Staged(tmp, path, _parses, len(data))
+    return stage_bytes(meta_path(prefix), data, _parses, tmp)
 
 
 def write_meta(prefix: str, meta: dict) -> str:
@@ -124,13 +116,6 @@ def write_meta(prefix: str, meta: dict) -> str:
 def _parses(path: str) -> None:
     with open(path, encoding="utf-8") as f:
         json.load(f)
-
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def read_meta(path_or_prefix: str) -> Optional[dict]:

@@ -11,20 +11,12 @@ import time
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import UserError
-from ..files import verified_replace, write_failed
+from ..files import verified_replace, write_bytes, write_failed
 
 
 def atomic_json(path: str, obj) -> None:
     """Writes ``obj`` as JSON to ``path`` through a temporary file and a rename."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-    except OSError as err:
-        _remove(tmp)
-        raise write_failed(path, err) from None
-    verified_replace(tmp, path, check=_loads_json)
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), check=_loads_json)
 
 
 def read_metrics(path: str) -> List[dict]:
@@ -63,15 +55,7 @@ def truncate_metrics(path: str, last_epoch: int) -> List[dict]:
 
 def write_metrics(path: str, rows: Sequence[dict]) -> None:
     """Replaces ``metrics.jsonl`` with ``rows``, through a temporary file and a rename."""
-    tmp = path + ".tmp"
-    text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-    except OSError as err:
-        _remove(tmp)
-        raise write_failed(path, err) from None
-    verified_replace(tmp, path, size=len(text.encode()))
+    write_bytes(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode())
 
 
 def plot_curves(
