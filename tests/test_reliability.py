@@ -245,7 +245,8 @@ def wait_until(condition, seconds=60.0):
 @pytest.fixture
 def stalled_pack(packed, tmp_path):
     """A good pair, and an im2rec re-pack of it (2 workers) that is busy for many seconds: its list names
-    the 40 images 500 times each. (A FIFO under an image's name no longer stalls it: it is refused.)"""
+    the 40 images 500 times each, upscaled (as they are, a fast machine packs all 20,000 in a second). (A FIFO
+    under an image's name no longer stalls it: it is refused.)"""
     if not os.path.isdir("/proc"):
         pytest.skip("needs /proc (Linux)")
     prefix = copy_pair(str(packed / "data"), str(tmp_path / "data"), (".lst", ".rec", ".idx"))
@@ -259,7 +260,8 @@ def stalled_pack(packed, tmp_path):
 
     def start():
         proc = subprocess.Popen(
-            [sys.executable, IM2REC, prefix, str(root), "--num-thread", "2", "--no-progress"],
+            # upscaled to 480 px, every image costs milliseconds: the pack lasts long enough to be stopped
+            [sys.executable, IM2REC, prefix, str(root), "--num-thread", "2", "--no-progress", "--resize=480"],
             env=ENV,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
