@@ -259,14 +259,29 @@ def stalled_pack(packed, tmp_path):
             f.write(f"{i}\t{label}\t{path}\n")
 
     def start():
-        proc = subprocess.Popen(
-            # upscaled to 480 px, every image costs milliseconds: the pack lasts long enough to be stopped
-            [sys.executable, IM2REC, prefix, str(root), "--num-thread", "2", "--no-progress", "--resize=480"],
-            env=ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        # SIGINT as an interactive shell leaves it: a runner started in the background (`make test &`)
+        # ignores SIGINT, and Python keeps an inherited "ignore", so im2rec would never see the Ctrl-C
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            proc = subprocess.Popen(
+                # upscaled to 480 px, every image costs milliseconds: the pack lasts long enough to be stopped
+                [
+                    sys.executable,
+                    IM2REC,
+                    prefix,
+                    str(root),
+                    "--num-thread",
+                    "2",
+                    "--no-progress",
+                    "--resize=480",
+                ],
+                env=ENV,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
         assert wait_until(lambda: os.path.exists(prefix + ".rec.tmp") and len(children(proc.pid)) >= 2)
         time.sleep(0.5)  # some images are written
         return proc, children(proc.pid)

@@ -243,7 +243,9 @@ WRAPPER = """
 import importlib.util, os, signal, sys, time
 import numpy as np
 from resnest_gluon.cli import train
+from resnest_gluon.interrupts import report_crashes
 from resnest_gluon.training import dist, loop
+report_crashes()  # as every command does: a native crash prints the Python stack of every thread
 out, mode, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 seen, nets = [], []
 make_iter, build_net, train_epoch = train.make_train_iter, train.build_net, loop.train_epoch
