@@ -102,6 +102,20 @@ def add_data_threads(p, default: int, help: str = "image decoding threads per wo
     alias(p, "--threads", dest="data_threads", type=int)
 
 
+def add_seg_model(p, params_help: str) -> None:
+    """``--model`` (a DeepLab of the registry), ``--backbone``, and its weights: ``--params FILE`` or
+    ``--pretrained`` (gluoncv's published file), one of the two required."""
+    from resnest_gluon.models.deeplab import SEG_MODELS
+
+    p.add_argument("--model", default="deeplab_resnest50_ade", help=f"one of {', '.join(SEG_MODELS)}")
+    p.add_argument(
+        "--backbone", default=None, help="the backbone the model was trained with, if not the row's"
+    )
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--params", help=params_help)
+    weights.add_argument("--pretrained", action="store_true", help="gluoncv's published weights")
+
+
 def add_progress(p) -> None:
     """``--progress`` / ``--no-progress``: progress bars (default: on at a terminal, one line per 30 s in a
     log)."""

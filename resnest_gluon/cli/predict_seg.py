@@ -34,17 +34,9 @@ __all__ = ["class_shares", "main", "overlay", "palette", "parse_args", "segment"
 
 
 def parse_args(argv=None):
-    from resnest_gluon.models.deeplab import SEG_MODELS
-
     p = common.parser("Label maps, colour overlays and class shares of images with a segmentation model.")
     p.add_argument("inputs", nargs="+", help="images, folders of images, or .txt lists of paths")
-    p.add_argument("--model", default="deeplab_resnest50_ade", help=f"one of {', '.join(SEG_MODELS)}")
-    p.add_argument(
-        "--backbone", default=None, help="the backbone the model was trained with, if not the row's"
-    )
-    weights = p.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--params", help="a .params file of the model (e.g. a train-seg run's best)")
-    weights.add_argument("--pretrained", action="store_true", help="gluoncv's published weights")
+    common.add_seg_model(p, "a .params file of the model (e.g. a train-seg run's best)")
     p.add_argument("--classes", type=int, default=150, help="classes of the model")
     p.add_argument(
         "--class-names", default=None, help="names file, one per line (default: ADE20K's when --classes 150)"

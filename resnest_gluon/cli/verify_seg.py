@@ -26,6 +26,7 @@ import mxnet as mx
 import numpy as np
 
 import resnest_gluon
+from resnest_gluon.cli import common
 from resnest_gluon.data import shard_bounds
 from resnest_gluon.data.segmentation import (
     SEG_MEAN,
@@ -48,13 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Pixel accuracy and mIoU of a segmentation model (gluoncv's evaluator).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default="deeplab_resnest50_ade", help=f"one of {', '.join(SEG_MODELS)}")
-    p.add_argument(
-        "--backbone", default=None, help="the backbone the model was trained with, if not the row's"
-    )
-    weights = p.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--params", help="a .params file of the model (e.g. a train_seg run's best)")
-    weights.add_argument("--pretrained", action="store_true", help="gluoncv's published weights")
+    common.add_seg_model(p, "a .params file of the model (e.g. a train_seg run's best)")
     p.add_argument(
         "--data-root",
         required=True,
