@@ -54,9 +54,11 @@ TENSORRT_ONNX_OPS = frozenset(
 )
 
 
-# What a DeepLab adds (its upsampling, and the spread of its image pooling over the feature map); not
-# checked against TensorRT's parser.
-DEEPLAB_EXTRA_OPS = frozenset({"Expand", "GatherND", "Less", "Resize", "ScatterND"})
+# What a DeepLab adds (the interpolation matrices of its upsampling, built from shapes, and the spread of
+# its image pooling over the feature map); not checked against TensorRT's parser.
+DEEPLAB_EXTRA_OPS = frozenset(
+    {"Abs", "Expand", "GatherND", "Less", "Max", "Min", "Range", "ReduceMax", "ReduceProd", "ScatterND"}
+)
 
 
 def export_onnx(
@@ -98,7 +100,7 @@ def export_onnx(
         naming it; an earlier file is left as it was. The ``.meta.json`` is renamed after the model.
     """
     info = None if meta is False else build_meta(net, input_shape, "onnx", [path], meta or None)
-    # a DeepLab upsamples to its input's size, which MXNet's exporter cannot translate: fix it for the export
+    # a DeepLab upsamples to its input's size: fixed for the export, so the graph sizes nothing from arrays
     deeplab = hasattr(net, "set_output_size")
     fixed = deeplab and net.output_size is None
     with temporary_folder(path) as tmp:

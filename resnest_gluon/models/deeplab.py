@@ -20,6 +20,7 @@ from mxnet.gluon.contrib.nn import HybridConcurrent
 
 from .layers import make_norm
 from .pretrained import SHA1
+from .resize import bilinear_resize
 from .resnest import ResNeSt
 
 __all__ = ["ASPP", "DeepLabHead", "DeepLabV3", "FCNHead", "SEG_MODELS", "get_deeplab", "load_backbone_params"]
@@ -199,9 +200,10 @@ class DeepLabV3(HybridBlock):
             self._clear_cached_op()
 
     def _upsample(self, F, x, like):
+        # BilinearResize2D's numbers as two matrix products, a third of its time (models/resize.py)
         if self.output_size is None:
-            return F.contrib.BilinearResize2D(x, like=like, mode="like")
-        return F.contrib.BilinearResize2D(x, height=self.output_size[0], width=self.output_size[1])
+            return bilinear_resize(F, x, like=like)
+        return bilinear_resize(F, x, size=self.output_size)
 
     def forward(self, x, *args):
         if self.aux:
