@@ -9,8 +9,8 @@ for ``BilinearResize2D`` is a plain loop (296 ms of a DeepLab's 759 ms at 480 px
 products take about a third of that and agree with it to float rounding (7e-7 on unit-variance maps).
 
 The matrices are built in the graph from the arrays' own shapes (``arange_like``), so a hybridized graph
-takes any input size; with a fixed ``size`` they are built from that size instead, which MXNet's ONNX
-exporter translates (standard operators and ``MatMul``).
+takes any input size, or from a fixed ``size``; MXNet's ONNX exporter translates either (standard operators
+and ``MatMul``).
 """
 
 from typing import Optional, Sequence
