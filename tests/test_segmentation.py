@@ -347,7 +347,7 @@ class _Resize(HybridBlock):
 @pytest.mark.parametrize("hybrid", [False, True])
 def test_fast_resize_equals_bilinear_resize2d(shape, size, fixed, hybrid):
     """The two matrix products give BilinearResize2D's numbers (align_corners), forward and backward, to
-    float rounding (at most 3e-6 on these maps, values up to 45), imperative and hybridized, to ``like``'s
+    float rounding (a few 1e-6 on maps with values up to about 45), imperative and hybridized, to ``like``'s
     size and to a fixed one."""
     rng = np.random.default_rng(sum(shape) + sum(size))
     x = mx.nd.array(rng.standard_normal(shape) * 10)
