@@ -1,5 +1,6 @@
 """ONNX export (MXNet's exporter, then a clean-up pass), operator checks and onnxruntime helpers."""
 
+import contextlib
 import logging
 import os
 from typing import Iterable, Sequence, Set, Union
@@ -54,9 +55,11 @@ TENSORRT_ONNX_OPS = frozenset(
 )
 
 
-# What a DeepLab adds (its upsampling, and the spread of its image pooling over the feature map); not
-# checked against TensorRT's parser.
-DEEPLAB_EXTRA_OPS = frozenset({"Expand", "GatherND", "Less", "Resize", "ScatterND"})
+# What a DeepLab adds (the interpolation matrices of its upsampling, built from shapes, and the spread of
+# its image pooling over the feature map); not checked against TensorRT's parser.
+DEEPLAB_EXTRA_OPS = frozenset(
+    {"Abs", "Expand", "GatherND", "Less", "Max", "Min", "Range", "ReduceMax", "ReduceProd", "ScatterND"}
+)
 
 
 def export_onnx(
@@ -98,7 +101,7 @@ def export_onnx(
         naming it; an earlier file is left as it was. The ``.meta.json`` is renamed after the model.
     """
     info = None if meta is False else build_meta(net, input_shape, "onnx", [path], meta or None)
-    # a DeepLab upsamples to its input's size, which MXNet's exporter cannot translate: fix it for the export
+    # a DeepLab upsamples to its input's size: fixed for the export, so the graph sizes nothing from arrays
     deeplab = hasattr(net, "set_output_size")
     fixed = deeplab and net.output_size is None
     with temporary_folder(path) as tmp:
@@ -116,9 +119,10 @@ def export_onnx(
         if dynamic_batch:
             kwargs = dict(dynamic=True, dynamic_input_shapes=[(None, *tuple(input_shape)[1:])])
         try:
-            mx.onnx.export_model(
-                sym_file, params_file, [tuple(input_shape)], [np.float32], tmp_onnx, **kwargs
-            )
+            with _quiet_dot_warning():
+                mx.onnx.export_model(
+                    sym_file, params_file, [tuple(input_shape)], [np.float32], tmp_onnx, **kwargs
+                )
             _fix_onnx(tmp_onnx)
         except OSError as err:
             raise write_failed(path, err) from None
@@ -130,6 +134,25 @@ def export_onnx(
         replace_together(staged)  # the model, then its metadata, each checked before the first rename
     logger.info("exported %s", path)
     return path
+
+
+class _DropDotWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Converting dot operator")
+
+
+@contextlib.contextmanager
+def _quiet_dot_warning():
+    """MXNet's exporter warns at every ``dot`` that ONNX's ``MatMul`` differs from it beyond 2-D; a
+    DeepLab's upsampling multiplies by 2-D matrices only, where the two agree (tested against
+    onnxruntime), so the warning is dropped for the export."""
+    root = logging.getLogger()
+    quiet = _DropDotWarning()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 # The highest opset MXNet 1.9.1's translations are written for; it stamps the model with onnx's newest

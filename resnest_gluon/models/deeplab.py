@@ -8,7 +8,8 @@ results). The parameter names are those of gluoncv's files (``conv1`` ... ``laye
 Two things differ from gluoncv's code, neither in the numbers: nothing depends on the input size (gluoncv
 fixes the size of its ASPP pooling branch and of the final upsampling when it builds the model), and the
 auxiliary FCN head is an output only while ``aux`` is on (training); its weights are always kept, so the
-same file loads either way.
+same file loads either way. The final upsampling gives ``BilinearResize2D``'s numbers (to float rounding)
+as two matrix products, which are faster on CPU (:mod:`resnest_gluon.models.resize`).
 """
 
 import warnings
@@ -20,6 +21,7 @@ from mxnet.gluon.contrib.nn import HybridConcurrent
 
 from .layers import make_norm
 from .pretrained import SHA1
+from .resize import bilinear_resize
 from .resnest import ResNeSt
 
 __all__ = ["ASPP", "DeepLabHead", "DeepLabV3", "FCNHead", "SEG_MODELS", "get_deeplab", "load_backbone_params"]
@@ -190,18 +192,19 @@ class DeepLabV3(HybridBlock):
     def set_output_size(self, size: Optional[Sequence[int]]) -> None:
         """Upsample to a fixed ``(height, width)`` instead of the input's own size (None: the input's).
 
-        MXNet's ONNX exporter translates a bilinear resize to a fixed size but not one that takes the size
-        of another array; :func:`resnest_gluon.deploy.export_onnx` sets the exported input's size here for
-        the export and clears it afterwards. The outputs are the same for that input size."""
+        :func:`resnest_gluon.deploy.export_onnx` sets the exported input's size here for the export and
+        clears it afterwards, so the exported graph sizes its upsampling from constants rather than from
+        another array. The outputs are the same for that input size."""
         size = None if size is None else (int(size[0]), int(size[1]))
         if size != self.output_size:
             self.output_size = size
             self._clear_cached_op()
 
     def _upsample(self, F, x, like):
+        # BilinearResize2D's numbers as two matrix products, a third of its time (models/resize.py)
         if self.output_size is None:
-            return F.contrib.BilinearResize2D(x, like=like, mode="like")
-        return F.contrib.BilinearResize2D(x, height=self.output_size[0], width=self.output_size[1])
+            return bilinear_resize(F, x, like=like)
+        return bilinear_resize(F, x, size=self.output_size)
 
     def forward(self, x, *args):
         if self.aux:
