@@ -294,12 +294,19 @@ def channel_tables(img: np.ndarray, steps) -> np.ndarray:
 
 
 PIXEL_OPS = frozenset(("Color", "Brightness", "Contrast"))
-_PIL_GREY = (19595 / 65536, 38470 / 65536, 7471 / 65536)  # PIL's "L" conversion, R G B
 _TRUNCATE = -0.5 + 1.0 / 1024  # cv2 rounds, PIL's blend truncates: shift by just under half a level
 
 
-def _grey_weights(bgr: bool) -> np.ndarray:
-    return np.array([_PIL_GREY[::-1] if bgr else _PIL_GREY], np.float32)
+def _grey(img: np.ndarray, bgr: bool) -> np.ndarray:
+    """PIL's "L" conversion (0.299 R + 0.587 G + 0.114 B, rounded) by ``cv2.cvtColor``: its 14-bit weights
+    give PIL's grey level for all but 0.13 % of the 2^24 colours (those one level apart), 4x faster than a
+    float ``cv2.transform`` to one channel."""
+    return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
+
+
+def _mean_grey(img: np.ndarray, bgr: bool) -> float:
+    """The mean PIL grey level of ``img`` (Contrast's degenerate image before PIL rounds it)."""
+    return cv2.mean(_grey(img, bgr))[0]
 
 
 def pixel_step(img: np.ndarray, name: str, level: float, bgr: bool, mean_grey: float = 0.0) -> np.ndarray:
@@ -313,7 +320,7 @@ def pixel_step(img: np.ndarray, name: str, level: float, bgr: bool, mean_grey: f
         return cv2.addWeighted(img, f, img, 0.0, _TRUNCATE)
     if name == "Contrast":
         return cv2.addWeighted(img, f, img, 0.0, (1.0 - f) * int(mean_grey + 0.5) + _TRUNCATE)
-    grey = cv2.cvtColor(cv2.transform(img, _grey_weights(bgr)), cv2.COLOR_GRAY2BGR)
+    grey = cv2.cvtColor(_grey(img, bgr), cv2.COLOR_GRAY2BGR)
     return cv2.addWeighted(img, f, grey, 1.0 - f, _TRUNCATE)
 
 
@@ -358,7 +365,7 @@ def _finisher(img: np.ndarray, tail, bgr: bool, box=None) -> Callable[[np.ndarra
             now = img
             for stage in stages:
                 now = stage(now)
-            mean_grey = cv2.mean(cv2.transform(now, _grey_weights(bgr)))[0]
+            mean_grey = _mean_grey(now, bgr)
             if box is not None:
                 y, x, ch, cw = box
                 start, cut = len(stages), now[y : y + ch, x : x + cw]
@@ -716,7 +723,7 @@ def _before_crop(img: np.ndarray, steps, bgr: bool, box=None):
     k = _deferred_from(steps)
     for name, level, sign in steps[:k]:
         if name in PIXEL_OPS:
-            mean_grey = cv2.mean(cv2.transform(img, _grey_weights(bgr)))[0] if name == "Contrast" else 0.0
+            mean_grey = _mean_grey(img, bgr) if name == "Contrast" else 0.0
             img = pixel_step(img, name, level, bgr, mean_grey)
         else:
             img = RESNEST_OPS[name](img, level, sign, bgr)
