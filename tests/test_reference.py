@@ -410,3 +410,22 @@ def test_clipped_colour_equals_opencvs_chain():
             want = cv2.add(want, (shift[2], shift[1], shift[0], 0.0))
             got = transforms._jitter_clipped(img, order, alphas, shift, bgr=True)
             np.testing.assert_array_equal(got, want)
+
+
+def test_autocontrast_from_the_channel_ranges_is_pils():
+    """AutoContrast reads only each channel's lowest and highest value (PIL's first and last non-empty
+    histogram bins): the same tables as from the histograms, and PIL's pixels, on photographs, views of
+    them, flat channels and single pixels."""
+    from PIL import ImageOps
+
+    photo = load_sample_images().images[1]
+    flat = photo.copy()
+    flat[..., 1] = 77
+    tiny = [np.zeros((5, 7, 3), np.uint8), photo[9:10, 3:4]]
+    cases = [photo, photo[40:300:3, 17:500], photo[::-1], flat] + tiny
+    for img in cases:
+        want = aa._autocontrast_table(aa._histograms(np.ascontiguousarray(img)))
+        np.testing.assert_array_equal(aa._range_table(*aa._channel_range(img)), want)
+        np.testing.assert_array_equal(
+            aa.apply_op(img, "AutoContrast", 5), np.asarray(ImageOps.autocontrast(Image.fromarray(img)))
+        )

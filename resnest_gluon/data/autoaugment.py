@@ -151,7 +151,20 @@ def _autocontrast_table(hist: np.ndarray) -> np.ndarray:
     """PIL's autocontrast without cutoff, for each row of ``hist`` (a channel's histogram): the channel's
     range stretched to 0..255, truncated."""
     present = hist > 0
-    lo, hi = present.argmax(1), 255 - present[:, ::-1].argmax(1)
+    return _range_table(present.argmax(1), 255 - present[:, ::-1].argmax(1))
+
+
+def _channel_range(img: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Each channel's lowest and highest value: all that autocontrast without cutoff reads of its
+    histogram (PIL: the lowest and highest non-empty bins), in a fifth of the time of the histograms.
+    Reduced over rows first, where numpy's reductions run on whole rows."""
+    rows = img.reshape(img.shape[0], -1) if img.flags.c_contiguous else img.reshape(-1, 3)
+    lo, hi = rows.min(0), rows.max(0)
+    return lo.reshape(-1, 3).min(0).astype(np.int64), hi.reshape(-1, 3).max(0).astype(np.int64)
+
+
+def _range_table(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """:func:`_autocontrast_table` from each channel's lowest and highest value."""
     flat = hi <= lo
     scale = 255.0 / np.where(flat, 1, hi - lo)
     table = np.clip((_LEVELS * scale[:, None] - (lo * scale)[:, None]).astype(np.int64), 0, 255)
@@ -171,7 +184,8 @@ def _equalize_table(hist: np.ndarray) -> np.ndarray:
 
 
 def _autocontrast(img, level, sign, bgr):
-    return _per_channel_lut(img, _autocontrast_table)
+    tables = np.ascontiguousarray(_range_table(*_channel_range(img)).T, np.uint8)
+    return cv2.LUT(img, tables.reshape(256, 1, 3))
 
 
 def _equalize(img, level, sign, bgr):
@@ -253,7 +267,9 @@ def _run_table(img: np.ndarray, steps) -> np.ndarray:
     total = None  # the identity
     hist0 = None
     for name, level, _ in steps:
-        if name in _HIST_TABLES:
+        if name == "AutoContrast" and total is None:  # first: the channels' ranges are enough
+            total = _range_table(*_channel_range(img))
+        elif name in _HIST_TABLES:
             if hist0 is None:
                 hist0 = _histograms(img)
             hist = hist0
