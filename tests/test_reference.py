@@ -429,3 +429,14 @@ def test_autocontrast_from_the_channel_ranges_is_pils():
         np.testing.assert_array_equal(
             aa.apply_op(img, "AutoContrast", 5), np.asarray(ImageOps.autocontrast(Image.fromarray(img)))
         )
+
+
+def test_pixel_operations_grey_is_pils_on_almost_every_colour():
+    """Color and Contrast in the pipeline take PIL's grey level from ``cv2.cvtColor``: on all 2^24 colours,
+    at most one level from PIL's "L" conversion, and on fewer than 0.2 % of them (measured: 0.13 %)."""
+    v = np.arange(1 << 24, dtype=np.uint32)
+    rgb = np.stack([v >> 16, (v >> 8) & 255, v & 255], -1).astype(np.uint8).reshape(4096, 4096, 3)
+    want = np.asarray(Image.fromarray(rgb).convert("L")).astype(np.int16)
+    for img, bgr in ((rgb, False), (np.ascontiguousarray(rgb[:, :, ::-1]), True)):
+        diff = np.abs(aa._grey(img, bgr) - want)
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.002

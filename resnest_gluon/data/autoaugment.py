@@ -330,7 +330,8 @@ def pixel_step(img: np.ndarray, name: str, level: float, bgr: bool, mean_grey: f
     OpenCV: PIL's ``degenerate + factor * (image - degenerate)``, truncated and clipped to uint8.
 
     The same as :func:`apply_op` but where a blend lands within a thousandth of a level below an integer
-    or float rounding differs (a grey level, on a few pixels in a hundred; mean difference < 0.05)."""
+    or float rounding differs, or OpenCV's grey level is one off PIL's (a grey level, on a few pixels in a
+    hundred; mean difference < 0.05; Color at most 0.001 on 202 photographs at levels 0, 4, 5, 8, 10)."""
     f = _factor(level)
     if name == "Brightness":
         return cv2.addWeighted(img, f, img, 0.0, _TRUNCATE)
