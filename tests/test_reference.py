@@ -458,8 +458,9 @@ def test_colour_step_is_mxnets_operators(bgr):
             for op, a in zip(order, factors):
                 want = ops[op](want, a, a)
             want = mx.nd.image.adjust_lighting(want, alpha=alphas).asnumpy().astype(int)
-            img = np.ascontiguousarray(rgb[:, :, ::-1]) if bgr else rgb
+            img = np.ascontiguousarray(rgb[:, :, ::-1]) if bgr else rgb.copy()
             got = transforms.jitter_mxnet(img, order, factors, _lighting_shift(alphas), bgr=bgr)
+            np.testing.assert_array_equal(img, rgb[:, :, ::-1] if bgr else rgb)  # the input left alone
             got = (got[:, :, ::-1] if bgr else got).astype(int)
             diff = np.abs(got - want)
             assert diff.max() <= 3 and diff.mean() < 0.05, (order, factors, diff.max(), diff.mean())

@@ -277,19 +277,22 @@ def jitter_mxnet(img: np.ndarray, order, alphas, lighting_shift, bgr: bool) -> n
     assigns instead of adding, so only the blue term is left); lighting ``x + s``, ``s`` the PCA shift.
     """
     blue = 0 if bgr else 2
+    out = None  # the first step makes a new image; the later ones overwrite it (fewer fresh pages)
     for op, a in zip(order, alphas):
         if op == 0:
-            img = _scale_add(img, a, _TRUNCATE)
+            out = _scale_add(img, a, _TRUNCATE, out)
         elif op == 1:
             # The mean of the rounded grey level: within a few thousandths of a level of the exact one.
             mean = cv2.mean(cv2.cvtColor(img, _grey_code(bgr)))[0]
-            img = _scale_add(img, a, (1.0 - a) * mean + _TRUNCATE)
+            out = _scale_add(img, a, (1.0 - a) * mean + _TRUNCATE, out)
         else:
             b3 = cv2.cvtColor(cv2.extractChannel(img, blue), cv2.COLOR_GRAY2BGR)
-            img = cv2.addWeighted(img, a, b3, 0.114 * (1.0 - a), _TRUNCATE)
+            out = cv2.addWeighted(img, a, b3, 0.114 * (1.0 - a), _TRUNCATE, dst=out)
+        img = out
     if lighting_shift is not None:
         # x + s truncated is x + floor(s) for every x that stays in 0..255: an exact integer shift.
-        img = add_per_channel(img, np.floor(lighting_shift[::-1] if bgr else lighting_shift))
+        shift = np.floor(lighting_shift[::-1] if bgr else lighting_shift)
+        img = add_per_channel(img, shift, in_place=out is not None)
     return img
 
 
@@ -302,17 +305,20 @@ def jitter_torchvision(img: np.ndarray, order, alphas, lighting_shift, bgr: bool
     (``(19595 R + 38470 G + 7471 B + 2^15) >> 16``; OpenCV's grey is one level off it on 0.13 % of colours).
     """
     code = _grey_code(bgr)
+    out = None
     for op, f in zip(order, alphas):
         if op == 0:
-            img = _scale_add(img, f, _TRUNCATE)
+            out = _scale_add(img, f, _TRUNCATE, out)
         elif op == 1:
             mean = int(cv2.mean(cv2.cvtColor(img, code))[0] + 0.5)
-            img = _scale_add(img, f, (1.0 - f) * mean + _TRUNCATE)
+            out = _scale_add(img, f, (1.0 - f) * mean + _TRUNCATE, out)
         else:
             grey = cv2.cvtColor(cv2.cvtColor(img, code), cv2.COLOR_GRAY2BGR)
-            img = cv2.addWeighted(img, f, grey, 1.0 - f, _TRUNCATE)
+            out = cv2.addWeighted(img, f, grey, 1.0 - f, _TRUNCATE, dst=out)
+        img = out
     if lighting_shift is not None:
-        img = add_per_channel(img, np.floor(lighting_shift[::-1] if bgr else lighting_shift))
+        shift = np.floor(lighting_shift[::-1] if bgr else lighting_shift)
+        img = add_per_channel(img, shift, in_place=out is not None)
     return img
 
 
@@ -340,28 +346,31 @@ def jitter_rounded(img: np.ndarray, order, alphas, lighting_shift, bgr: bool) ->
 _JITTER = {"mxnet": jitter_mxnet, "torchvision": jitter_torchvision, "rounded": jitter_rounded}
 
 
-def _scale_add(img: np.ndarray, a: float, b: float) -> np.ndarray:
+def _scale_add(img: np.ndarray, a: float, b: float, dst: Optional[np.ndarray] = None) -> np.ndarray:
     """``a x + b`` rounded and clipped to uint8, as ``cv2.addWeighted(img, a, img, 0, b)``. Where ``a x + b``
     cannot fall below -0.5 (so that taking its absolute value changes nothing after rounding)
     ``cv2.convertScaleAbs``, 20 % faster: the same float arithmetic and rounding, the same pixels
-    (``tests/test_reference.py`` compares them)."""
+    (``tests/test_reference.py`` compares them). ``dst``: where to write (may be ``img``)."""
     if a >= 0.0 and b >= -0.5:
-        return cv2.convertScaleAbs(img, alpha=a, beta=b)
-    return cv2.addWeighted(img, a, img, 0.0, b)
+        return cv2.convertScaleAbs(img, dst, alpha=a, beta=b)
+    return cv2.addWeighted(img, a, img, 0.0, b, dst=dst)
 
 
-def add_per_channel(img: np.ndarray, shift) -> np.ndarray:
+def add_per_channel(img: np.ndarray, shift, in_place: bool = False) -> np.ndarray:
     """``cv2.add(img, (s0, s1, s2, 0))`` on a uint8 image: each channel's shift rounded (half to even), the
     sum clipped to 0..255. As two saturating additions of whole arrays (the positive shifts, then the
-    negative ones subtracted): the same pixels in 40 % of the time of OpenCV's per-channel scalar path."""
+    negative ones subtracted): the same pixels in 40 % of the time of OpenCV's per-channel scalar path.
+    ``in_place``: write over ``img``."""
     rounded = [round(float(s)) for s in shift]  # Python rounds half to even, as OpenCV does
+    const = None
     for sign, op in ((1, cv2.add), (-1, cv2.subtract)):
         part = [min(max(sign * r, 0), 255) for r in rounded]
         if any(part):
-            const = np.empty_like(img)
+            const = np.empty_like(img) if const is None else const
             const[0] = part  # the first row, then copied down: far faster than numpy's 3-wide broadcast
             const[1:] = const[0]
-            img = op(img, const)
+            img = op(img, const, dst=img if in_place else None)
+            in_place = True
     return img
 
 
