@@ -13,7 +13,8 @@ On one ``.rec`` file, in one run, measures images per second of
 * ``train_autoaug``: the same with the reference's AutoAugment on the whole decoded image (the recipe's
   pipeline, ``--recipe``);
 * ``train_dct``: ``train`` with the DCT shortcut (``reduced_decode=True``); ``train_unclipped``: ``train``
-  with the colour operations as one unclipped map (``clip_colour=False``); ``train_fast``: both, the
+  with the colour operations as one unclipped map (``clip_colour=False``); ``train_rounded`` (bench_transform
+  only): ``train`` with the rounded colour step (``colour="rounded"``); ``train_fast``: both, the
   former default; ``train_autoaug_tv``: ``train_fast`` with the torchvision AutoAugment on the crop, the
   former ``--auto-aug``;
 * ``train_cpp``: the same augmentations with MXNet's C++ ``ImageRecordIter`` (``backend="cpp"``);
@@ -286,6 +287,7 @@ _TRAIN_OPTIONS = {
     "train_autoaug": dict(auto_aug="resnest"),
     "train_dct": dict(reduced_decode=True),
     "train_unclipped": dict(clip_colour=False),
+    "train_rounded": dict(colour="rounded"),
     "train_fast": dict(reduced_decode=True, clip_colour=False),
     "train_autoaug_tv": dict(reduced_decode=True, clip_colour=False, auto_aug="torchvision"),
     "train_cpp": dict(backend="cpp"),
@@ -306,7 +308,9 @@ def bench_transform(
     limit then each pipeline; returns per pipeline the median ms per image and the median over rounds of
     "limit / pipeline" (each ratio from one round, so both sides saw the same load). With ``train`` and
     ``train_unclipped`` both measured, the ``train`` row also has ``clipping_cost``: the median over rounds of
-    its time over ``train_unclipped``'s, minus 1 (what clipping the colour operations costs per image)."""
+    its time over ``train_unclipped``'s, minus 1 (what clipping the colour operations costs per image), and
+    with ``train_rounded`` (``colour="rounded"``) ``vs_rounded``, the same against that.
+    """
     payloads = [np.frombuffer(p, np.uint8) for p in _payloads(rec_path, limit)]
     made = {}
     for name in pipelines:
@@ -319,6 +323,7 @@ def bench_transform(
             transforms.interp_name("auto", size),
             reduced_decode=options.get("reduced_decode", False),
             clip_colour=options.get("clip_colour", True),
+            colour=options.get("colour", "auto"),
         )
     out, scratch = np.empty((3, size, size), np.float32), np.empty((size, size, 3), np.float32)
     times: Dict[str, List[float]] = {name: [] for name in ("limit",) + tuple(pipelines)}
@@ -360,6 +365,9 @@ def bench_transform(
         if name == "train" and "train_unclipped" in times:
             paired = [a / b for a, b in zip(times["train"], times["train_unclipped"])]
             rows[-1]["clipping_cost"] = round(float(np.median(paired)) - 1.0, 3)
+        if name == "train" and "train_rounded" in times:
+            paired = [a / b for a, b in zip(times["train"], times["train_rounded"])]
+            rows[-1]["vs_rounded"] = round(float(np.median(paired)) - 1.0, 3)
     return rows
 
 

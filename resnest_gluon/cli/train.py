@@ -46,6 +46,7 @@ from resnest_gluon.data import mixup, num_records, shard_bounds, smooth_one_hot,
 from resnest_gluon.data.class_names import class_names_beside, read_class_names
 from resnest_gluon.data.iterator import explain_iter_error
 from resnest_gluon.data.recordio import find_bad_record
+from resnest_gluon.data.transforms import COLOURS
 from resnest_gluon.models.layers import set_drop_per_sample
 from resnest_gluon.progress import progress_bar
 from resnest_gluon.training import (
@@ -159,6 +160,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--unclipped-colour",
         action="store_true",
         help="jitter, lighting and normalisation as one unclipped map (the reference clips after each)",
+    )
+    reg.add_argument(
+        "--colour",
+        choices=COLOURS,
+        default="auto",
+        help="clipped colour step: mxnet (MXNet's operators, the reference's below 320 px), torchvision "
+        "(ColorJitter through PIL, and MXNet's lighting: the reference's from 320 px), auto (the reference's "
+        "for --input-size), rounded (each step rounded, saturation towards the grey level)",
     )
     reg.add_argument(
         "--train-crop",
@@ -505,6 +514,7 @@ def make_train_iter(args: argparse.Namespace, epoch: int, ctx: mx.Context):
         auto_aug=False if args.auto_aug == "none" else args.auto_aug,
         reduced_decode=args.fast_decode,
         clip_colour=not args.unclipped_colour,
+        colour=args.colour,
         crop=args.train_crop,
         jitter=args.jitter,
         lighting=args.lighting,

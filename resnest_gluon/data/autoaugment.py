@@ -151,7 +151,20 @@ def _autocontrast_table(hist: np.ndarray) -> np.ndarray:
     """PIL's autocontrast without cutoff, for each row of ``hist`` (a channel's histogram): the channel's
     range stretched to 0..255, truncated."""
     present = hist > 0
-    lo, hi = present.argmax(1), 255 - present[:, ::-1].argmax(1)
+    return _range_table(present.argmax(1), 255 - present[:, ::-1].argmax(1))
+
+
+def _channel_range(img: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Each channel's lowest and highest value: all that autocontrast without cutoff reads of its
+    histogram (PIL: the lowest and highest non-empty bins), in a fifth of the time of the histograms.
+    Reduced over rows first, where numpy's reductions run on whole rows."""
+    rows = img.reshape(img.shape[0], -1) if img.flags.c_contiguous else img.reshape(-1, 3)
+    lo, hi = rows.min(0), rows.max(0)
+    return lo.reshape(-1, 3).min(0).astype(np.int64), hi.reshape(-1, 3).max(0).astype(np.int64)
+
+
+def _range_table(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """:func:`_autocontrast_table` from each channel's lowest and highest value."""
     flat = hi <= lo
     scale = 255.0 / np.where(flat, 1, hi - lo)
     table = np.clip((_LEVELS * scale[:, None] - (lo * scale)[:, None]).astype(np.int64), 0, 255)
@@ -171,7 +184,8 @@ def _equalize_table(hist: np.ndarray) -> np.ndarray:
 
 
 def _autocontrast(img, level, sign, bgr):
-    return _per_channel_lut(img, _autocontrast_table)
+    tables = np.ascontiguousarray(_range_table(*_channel_range(img)).T, np.uint8)
+    return cv2.LUT(img, tables.reshape(256, 1, 3))
 
 
 def _equalize(img, level, sign, bgr):
@@ -253,7 +267,9 @@ def _run_table(img: np.ndarray, steps) -> np.ndarray:
     total = None  # the identity
     hist0 = None
     for name, level, _ in steps:
-        if name in _HIST_TABLES:
+        if name == "AutoContrast" and total is None:  # first: the channels' ranges are enough
+            total = _range_table(*_channel_range(img))
+        elif name in _HIST_TABLES:
             if hist0 is None:
                 hist0 = _histograms(img)
             hist = hist0
@@ -294,12 +310,19 @@ def channel_tables(img: np.ndarray, steps) -> np.ndarray:
 
 
 PIXEL_OPS = frozenset(("Color", "Brightness", "Contrast"))
-_PIL_GREY = (19595 / 65536, 38470 / 65536, 7471 / 65536)  # PIL's "L" conversion, R G B
 _TRUNCATE = -0.5 + 1.0 / 1024  # cv2 rounds, PIL's blend truncates: shift by just under half a level
 
 
-def _grey_weights(bgr: bool) -> np.ndarray:
-    return np.array([_PIL_GREY[::-1] if bgr else _PIL_GREY], np.float32)
+def _grey(img: np.ndarray, bgr: bool) -> np.ndarray:
+    """PIL's "L" conversion (0.299 R + 0.587 G + 0.114 B, rounded) by ``cv2.cvtColor``: its 14-bit weights
+    give PIL's grey level for all but 0.13 % of the 2^24 colours (those one level apart), 4x faster than a
+    float ``cv2.transform`` to one channel."""
+    return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
+
+
+def _mean_grey(img: np.ndarray, bgr: bool) -> float:
+    """The mean PIL grey level of ``img`` (Contrast's degenerate image before PIL rounds it)."""
+    return cv2.mean(_grey(img, bgr))[0]
 
 
 def pixel_step(img: np.ndarray, name: str, level: float, bgr: bool, mean_grey: float = 0.0) -> np.ndarray:
@@ -307,13 +330,14 @@ def pixel_step(img: np.ndarray, name: str, level: float, bgr: bool, mean_grey: f
     OpenCV: PIL's ``degenerate + factor * (image - degenerate)``, truncated and clipped to uint8.
 
     The same as :func:`apply_op` but where a blend lands within a thousandth of a level below an integer
-    or float rounding differs (a grey level, on a few pixels in a hundred; mean difference < 0.05)."""
+    or float rounding differs, or OpenCV's grey level is one off PIL's (a grey level, on a few pixels in a
+    hundred; mean difference < 0.05; Color at most 0.001 on 202 photographs at levels 0, 4, 5, 8, 10)."""
     f = _factor(level)
     if name == "Brightness":
         return cv2.addWeighted(img, f, img, 0.0, _TRUNCATE)
     if name == "Contrast":
         return cv2.addWeighted(img, f, img, 0.0, (1.0 - f) * int(mean_grey + 0.5) + _TRUNCATE)
-    grey = cv2.cvtColor(cv2.transform(img, _grey_weights(bgr)), cv2.COLOR_GRAY2BGR)
+    grey = cv2.cvtColor(_grey(img, bgr), cv2.COLOR_GRAY2BGR)
     return cv2.addWeighted(img, f, grey, 1.0 - f, _TRUNCATE)
 
 
@@ -358,7 +382,7 @@ def _finisher(img: np.ndarray, tail, bgr: bool, box=None) -> Callable[[np.ndarra
             now = img
             for stage in stages:
                 now = stage(now)
-            mean_grey = cv2.mean(cv2.transform(now, _grey_weights(bgr)))[0]
+            mean_grey = _mean_grey(now, bgr)
             if box is not None:
                 y, x, ch, cw = box
                 start, cut = len(stages), now[y : y + ch, x : x + cw]
@@ -716,7 +740,7 @@ def _before_crop(img: np.ndarray, steps, bgr: bool, box=None):
     k = _deferred_from(steps)
     for name, level, sign in steps[:k]:
         if name in PIXEL_OPS:
-            mean_grey = cv2.mean(cv2.transform(img, _grey_weights(bgr)))[0] if name == "Contrast" else 0.0
+            mean_grey = _mean_grey(img, bgr) if name == "Contrast" else 0.0
             img = pixel_step(img, name, level, bgr, mean_grey)
         else:
             img = RESNEST_OPS[name](img, level, sign, bgr)

@@ -42,6 +42,7 @@ def train_iter(
     opencv_threads: Optional[int] = 1,
     clip_colour: bool = True,
     crop: str = "auto",
+    colour: str = "auto",
 ) -> mx.io.DataIter:
     """Shuffled, augmented training batches of this worker's shard of ``rec_path``.
 
@@ -94,8 +95,15 @@ def train_iter(
         built. The worker threads are the parallelism; OpenCV's own pool inside each call only adds
         synchronisation (about 4 % more CPU per image measured here). ``None`` leaves OpenCV alone.
     clip_colour : bool
-        Python path: brightness, contrast, saturation and lighting each rounded and clipped to 0..255, as
-        the reference does (default); ``False`` applies them with the normalisation as one unclipped map.
+        Python path: brightness, contrast, saturation and lighting each clipped to 0..255 on the uint8
+        crop, as the reference does (default, with ``colour``'s arithmetic); ``False`` applies them with the
+        normalisation as one unclipped map.
+    colour : {'auto', 'mxnet', 'torchvision', 'rounded'}
+        Python path, with ``clip_colour``: ``mxnet`` is MXNet 1.9.1's ``RandomColorJitter`` and
+        ``RandomLighting`` (truncating; saturation towards 0.114 x blue), the reference's below 320 px;
+        ``torchvision`` is torchvision's ``ColorJitter`` (PIL's ``ImageEnhance``, truncating) and MXNet's
+        lighting, the reference's from 320 px; ``auto`` picks the reference's by ``input_size``;
+        ``rounded`` rounds each step and saturates towards each pixel's grey level (the former default).
     crop : {'auto', 'resized', 'tf'}
         Python path: ``resized`` is the random resized crop (area ``min_area``-1, log-uniform aspect 3/4-4/3);
         ``tf`` the TF-style crop of the reference's large models (area 0.1-1, aspect uniform in 3/4-4/3,
@@ -128,6 +136,7 @@ def train_iter(
             min_area,
             clip_colour=clip_colour,
             crop=crop,
+            colour=colour,
         )
         return ThreadIter(
             rec_path,

@@ -4,7 +4,10 @@ The training recipe is that of ResNeSt (Zhang et al., arXiv:2004.08955, section 
 scripts run it: optionally AutoAugment on the whole decoded image, then a random resized crop (area 8-100 %,
 aspect ratio 3/4-4/3, bilinear) or, for crops of 320 px and more, a TF-style random crop (area 10-100 %,
 aspect 3/4-4/3, bicubic), horizontal flip, colour jitter 0.4 (brightness, contrast, saturation in random
-order) and AlexNet-style PCA lighting noise 0.1, each clipped to 0..255, then mean/std normalisation.
+order) and AlexNet-style PCA lighting noise 0.1, each clipped to 0..255, then mean/std normalisation. The
+colour step computes what the reference's operators compute on the uint8 crop: below 320 px MXNet 1.9.1's
+``RandomColorJitter`` and ``RandomLighting`` (truncating; saturation towards 0.114 x blue), from 320 px
+torchvision's ``ColorJitter`` (PIL's ``ImageEnhance``, truncating) and MXNet's lighting.
 
 Evaluation below 320 px resizes the shorter side to ``ceil(crop / 0.875)`` (bilinear) and takes the centre
 crop; from 320 px it takes the centre square of side ``crop / (crop + 32)`` times the shorter side and
@@ -240,10 +243,89 @@ def _tf_crop_box(h: int, w: int, ratios, heights, py: float, px: float, min_area
 # Each pixel's grey in all three channels (saturation), for RGB and BGR pixels.
 _TO_GREY = {bgr: np.array([g, g, g], np.float32) for bgr, g in ((False, _GRAY), (True, _GRAY[::-1]))}
 
+# OpenCV rounds to nearest; MXNet's operators and PIL's blend truncate. A shift of just under half a level
+# turns one into the other but where the exact value lies within 1/8192 below an integer (float32's error
+# near 255 is 1/65536).
+_TRUNCATE = -0.5 + 1.0 / 8192
 
-def _jitter_clipped(img: np.ndarray, order, alphas, lighting_shift, bgr: bool) -> np.ndarray:
+# The colour steps: MXNet's operators (the reference below 320 px), torchvision's ColorJitter (PIL's
+# ImageEnhance; 320 px and up; lighting is MXNet's there too), and rounded with saturation towards each
+# pixel's grey level (what the operators are documented to do; this project's former default).
+COLOURS = ("auto", "mxnet", "torchvision", "rounded")
+
+
+def colour_name(colour: str, size: int) -> str:
+    """``colour``, with ``auto`` resolved to the reference's colour step for crops of ``size``."""
+    if colour not in COLOURS:
+        raise ValueError(f"colour must be one of {', '.join(COLOURS)}, got {colour!r}")
+    if colour == "auto":
+        return "torchvision" if size >= LARGE_CROP else "mxnet"
+    return colour
+
+
+def _grey_code(bgr: bool) -> int:
+    return cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY
+
+
+def jitter_mxnet(img: np.ndarray, order, alphas, lighting_shift, bgr: bool) -> np.ndarray:
+    """MXNet 1.9.1's ``image.random_color_jitter`` then ``image.random_lighting`` on a uint8 image, with the
+    factors given (``order``: 0 brightness, 1 contrast, 2 saturation; ``lighting_shift``: the RGB shift).
+
+    Each operator computes in float32 and stores ``uint8(min(max(v, 0), 255))``, i.e. truncates:
+    brightness ``a x``; contrast ``a x + (1 - a) m`` with ``m`` the whole image's mean of
+    ``0.299 R + 0.587 G + 0.114 B``; saturation ``a x + (1 - a) 0.114 B`` in every channel (its grey loop
+    assigns instead of adding, so only the blue term is left); lighting ``x + s``, ``s`` the PCA shift.
+    """
+    blue = 0 if bgr else 2
+    out = None  # the first step makes a new image; the later ones overwrite it (fewer fresh pages)
+    for op, a in zip(order, alphas):
+        if op == 0:
+            out = _scale_add(img, a, _TRUNCATE, out)
+        elif op == 1:
+            # The mean of the rounded grey level: within a few thousandths of a level of the exact one.
+            mean = cv2.mean(cv2.cvtColor(img, _grey_code(bgr)))[0]
+            out = _scale_add(img, a, (1.0 - a) * mean + _TRUNCATE, out)
+        else:
+            b3 = cv2.cvtColor(cv2.extractChannel(img, blue), cv2.COLOR_GRAY2BGR)
+            out = cv2.addWeighted(img, a, b3, 0.114 * (1.0 - a), _TRUNCATE, dst=out)
+        img = out
+    if lighting_shift is not None:
+        # x + s truncated is x + floor(s) for every x that stays in 0..255: an exact integer shift.
+        shift = np.floor(lighting_shift[::-1] if bgr else lighting_shift)
+        img = add_per_channel(img, shift, in_place=out is not None)
+    return img
+
+
+def jitter_torchvision(img: np.ndarray, order, alphas, lighting_shift, bgr: bool) -> np.ndarray:
+    """torchvision's ``ColorJitter`` on a PIL image (PIL's ``ImageEnhance``) then MXNet's lighting, with the
+    factors given (as :func:`jitter_mxnet`).
+
+    PIL blends ``d + f (x - d)`` in float32 and truncates: brightness towards ``d = 0``, contrast towards
+    the mean of PIL's grey image rounded to an integer, colour towards each pixel's PIL grey level
+    (``(19595 R + 38470 G + 7471 B + 2^15) >> 16``; OpenCV's grey is one level off it on 0.13 % of colours).
+    """
+    code = _grey_code(bgr)
+    out = None
+    for op, f in zip(order, alphas):
+        if op == 0:
+            out = _scale_add(img, f, _TRUNCATE, out)
+        elif op == 1:
+            mean = int(cv2.mean(cv2.cvtColor(img, code))[0] + 0.5)
+            out = _scale_add(img, f, (1.0 - f) * mean + _TRUNCATE, out)
+        else:
+            grey = cv2.cvtColor(cv2.cvtColor(img, code), cv2.COLOR_GRAY2BGR)
+            out = cv2.addWeighted(img, f, grey, 1.0 - f, _TRUNCATE, dst=out)
+        img = out
+    if lighting_shift is not None:
+        shift = np.floor(lighting_shift[::-1] if bgr else lighting_shift)
+        img = add_per_channel(img, shift, in_place=out is not None)
+    return img
+
+
+def jitter_rounded(img: np.ndarray, order, alphas, lighting_shift, bgr: bool) -> np.ndarray:
     """Brightness, contrast and saturation in ``order``, then the lighting shift, on a uint8 image: each
-    step rounded and clipped to 0..255 as the reference's operators do on uint8 images."""
+    step rounded and clipped to 0..255, contrast towards the mean grey of every 8th row and saturation
+    towards each pixel's grey level (``colour="rounded"``)."""
     g = _GRAY[::-1] if bgr else _GRAY
     to_grey = _TO_GREY[bgr]
     for op, a in zip(order, alphas):
@@ -261,27 +343,34 @@ def _jitter_clipped(img: np.ndarray, order, alphas, lighting_shift, bgr: bool) -
     return img
 
 
-def _scale_add(img: np.ndarray, a: float, b: float) -> np.ndarray:
+_JITTER = {"mxnet": jitter_mxnet, "torchvision": jitter_torchvision, "rounded": jitter_rounded}
+
+
+def _scale_add(img: np.ndarray, a: float, b: float, dst: Optional[np.ndarray] = None) -> np.ndarray:
     """``a x + b`` rounded and clipped to uint8, as ``cv2.addWeighted(img, a, img, 0, b)``. Where ``a x + b``
-    cannot be negative (so that its absolute value changes nothing) ``cv2.convertScaleAbs``, 20 % faster:
-    the same float arithmetic and rounding, the same pixels (``tests/test_reference.py`` compares them)."""
-    if a >= 0.0 and b >= 0.0:
-        return cv2.convertScaleAbs(img, alpha=a, beta=b)
-    return cv2.addWeighted(img, a, img, 0.0, b)
+    cannot fall below -0.5 (so that taking its absolute value changes nothing after rounding)
+    ``cv2.convertScaleAbs``, 20 % faster: the same float arithmetic and rounding, the same pixels
+    (``tests/test_reference.py`` compares them). ``dst``: where to write (may be ``img``)."""
+    if a >= 0.0 and b >= -0.5:
+        return cv2.convertScaleAbs(img, dst, alpha=a, beta=b)
+    return cv2.addWeighted(img, a, img, 0.0, b, dst=dst)
 
 
-def add_per_channel(img: np.ndarray, shift) -> np.ndarray:
+def add_per_channel(img: np.ndarray, shift, in_place: bool = False) -> np.ndarray:
     """``cv2.add(img, (s0, s1, s2, 0))`` on a uint8 image: each channel's shift rounded (half to even), the
     sum clipped to 0..255. As two saturating additions of whole arrays (the positive shifts, then the
-    negative ones subtracted): the same pixels in 40 % of the time of OpenCV's per-channel scalar path."""
+    negative ones subtracted): the same pixels in 40 % of the time of OpenCV's per-channel scalar path.
+    ``in_place``: write over ``img``."""
     rounded = [round(float(s)) for s in shift]  # Python rounds half to even, as OpenCV does
+    const = None
     for sign, op in ((1, cv2.add), (-1, cv2.subtract)):
         part = [min(max(sign * r, 0), 255) for r in rounded]
         if any(part):
-            const = np.empty_like(img)
+            const = np.empty_like(img) if const is None else const
             const[0] = part  # the first row, then copied down: far faster than numpy's 3-wide broadcast
             const[1:] = const[0]
-            img = op(img, const)
+            img = op(img, const, dst=img if in_place else None)
+            in_place = True
     return img
 
 
@@ -305,6 +394,7 @@ class TrainTransform:
         min_area: float = 0.08,
         clip_colour: bool = True,
         crop: str = "auto",
+        colour: str = "auto",
     ):
         self.size, self.jitter, self.lighting = size, jitter, lighting
         self.mirror, self.min_area = mirror, min_area
@@ -315,6 +405,8 @@ class TrainTransform:
         self.interp = _INTERP[interpolation]
         self.reduced_decode = reduced_decode and not self.whole_image_aa
         self.clip_colour = clip_colour
+        self.colour = colour_name(colour, size)
+        self._jitter = _JITTER[self.colour]
         if crop not in ("auto", "resized", "tf"):
             raise ValueError(f"crop must be 'auto', 'resized' or 'tf', got {crop!r}")
         self.tf_crop = crop == "tf" or (crop == "auto" and size >= LARGE_CROP)
@@ -333,7 +425,9 @@ class TrainTransform:
         areas, log_ratios = areas.tolist(), log_ratios.tolist()
         place = rng.random((n, 3)).tolist()  # y, x, flip
         order = rng.permuted(np.tile(np.arange(3), (n, 1)), axis=1)
-        alphas = rng.uniform(1.0 - self.jitter, 1.0 + self.jitter, (n, 3))
+        # MXNet's factors are 1 + U(-jitter, jitter); torchvision's U(max(0, 1 - jitter), 1 + jitter).
+        low = max(0.0, 1.0 - self.jitter) if self.colour == "torchvision" else 1.0 - self.jitter
+        alphas = rng.uniform(low, 1.0 + self.jitter, (n, 3))
         noise = rng.standard_normal((n, 3))
         if self.clip_colour:
             base, k = _affine_parts(0.0, 0.0, order, alphas, noise, bgr=self.bgr)
@@ -393,7 +487,7 @@ class TrainTransform:
             img = self.auto_aug(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), rng)
         if colour is not None:
             order, alphas, shift = colour
-            img = _jitter_clipped(img, order, alphas, shift, self.bgr)
+            img = self._jitter(img, order, alphas, shift, self.bgr)
             return img, base
         mean = _mean_pixel(img)
         affine = base.copy()
