@@ -157,6 +157,17 @@ def test_nan_weights_are_never_saved_and_the_best_file_is_kept(packed, two_epoch
     assert open(os.path.join(save_dir, "resnest14-best.params"), "rb").read() == best
 
 
+def test_a_resume_names_changed_augmentation_options(tmp_path):
+    from argparse import Namespace
+
+    from resnest_gluon.training.checks import recipe_changes
+
+    saved = {"lr": 0.1, "colour": "auto", "unclipped_colour": False, "train_crop": "tf", "fast_decode": False}
+    (tmp_path / "args.json").write_text(json.dumps(saved))
+    now = Namespace(**dict(saved, colour="rounded", fast_decode=True))
+    assert recipe_changes(str(tmp_path), now) == ["--fast-decode False -> True", "--colour auto -> rounded"]
+
+
 # ----------------------------------------------------------------------------------- run-directory lock
 HOLD = "import sys, time; from resnest_gluon.training.rundir import lock_run_dir; lock_run_dir(sys.argv[1]); "
 HOLD += "print('held', flush=True); time.sleep(600)"

@@ -113,7 +113,8 @@ RECIPE_OPTIONS = (
     "label_smoothing", "mixup", "mixup_alpha", "mixup_off_epoch", "auto_aug", "jitter", "lighting",
     "no_mirror", "min_area", "dropblock_prob", "final_drop", "input_size", "dtype", "accumulate",
     "backbone_lr_mult", "freeze_stages", "ema", "seed", "loss_scale", "gradient_predivide_factor",
-    "data_backend",
+    "data_backend", "fast_decode", "unclipped_colour", "colour", "train_crop", "dropblock_per_sample",
+    "sync_bn",
 )  # fmt: skip
 
 
