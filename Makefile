@@ -20,11 +20,13 @@ HOROVOD_ENV = HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_
 
 env: $(VENV)/.installed
 
-# Our C++ operator (resnest_gluon/ops): without a compiler this warns, and MXNet's standard operators are used.
+# Our C++ operator and colour kernel (resnest_gluon/ops): without a compiler this warns, and MXNet's standard
+# operators and OpenCV's colour steps are used. One command builds both libraries.
 OPS_LIB = resnest_gluon/ops/libresnest_ops.so
 ops: $(OPS_LIB)
 
-$(OPS_LIB): resnest_gluon/ops/split_attention.cc resnest_gluon/ops/split_attention_cuda.cu $(VENV)/.installed
+$(OPS_LIB): resnest_gluon/ops/split_attention.cc resnest_gluon/ops/split_attention_cuda.cu resnest_gluon/ops/colour.cc \
+		$(VENV)/.installed
 	$(PY) -m resnest_gluon.ops build --optional
 
 $(VENV)/.installed: setup.py requirements/*.txt
@@ -61,4 +63,4 @@ lock:
 	@echo "wrote $(LOCK): now run 'make clean test' and commit it if the tests pass"
 
 clean:
-	rm -rf $(VENV) build *.egg-info $(OPS_LIB)
+	rm -rf $(VENV) build *.egg-info $(OPS_LIB) resnest_gluon/ops/libresnest_colour.so

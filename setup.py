@@ -18,7 +18,7 @@ setup(
     version="0.1.0",
     description="ResNeSt split-attention networks for MXNet Gluon, with RecordIO, training and benchmarks",
     packages=find_packages(include=["resnest_gluon", "resnest_gluon.*"]),
-    # ImageNet class names in label order; the C++ operator's sources (python -m resnest_gluon.ops build)
+    # ImageNet class names in label order; the C++ sources (python -m resnest_gluon.ops build)
     package_data={
         "resnest_gluon.data": ["imagenet_classes.txt", "ade20k_classes.txt"],
         "resnest_gluon.ops": ["*.cc", "*.cu"],

@@ -342,8 +342,7 @@ def bench_transform(
                 draws = transform.draw(rng, len(payloads))
                 start = time.process_time()
                 for payload, draw in zip(payloads, draws):
-                    img, affine = transform(payload, draw, rng)
-                    transforms.write_chw(img, affine, out, scratch)
+                    transform.write(payload, draw, rng, out, scratch)
                 times[name].append((time.process_time() - start) / len(payloads))
     finally:
         cv2.setNumThreads(previous)

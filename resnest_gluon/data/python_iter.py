@@ -16,7 +16,6 @@ import numpy as np
 
 from .iterator import ShardIter
 from .recordio import RecordReader
-from .transforms import write_chw
 
 
 class BufferPool:
@@ -108,12 +107,11 @@ class ThreadIter(ShardIter):
         for j, position in enumerate(positions):
             key = self._keys[position]
             label[j], payload = self._reader.read_raw(key)
-            crop, affine = self._transform(payload, draws[j], rng, (self._reader.rec_path, key))
             if self._ctx is None:
-                write_chw(crop, affine, data[j], scratch)
+                # The colour steps and normalisation together (one compiled pass where it is built).
+                self._transform.write(payload, draws[j], rng, data[j], scratch, (self._reader.rec_path, key))
             else:
-                data[j] = crop
-                affines[j] = affine
+                data[j], affines[j] = self._transform(payload, draws[j], rng, (self._reader.rec_path, key))
         if self._ctx is not None:
             return (data, affines), label
         if self._out_buffers is not None:

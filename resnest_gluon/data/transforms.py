@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from . import colour_kernel
 from .autoaugment import AutoAugment
 from .jpeg import jpeg_size
 from .recordio import decode
@@ -453,7 +454,9 @@ class TrainTransform:
             return top, left, bottom - top, right - left
         return box
 
-    def __call__(self, payload: np.ndarray, draw: tuple, rng: np.random.Generator, where=("", 0)):
+    def _augment(self, payload: np.ndarray, draw: tuple, rng: np.random.Generator, where):
+        """Decode, crop, flip and AutoAugment: the uint8 crop, the normalising map's parts and the colour
+        draw still to apply."""
         areas, log_ratios, (py, px, flip), base, k, colour = draw
         size, factor, img = self.size, 1, None
         hw = jpeg_size(payload) if self.reduced_decode else None
@@ -485,6 +488,10 @@ class TrainTransform:
         if self.auto_aug is not None and not self.whole_image_aa:
             # The torchvision flavour's colour operations are defined on RGB.
             img = self.auto_aug(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), rng)
+        return img, base, k, colour
+
+    def __call__(self, payload: np.ndarray, draw: tuple, rng: np.random.Generator, where=("", 0)):
+        img, base, k, colour = self._augment(payload, draw, rng, where)
         if colour is not None:
             order, alphas, shift = colour
             img = self._jitter(img, order, alphas, shift, self.bgr)
@@ -493,6 +500,34 @@ class TrainTransform:
         affine = base.copy()
         affine[:, 3] += k.dot(mean[::-1] if self.bgr else mean)
         return img, affine
+
+    def write(
+        self,
+        payload: np.ndarray,
+        draw: tuple,
+        rng: np.random.Generator,
+        out: np.ndarray,
+        scratch: np.ndarray,
+        where=("", 0),
+    ) -> None:
+        """The transformed image written into ``out`` (float32 CHW), as ``write_chw(*self(...), out,
+        scratch)``; the clipped ``mxnet`` and ``torchvision`` colour steps and the normalisation in one
+        compiled kernel when it is built (:mod:`resnest_gluon.data.colour_kernel`; the same pixels as
+        MXNet's operators and PIL), OpenCV otherwise."""
+        img, base, k, colour = self._augment(payload, draw, rng, where)
+        if colour is not None and self.colour in colour_kernel.FLAVOURS and colour_kernel.available():
+            order, alphas, shift = colour
+            img = np.ascontiguousarray(img)
+            colour_kernel.colour_normalise(img, self.colour, order, alphas, shift, base, out, self.bgr)
+            return
+        if colour is not None:
+            order, alphas, shift = colour
+            write_chw(self._jitter(img, order, alphas, shift, self.bgr), base, out, scratch)
+            return
+        mean = _mean_pixel(img)
+        affine = base.copy()
+        affine[:, 3] += k.dot(mean[::-1] if self.bgr else mean)
+        write_chw(img, affine, out, scratch)
 
 
 def _mean_pixel(img: np.ndarray) -> List[float]:
@@ -527,6 +562,10 @@ class ValTransform:
         h, w = img.shape[:2]
         y, x = (h - self.crop) // 2, (w - self.crop) // 2
         return img[y : y + self.crop, x : x + self.crop], self.affine
+
+    def write(self, payload, draw, rng, out: np.ndarray, scratch: np.ndarray, where=("", 0)) -> None:
+        """The evaluation crop normalised into ``out`` (float32 CHW)."""
+        write_chw(*self(payload, draw, rng, where), out, scratch)
 
 
 def interp_name(interpolation: str, size: int) -> str:

@@ -10,6 +10,10 @@ compiler) or loaded, :func:`available` is False and every model runs on MXNet's 
 give the same numbers. :func:`resnest_gluon.deploy.prepare_for_inference` uses the operator on CPUs; training,
 GPUs (unless switched on with :func:`resnest_gluon.set_fused_sum`) and every exported file (symbol JSON, ONNX,
 OpenVINO) use the standard operators, so exported files load anywhere.
+
+``build`` (the command) also compiles ``colour.cc`` into ``libresnest_colour.so`` (:func:`build_colour`): the
+training transform's clipped colour step and normalisation, no MXNet involved, loaded with ctypes by
+:mod:`resnest_gluon.data.colour_kernel`.
 """
 
 import logging
@@ -22,12 +26,25 @@ from typing import Optional
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SOURCE", "CUDA_SOURCE", "LIBRARY", "available", "build", "load_error"]
+__all__ = [
+    "SOURCE",
+    "CUDA_SOURCE",
+    "LIBRARY",
+    "COLOUR_SOURCE",
+    "COLOUR_LIBRARY",
+    "available",
+    "build",
+    "build_colour",
+    "load_error",
+]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(_HERE, "split_attention.cc")
 CUDA_SOURCE = os.path.join(_HERE, "split_attention_cuda.cu")
 LIBRARY = os.path.join(_HERE, "libresnest_ops.so")
+# The training transform's colour kernel: plain C++, no MXNet, loaded with ctypes by resnest_gluon.data.
+COLOUR_SOURCE = os.path.join(_HERE, "colour.cc")
+COLOUR_LIBRARY = os.path.join(_HERE, "libresnest_colour.so")
 _BUILD = "python -m resnest_gluon.ops build"
 _state = {"loaded": None, "error": None}  # loaded: None (not tried yet), True or False
 
@@ -89,6 +106,34 @@ def build(library: str = LIBRARY, compiler: Optional[str] = None, cuda: Optional
     return library
 
 
+def _find_compiler(compiler: Optional[str]) -> str:
+    compiler = compiler or os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not compiler or not shutil.which(compiler):
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
+    return compiler
+
+
+def build_colour(library: str = COLOUR_LIBRARY, compiler: Optional[str] = None) -> str:
+    """Compiles :data:`COLOUR_SOURCE` (the training transform's colour kernel, no MXNet headers) into
+    ``library`` and returns its path; linked under a temporary name and renamed, as :func:`build`.
+    Raises ``RuntimeError`` (with the compiler's message)."""
+    compiler = _find_compiler(compiler)
+    # -ffp-contract=off: no fused multiply-add, so each float32 product is rounded as in MXNet and PIL.
+    # -fno-trapping-math changes no result (it ignores floating-point exception flags) but lets GCC turn the
+    # clipping into branch-free vector min/max: 5x faster.
+    flags = ["-O3", "-std=c++17", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math"]
+    cmd = [compiler, *flags, COLOUR_SOURCE]
+    out_dir = os.path.dirname(os.path.abspath(library))
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".libresnest_colour-") as tmp:
+        out = os.path.join(tmp, "lib.so")
+        result = subprocess.run(cmd + ["-o", out], capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(f"building {library} failed:\n$ {' '.join(cmd)}\n{result.stderr.strip()}")
+        os.replace(out, library)
+    logger.info("built %s", library)
+    return library
+
+
 def _mxnet_has_cuda() -> bool:
     import mxnet as mx
 
@@ -135,11 +180,16 @@ def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m resnest_gluon.ops", description="Build our C++ MXNet operators (split_attention_sum)."
+        prog="python -m resnest_gluon.ops",
+        description="Build our C++ MXNet operators (split_attention_sum) and the colour kernel.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("build", help=f"compile {os.path.basename(LIBRARY)} next to its source")
     cmd.add_argument("--output", default=LIBRARY, help="library path (default: %(default)s)")
+    cmd.add_argument(
+        "--colour-output",
+        help=f"the colour kernel's library (default: {os.path.basename(COLOUR_LIBRARY)} next to --output)",
+    )
     cuda = cmd.add_mutually_exclusive_group()
     cuda.add_argument(
         "--cuda", dest="cuda", action="store_const", const=True, help="require the GPU kernels (needs nvcc)"
@@ -155,9 +205,17 @@ def main(argv=None) -> int:
         ok = available()
         print("split_attention_sum: " + ("in use" if ok else f"not in use: {load_error()}"))
         return 0 if ok else 1
-    try:
-        build(args.output, cuda=args.cuda)
-    except RuntimeError as exc:
-        print(f"warning: {exc}" if args.optional else f"error: {exc}", file=sys.stderr)
-        return 0 if args.optional else 1
-    return 0
+    colour_output = args.colour_output or os.path.join(
+        os.path.dirname(os.path.abspath(args.output)), os.path.basename(COLOUR_LIBRARY)
+    )
+    failed = False
+    for _, make in (
+        ("operator", lambda: build(args.output, cuda=args.cuda)),
+        ("colour kernel", lambda: build_colour(colour_output)),
+    ):
+        try:
+            make()
+        except RuntimeError as exc:
+            print(f"warning: {exc}" if args.optional else f"error: {exc}", file=sys.stderr)
+            failed = True
+    return 1 if failed and not args.optional else 0
