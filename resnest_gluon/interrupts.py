@@ -9,11 +9,13 @@ SIGTERM too. Nothing here runs at import.
 
 import contextlib
 import ctypes
+import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
+from typing import Optional
 
 __all__ = [
     "Stopped",
@@ -25,6 +27,7 @@ __all__ = [
     "stop_message",
     "stop_on_sigterm",
     "worker_signals",
+    "worker_start_method",
 ]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -129,6 +132,17 @@ def worker_signals() -> None:
     (how the parent stops its workers) ends the worker at once, without a traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def worker_start_method() -> Optional[str]:
+    """How to start worker processes: ``fork``, unless this process runs other Python threads or has loaded
+    MXNet (whose engine and OpenMP threads run beside this one): then ``spawn``. A fork copies only the
+    calling thread, so a lock another thread held stays locked in the child, and state another thread was
+    changing stays half-changed: a child forked from a process running MXNet has died in its first Python
+    step (``threading``'s after-fork hook). None where fork does not exist (the platform's default)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return "spawn" if threading.active_count() > 1 or "mxnet" in sys.modules else "fork"
 
 
 _prctl = None

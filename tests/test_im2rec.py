@@ -410,7 +410,7 @@ def test_dead_worker_is_an_error_and_leaves_nothing(tmp_path, monkeypatch):
         return real(item, *args)
 
     monkeypatch.setattr(im2rec, "make_record", crash)
-    monkeypatch.setattr(im2rec, "_start_method", lambda: "fork")  # the workers see the patched function
+    monkeypatch.setattr(im2rec, "worker_start_method", lambda: "fork")  # the workers see the patched function
     with pytest.raises(RuntimeError, match="worker died"):
         im2rec.pack_list(prefix + ".lst", str(root), im2rec.EncodeOptions(), 2, False, chunk_size=1)
     assert sorted(os.listdir(tmp_path)) == ["data.lst", "img"]
@@ -424,7 +424,19 @@ def test_workers_are_spawned_from_a_threaded_process():
     helper = threading.Thread(target=stop.wait, daemon=True)
     helper.start()
     try:
-        assert im2rec._start_method() == "spawn"
+        assert im2rec.worker_start_method() == "spawn"
     finally:
         stop.set()
         helper.join()
+
+
+def test_rec_check_spawns_its_workers_from_a_process_running_mxnet(tmp_path, monkeypatch):
+    # A child forked from this process (MXNet loaded, its threads running) once died in threading's
+    # after-fork hook; rec_check now takes the same rule as im2rec.
+    import mxnet  # noqa: F401
+
+    methods = []
+    real = rec_check.multiprocessing.get_context
+    monkeypatch.setattr(rec_check.multiprocessing, "get_context", lambda m=None: methods.append(m) or real(m))
+    test_check_catches_undecodable_record(tmp_path)
+    assert methods == ["spawn"]

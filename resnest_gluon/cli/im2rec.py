@@ -36,7 +36,6 @@ import random
 import struct
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -61,6 +60,7 @@ from resnest_gluon.interrupts import (
     stop_message,
     stop_on_sigterm,
     worker_signals,
+    worker_start_method,
 )
 
 logger = logging.getLogger(__name__)
@@ -776,20 +776,11 @@ def _worker_loop(root: str, opts: EncodeOptions, tasks, results, watch: ParentWa
         results.put((number, [make_record(item, root, opts) for item in chunk]))
 
 
-def _start_method() -> Optional[str]:
-    """``fork``, unless this process runs other Python threads or has loaded MXNet (whose engine and OpenMP
-    threads run beside this one): then ``spawn``. A fork copies only the calling thread, so a lock another
-    thread held stays locked in the child and its first call into that library can wait forever."""
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return None
-    return "spawn" if threading.active_count() > 1 or "mxnet" in sys.modules else "fork"
-
-
 class EncoderPool:
     """``num_workers`` encoding processes fed chunk by chunk; :meth:`imap` gives results in list order."""
 
     def __init__(self, root: str, opts: EncodeOptions, num_workers: int):
-        ctx = multiprocessing.get_context(_start_method())
+        ctx = multiprocessing.get_context(worker_start_method())
         self.num_workers = num_workers
         self.tasks, self.results = ctx.Queue(), ctx.Queue()
         parent = ParentWatch()

@@ -27,7 +27,14 @@ import numpy as np
 from resnest_gluon.cli import common
 from resnest_gluon.data.lst import read_list
 from resnest_gluon.data.seg_records import pair_parts, pair_problem
-from resnest_gluon.interrupts import ParentWatch, exit_status, stop_message, stop_on_sigterm, worker_signals
+from resnest_gluon.interrupts import (
+    ParentWatch,
+    exit_status,
+    stop_message,
+    stop_on_sigterm,
+    worker_signals,
+    worker_start_method,
+)
 
 RECORDIO_MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", RECORDIO_MAGIC)
@@ -241,9 +248,7 @@ def check_rec(
 
     pool = None
     if decode and num_workers > 1:
-        ctx = multiprocessing.get_context(
-            "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-        )
+        ctx = multiprocessing.get_context(worker_start_method())
         pool = ctx.Pool(num_workers, _start_worker, (ParentWatch(),))
     try:
         with open(rec_path, "rb") as f, progress_bar(
