@@ -290,11 +290,7 @@ def jitter_mxnet(img: np.ndarray, order, alphas, lighting_shift, bgr: bool) -> n
             b3 = cv2.cvtColor(cv2.extractChannel(img, blue), cv2.COLOR_GRAY2BGR)
             out = cv2.addWeighted(img, a, b3, 0.114 * (1.0 - a), _TRUNCATE, dst=out)
         img = out
-    if lighting_shift is not None:
-        # x + s truncated is x + floor(s) for every x that stays in 0..255: an exact integer shift.
-        shift = np.floor(lighting_shift[::-1] if bgr else lighting_shift)
-        img = add_per_channel(img, shift, in_place=out is not None)
-    return img
+    return _truncated_lighting(img, lighting_shift, bgr, in_place=out is not None)
 
 
 def jitter_torchvision(img: np.ndarray, order, alphas, lighting_shift, bgr: bool) -> np.ndarray:
@@ -317,10 +313,15 @@ def jitter_torchvision(img: np.ndarray, order, alphas, lighting_shift, bgr: bool
             grey = cv2.cvtColor(cv2.cvtColor(img, code), cv2.COLOR_GRAY2BGR)
             out = cv2.addWeighted(img, f, grey, 1.0 - f, _TRUNCATE, dst=out)
         img = out
-    if lighting_shift is not None:
-        shift = np.floor(lighting_shift[::-1] if bgr else lighting_shift)
-        img = add_per_channel(img, shift, in_place=out is not None)
-    return img
+    return _truncated_lighting(img, lighting_shift, bgr, in_place=out is not None)
+
+
+def _truncated_lighting(img: np.ndarray, lighting_shift, bgr: bool, in_place: bool) -> np.ndarray:
+    """MXNet's lighting on uint8: ``x + s`` truncated and clipped, which is ``x + floor(s)`` for every ``x``
+    that stays in 0..255 (an exact integer shift)."""
+    if lighting_shift is None:
+        return img
+    return add_per_channel(img, np.floor(lighting_shift[::-1] if bgr else lighting_shift), in_place=in_place)
 
 
 def jitter_rounded(img: np.ndarray, order, alphas, lighting_shift, bgr: bool) -> np.ndarray:
