@@ -67,9 +67,10 @@ def build(library: str = LIBRARY, compiler: Optional[str] = None, cuda: Optional
     is linked under a temporary name and renamed when every step succeeds, so a failed build never leaves
     a broken library where a good one was. Raises ``RuntimeError`` (with the compiler's message).
     """
-    compiler = compiler or os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not compiler or not shutil.which(compiler):
-        raise RuntimeError("no C++ compiler found (set CXX, or install g++): standard operators stay in use")
+    try:
+        compiler = _find_compiler(compiler)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}: standard operators stay in use") from None
     nvcc = os.environ.get("NVCC") or shutil.which("nvcc")
     if cuda is None:
         cuda = bool(nvcc) and _mxnet_has_cuda()
@@ -209,10 +210,7 @@ def main(argv=None) -> int:
         os.path.dirname(os.path.abspath(args.output)), os.path.basename(COLOUR_LIBRARY)
     )
     failed = False
-    for _, make in (
-        ("operator", lambda: build(args.output, cuda=args.cuda)),
-        ("colour kernel", lambda: build_colour(colour_output)),
-    ):
+    for make in (lambda: build(args.output, cuda=args.cuda), lambda: build_colour(colour_output)):
         try:
             make()
         except RuntimeError as exc:
