@@ -11,7 +11,7 @@ import pytest
 
 from resnest_gluon import data
 from resnest_gluon.data import autoaugment as aa
-from resnest_gluon.data import cpp_iter, jpeg, python_iter, recordio, transforms
+from resnest_gluon.data import cpp_iter, jpeg, jpeg_kernel, python_iter, recordio, transforms
 
 N = 40
 CLASSES = 4
@@ -440,6 +440,7 @@ def test_reduced_decode_matches_full_decode(monkeypatch):
     flags = []
     real = cv2.imdecode
     monkeypatch.setattr(transforms.cv2, "imdecode", lambda buf, f: flags.append(f) or real(buf, f))
+    monkeypatch.setenv(jpeg_kernel.ENV, "0")  # OpenCV's full decode, not the region decoder
     # Whole-image crop (area 1, ratio 4/3 fits 640 x 480 exactly), no flip, 64 px output: 480 // 4 >= 64.
     base, k = transforms._affine_parts(
         0.0, 0.0, np.array([[0, 1, 2]]), np.ones((1, 3)), np.zeros((1, 3)), bgr=True

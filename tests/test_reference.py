@@ -243,8 +243,17 @@ def test_resnest_autoaugment_runs_on_the_whole_image_before_the_crop(photo_rec):
     payload = np.frombuffer(jpeg_bytes(img), np.uint8)
     seen = []
 
-    class InvertWhole:
-        def crop(self, image, box, rng, bgr=False):
+    class InvertWhole:  # reads the whole image (so the region decoder decodes all of it)
+        def draw(self, rng):
+            return []
+
+        def reads(self, steps, box, h, w):
+            return None
+
+        def uses_histograms(self, steps):
+            return False
+
+        def crop(self, image, box, rng, bgr=False, steps=None, hist=None):
             seen.append(image.shape)
             y, x, ch, cw = box
             return 255 - image[y : y + ch, x : x + cw]

@@ -20,11 +20,13 @@ OpenCV's order: only Color and Contrast depend on it).
 """
 
 import math
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 from PIL import Image, ImageEnhance
+
+from . import colour_kernel
 
 __all__ = [
     "FLAVOURS",
@@ -260,12 +262,12 @@ TABLE_OPS = frozenset(_TABLES) | frozenset(_HIST_TABLES)
 _CHANNEL_OFFSETS = (256 * np.arange(3))[:, None]
 
 
-def _run_table(img: np.ndarray, steps) -> np.ndarray:
+def _run_table(img: np.ndarray, steps, hist0: Optional[np.ndarray] = None) -> np.ndarray:
     """The table of a run of :data:`TABLE_OPS` steps on ``img``: ``(256,)`` int64 when every channel gets
     the same one (no histogram step), else ``(3, 256)``. Plain indexing throughout: this runs once per
-    image, and numpy's generic helpers (``take_along_axis``, ``tile``) cost more than the tables."""
+    image, and numpy's generic helpers (``take_along_axis``, ``tile``) cost more than the tables.
+    ``hist0``: ``img``'s ``(3, 256)`` histograms when the caller has them (counted while decoding)."""
     total = None  # the identity
-    hist0 = None
     for name, level, _ in steps:
         if name == "AutoContrast" and total is None:  # first: the channels' ranges are enough
             total = _range_table(*_channel_range(img))
@@ -355,16 +357,17 @@ def _deferred_from(steps) -> int:
     return len(steps)
 
 
-def _finisher(img: np.ndarray, tail, bgr: bool, box=None) -> Callable[[np.ndarray], np.ndarray]:
+def _finisher(img: np.ndarray, tail, bgr: bool, box=None, hist=None) -> Callable[[np.ndarray], np.ndarray]:
     """``finish(region)`` applying ``tail`` (see :func:`_deferred_from`) to a region of ``img``. With the
-    region's ``box`` known, the whole image that Contrast's mean needs is reused: its cut starts the rest."""
+    region's ``box`` known, the whole image that Contrast's mean needs is reused: its cut starts the rest.
+    ``hist``: ``img``'s histograms, if known."""
     stages: List[Callable[[np.ndarray], np.ndarray]] = []
     run: list = []
     start, cut = 0, None
 
     def flush(run):
         if run:
-            table = _run_table(img, run)  # histogram tables only in a first run: img is its input
+            table = _run_table(img, run, hist)  # histogram tables only in a first run: img is its input
             if table.ndim == 1:  # one table for every channel: OpenCV's LUT is 1.6x faster
                 table = table.astype(np.uint8).reshape(256, 1)
             else:
@@ -508,10 +511,12 @@ def _shear_region(img: np.ndarray, step, box) -> np.ndarray:
 
 def _rotate_region(src: np.ndarray, src_box, step, box, h: int, w: int) -> np.ndarray:
     """``box`` of Rotate (``step = (name, level, sign)``) on an ``h x w`` image, from ``src``, the image's
-    part at ``src_box``, by PIL. PIL rotates by nearest neighbour in 16.16 fixed point (``affine_fixed`` in
-    its Geometry.c), from the rounded coefficients and the rounded offset of the first pixel; the offset
-    given here rounds to the whole image's at the region's first pixel, so each output pixel reads the
-    same input pixel as in the whole image (PIL's fill outside the image: ``src`` reaches its edges)."""
+    part at ``src_box``: PIL's pixels. PIL rotates by nearest neighbour in 16.16 fixed point
+    (``affine_fixed`` in its Geometry.c), from the rounded coefficients and the rounded offset of the first
+    pixel; the offset here is the whole image's at the region's first pixel, so each output pixel reads
+    the same input pixel as in the whole image (black outside the image: ``src`` reaches its edges).
+    The compiled kernel computes the same fixed-point numbers as PIL; PIL itself runs where the kernel is
+    not built, or where PIL would switch to floating point (coordinates beyond +-32768)."""
     y, x, ch, cw = box
     sy, sx = src_box[:2]
     a, b, c, d, e, f = _coeffs(*step, h, w)
@@ -523,6 +528,15 @@ def _rotate_region(src: np.ndarray, src_box, step, box, h: int, w: int) -> np.nd
     x0 = fix(c + a * 0.5 + b * 0.5) + y * fix(b) + x * fix(a) - sx * 65536
     y0 = fix(f + d * 0.5 + e * 0.5) + y * fix(e) + x * fix(d) - sy * 65536
     coeffs = (a, b, (x0 + 0.25) / 65536 - a * 0.5 - b * 0.5, d, e, (y0 + 0.25) / 65536 - d * 0.5 - e * 0.5)
+    # PIL's check_fixed, at the output's corners, for the coefficients it would get.
+    fits = all(
+        abs(u * coeffs[0] + v * coeffs[1] + coeffs[2]) < 32768.0
+        and abs(u * coeffs[3] + v * coeffs[4] + coeffs[5]) < 32768.0
+        for u in (0, cw)
+        for v in (0, ch)
+    )
+    if fits and colour_kernel.available():
+        return colour_kernel.affine_nearest(src, (ch, cw), x0, y0, fix(a), fix(b), fix(d), fix(e))
     pil = _to_pil(src, False).transform((cw, ch), Image.AFFINE, coeffs, resample=Image.NEAREST)
     return _from_pil(pil, False)
 
@@ -545,12 +559,12 @@ def _needs_whole(steps) -> bool:
     return any(name in _HIST_TABLES or name == "Contrast" for name, _, _ in steps)
 
 
-def _crop_around(img: np.ndarray, box, pre, step, post, bgr: bool) -> np.ndarray:
+def _crop_around(img: np.ndarray, box, pre, step, post, bgr: bool, hist=None) -> np.ndarray:
     """``box`` of ``img`` through ``pre`` (pixel by pixel), the local ``step``, then ``post`` (pixel by
     pixel), computing only the part of each that the region needs."""
     h, w = img.shape[:2]
     y, x, ch, cw = box
-    before = _finisher(img, pre, bgr) if pre else None
+    before = _finisher(img, pre, bgr, hist=hist) if pre else None
     if _needs_whole(post):  # the statistics need the whole image: compute it, then cut the region
         img = img if before is None else before(img)
         if step[0] in ("ShearX", "ShearY"):
@@ -734,7 +748,7 @@ def apply_torchvision_op(img: np.ndarray, name: str, magnitude: int, rng: np.ran
     return TORCHVISION_OPS[name](img, magnitude, rng)
 
 
-def _before_crop(img: np.ndarray, steps, bgr: bool, box=None):
+def _before_crop(img: np.ndarray, steps, bgr: bool, box=None, hist=None):
     """``(image, finish)`` of :meth:`AutoAugment.before_crop` for drawn ``steps``. Color, Brightness and
     Contrast on the whole image (before a histogram) go through OpenCV (:func:`pixel_step`)."""
     k = _deferred_from(steps)
@@ -746,7 +760,7 @@ def _before_crop(img: np.ndarray, steps, bgr: bool, box=None):
             img = RESNEST_OPS[name](img, level, sign, bgr)
     if k == len(steps):
         return img, None
-    return img, _finisher(img, steps[k:], bgr, box)
+    return img, _finisher(img, steps[k:], bgr, box, hist if k == 0 else None)
 
 
 class AutoAugment:
@@ -802,7 +816,9 @@ class AutoAugment:
         """
         return _before_crop(img, self.draw(rng), bgr)
 
-    def crop(self, img: np.ndarray, box, rng: np.random.Generator, bgr: bool = False) -> np.ndarray:
+    def crop(
+        self, img: np.ndarray, box, rng: np.random.Generator, bgr: bool = False, steps=None, hist=None
+    ) -> np.ndarray:
         """The ``"resnest"`` flavour for a pipeline that crops next: ``self(img, rng, bgr)`` cut to ``box =
         (y, x, ch, cw)``, computing little more than the region.
 
@@ -812,17 +828,41 @@ class AutoAugment:
         on a few pixels in a hundred), and the histograms and mean grey after it come from the whole image
         (PIL's Rotate, :func:`shear_x_region`). Measured against the whole-image chain on 480 x 720
         photographs: under 0.05 grey levels mean.
+
+        ``steps``: the draws of :meth:`draw`, when the caller drew them first (see :meth:`reads`); ``hist``:
+        ``img``'s ``(3, 256)`` channel histograms, when the decoder counted them (see
+        :meth:`uses_histograms`).
         """
-        steps = self.draw(rng)
+        steps = self.draw(rng) if steps is None else steps
         local = [i for i, (name, _, _) in enumerate(steps) if name in LOCAL_OPS]
         if len(local) == 1:
             pre, step, post = steps[: local[0]], steps[local[0]], steps[local[0] + 1 :]
             if _deferred_from(pre) == 0 and _deferred_from(post) == 0:
-                return _crop_around(img, box, pre, step, post, bgr)
-        img, finish = _before_crop(img, steps, bgr, box)
+                return _crop_around(img, box, pre, step, post, bgr, hist)
+        img, finish = _before_crop(img, steps, bgr, box, hist)
         y, x, ch, cw = box
         region = img[y : y + ch, x : x + cw]
         return region if finish is None else finish(region)
+
+    @staticmethod
+    def reads(steps, box, h: int, w: int) -> Optional[Tuple[int, int, int, int]]:
+        """The part ``(y, x, ch, cw)`` of an ``h x w`` image that :meth:`crop` with these ``steps`` reads to
+        give ``box``; None when it reads the whole image (a histogram, Contrast's mean, a shear, two local
+        operations). A decoder may then decode just that part."""
+        if _needs_whole(steps):
+            return None
+        local = [step for step in steps if step[0] in LOCAL_OPS]
+        if not local:
+            return box
+        if len(local) > 1 or local[0][0] in ("ShearX", "ShearY"):
+            return None
+        return _source_box(*local[0], box, h, w)
+
+    @staticmethod
+    def uses_histograms(steps) -> bool:
+        """Whether :meth:`crop` with these ``steps`` counts the image's histograms (Equalize; AutoContrast
+        after another table: first, it needs only each channel's range)."""
+        return any(n == "Equalize" or (n == "AutoContrast" and i > 0) for i, (n, _, _) in enumerate(steps))
 
     def __repr__(self) -> str:
         return f"AutoAugment({self.flavour!r}, {len(self.sub_policies)} sub-policies)"

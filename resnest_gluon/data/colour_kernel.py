@@ -10,70 +10,44 @@ forces that fallback.
 """
 
 import ctypes
-import logging
-import os
-import threading
 from typing import Optional, Sequence
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from .ctypes_kernel import Kernel
 
 __all__ = ["ENV", "FLAVOURS", "available", "load_error", "colour_normalise"]
 
 ENV = "RESNEST_GLUON_COLOUR_KERNEL"
 FLAVOURS = ("mxnet", "torchvision")
-_OPS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ops")
-SOURCE = os.path.join(_OPS, "colour.cc")
-LIBRARY = os.path.join(_OPS, "libresnest_colour.so")
-_lock = threading.Lock()
-_state = {"fn": None, "error": None, "tried": False}
-
-
-def _why_not() -> Optional[str]:
-    if not os.path.isfile(LIBRARY):
-        return f"{LIBRARY} is not built: run `make ops` (or python -m resnest_gluon.ops build)"
-    if os.path.isfile(SOURCE) and os.path.getmtime(LIBRARY) < os.path.getmtime(SOURCE):
-        return f"{LIBRARY} is older than its source: rebuild it with `make ops`"
-    return None
-
-
-def _load() -> None:
-    error = _why_not()
-    if error is None:
-        try:
-            fn = ctypes.CDLL(LIBRARY).resnest_colour_normalise
-        except (OSError, AttributeError) as exc:
-            error = f"{LIBRARY} does not load ({exc}); rebuild it with `make ops` or remove it"
-        else:
-            fn.restype = ctypes.c_int
-            p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-            fn.argtypes = [p, ctypes.c_int64, ctypes.c_int64, i, i, i, f, f, f, f, f, f, p, p]
-            _state["fn"] = fn
-    if error:
-        logger.warning("colour kernel not in use (OpenCV instead): %s", error)
-    _state["error"] = error
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+_KERNEL = Kernel(
+    "libresnest_colour.so",
+    ("colour.cc", "affine.cc"),
+    "resnest_colour_normalise",
+    [_P, ctypes.c_int64, ctypes.c_int64, _I, _I, _I, _F, _F, _F, _F, _F, _F, _P, _P],
+    ENV,
+    "colour kernel",
+)
+_AFFINE = Kernel(
+    "libresnest_colour.so",
+    ("colour.cc", "affine.cc"),
+    "resnest_affine_nearest",
+    [_P, ctypes.c_int64, _I, _I, _P, ctypes.c_int64, _I, _I] + [ctypes.c_int32] * 6,
+    ENV,
+    "nearest-neighbour affine kernel",
+)
+LIBRARY = _KERNEL.library
 
 
 def available() -> bool:
-    """Loads the library once (thread-safe); True when :func:`colour_normalise` can run. False, with one
-    warning saying why, when it is missing, stale or does not load, and while
-    ``RESNEST_GLUON_COLOUR_KERNEL=0`` (read at each call: tests and benchmarks switch to OpenCV with it)."""
-    if os.environ.get(ENV) == "0":
-        return False
-    if not _state["tried"]:
-        with _lock:
-            if not _state["tried"]:
-                _load()
-                _state["tried"] = True
-    return _state["fn"] is not None
+    """True when the library is built and loads (once, thread-safe; one warning saying why not), and
+    ``RESNEST_GLUON_COLOUR_KERNEL`` is not ``0`` (read at each call: tests and benchmarks switch to OpenCV
+    and PIL with it)."""
+    return _KERNEL.available() and _AFFINE.available()
 
 
-def load_error() -> Optional[str]:
-    """Why the kernel is not in use (None when it is, or has not been tried yet)."""
-    if os.environ.get(ENV) == "0":
-        return f"switched off by {ENV}=0"
-    return _state["error"]
+load_error = _KERNEL.load_error
 
 
 def colour_normalise(
@@ -111,7 +85,7 @@ def colour_normalise(
         flags |= 4
         s = (shift[2], shift[1], shift[0]) if bgr else (shift[0], shift[1], shift[2])
     code = sum(int(op) << (2 * i) for i, op in enumerate(order))
-    status = _state["fn"](
+    status = _KERNEL(
         img.ctypes.data,
         h,
         w,
@@ -129,3 +103,30 @@ def colour_normalise(
     )
     if status:
         raise ValueError("the colour kernel refused its arguments")
+
+
+def affine_nearest(src: np.ndarray, size, x0: int, y0: int, a0: int, a1: int, a3: int, a4: int) -> np.ndarray:
+    """PIL's nearest-neighbour affine transform in 16.16 fixed point (its ``affine_fixed``) of a uint8
+    ``(H, W, 3)`` image into a ``size = (height, width)`` image: pixel ``(i, j)`` reads ``src`` at
+    ``((y0 + i a4 + j a3) >> 16, (x0 + i a1 + j a0) >> 16)``, black outside. Needs :func:`available`; the
+    caller checks that every position fits 16.16 (PIL's ``check_fixed``)."""
+    if not available():
+        raise RuntimeError(f"the colour kernel is not available: {load_error()}")
+    if src.ndim != 3 or src.shape[2] != 3 or src.dtype != np.uint8:
+        raise ValueError("src must be a uint8 (H, W, 3) array")
+    if src.strides[1:] != (3, 1):
+        src = np.ascontiguousarray(src)
+    out = np.empty((size[0], size[1], 3), np.uint8)
+    args = (x0, y0, a0, a1, a3, a4)
+    if _AFFINE(
+        src.ctypes.data,
+        src.strides[0],
+        src.shape[0],
+        src.shape[1],
+        out.ctypes.data,
+        out.strides[0],
+        *size,
+        *args,
+    ):
+        raise ValueError("the affine kernel refused its arguments")
+    return out

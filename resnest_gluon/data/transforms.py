@@ -26,9 +26,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from . import colour_kernel
+from . import colour_kernel, jpeg_kernel
 from .autoaugment import AutoAugment
-from .jpeg import jpeg_size
+from .jpeg import jpeg_header, jpeg_size
 from .recordio import decode
 
 MEAN = (123.68, 116.779, 103.939)  # RGB, 0-255 scale
@@ -472,15 +472,30 @@ class TrainTransform:
                     else:
                         img = None
                     break
-        region = None
+        region, steps, hist = None, None, None
+        if img is None and jpeg_kernel.available():
+            # Decode only the part of the image that the crop (and AutoAugment) reads: the same pixels;
+            # for the whole image, count the histograms that AutoAugment needs on the way.
+            header = jpeg_header(payload)
+            if header is not None and header[2] == 1:  # OpenCV would apply an EXIF rotation
+                hw = header[:2]
+                y, x, ch, cw = self._box(*hw, areas, log_ratios, py, px)
+                part = (y, x, ch, cw)
+                if self.whole_image_aa:
+                    steps = self.auto_aug.draw(rng)
+                    part = self.auto_aug.reads(steps, part, *hw)
+                    if part is None and self.auto_aug.uses_histograms(steps):
+                        hist = np.zeros((3, 256), np.uint32)
+                img = jpeg_kernel.decode(payload, *hw, part, hist)
+                hist = None if img is None or hist is None else hist.astype(np.int64)
         if img is None:
             img = decode(payload, cv2.IMREAD_COLOR, *where)
             if img.shape[:2] != hw:
                 y, x, ch, cw = self._box(*img.shape[:2], areas, log_ratios, py, px)
-            if self.whole_image_aa:
-                # The whole image, as the reference, but computed only where the crop reads it (the
-                # same pixels, or a grey level apart on the odd pixel, for less work).
-                region = self.auto_aug.crop(img, (y, x, ch, cw), rng, bgr=True)
+        if self.whole_image_aa:
+            # The whole image, as the reference, but computed only where the crop reads it (the same
+            # pixels, or a grey level apart on the odd pixel, for less work).
+            region = self.auto_aug.crop(img, (y, x, ch, cw), rng, bgr=True, steps=steps, hist=hist)
         if region is None:
             region = img[y : y + ch, x : x + cw]
         img = cv2.resize(region, (size, size), interpolation=self.interp)

@@ -11,9 +11,11 @@ give the same numbers. :func:`resnest_gluon.deploy.prepare_for_inference` uses t
 GPUs (unless switched on with :func:`resnest_gluon.set_fused_sum`) and every exported file (symbol JSON, ONNX,
 OpenVINO) use the standard operators, so exported files load anywhere.
 
-``build`` (the command) also compiles ``colour.cc`` into ``libresnest_colour.so`` (:func:`build_colour`): the
-training transform's clipped colour step and normalisation, no MXNet involved, loaded with ctypes by
-:mod:`resnest_gluon.data.colour_kernel`.
+``build`` (the command) also compiles the data pipeline's kernels, no MXNet involved, loaded with ctypes:
+``colour.cc`` and ``affine.cc`` into ``libresnest_colour.so`` (:func:`build_colour`: the training transform's
+clipped colour step and normalisation, :mod:`resnest_gluon.data.colour_kernel`; AutoAugment's Rotate), and
+``jpeg_region.cc`` into ``libresnest_jpeg.so`` where libjpeg-turbo's headers exist (:func:`build_jpeg`:
+decoding only the part of a JPEG that a training crop reads, :mod:`resnest_gluon.data.jpeg_kernel`).
 """
 
 import logging
@@ -32,9 +34,12 @@ __all__ = [
     "LIBRARY",
     "COLOUR_SOURCE",
     "COLOUR_LIBRARY",
+    "JPEG_SOURCE",
+    "JPEG_LIBRARY",
     "available",
     "build",
     "build_colour",
+    "build_jpeg",
     "load_error",
 ]
 
@@ -42,9 +47,12 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(_HERE, "split_attention.cc")
 CUDA_SOURCE = os.path.join(_HERE, "split_attention_cuda.cu")
 LIBRARY = os.path.join(_HERE, "libresnest_ops.so")
-# The training transform's colour kernel: plain C++, no MXNet, loaded with ctypes by resnest_gluon.data.
+# The data pipeline's kernels: plain C++, no MXNet, loaded with ctypes by resnest_gluon.data.
 COLOUR_SOURCE = os.path.join(_HERE, "colour.cc")
+AFFINE_SOURCE = os.path.join(_HERE, "affine.cc")
 COLOUR_LIBRARY = os.path.join(_HERE, "libresnest_colour.so")
+JPEG_SOURCE = os.path.join(_HERE, "jpeg_region.cc")
+JPEG_LIBRARY = os.path.join(_HERE, "libresnest_jpeg.so")
 _BUILD = "python -m resnest_gluon.ops build"
 _state = {"loaded": None, "error": None}  # loaded: None (not tried yet), True or False
 
@@ -115,19 +123,31 @@ def _find_compiler(compiler: Optional[str]) -> str:
 
 
 def build_colour(library: str = COLOUR_LIBRARY, compiler: Optional[str] = None) -> str:
-    """Compiles :data:`COLOUR_SOURCE` (the training transform's colour kernel, no MXNet headers) into
-    ``library`` and returns its path; linked under a temporary name and renamed, as :func:`build`.
-    Raises ``RuntimeError`` (with the compiler's message)."""
-    compiler = _find_compiler(compiler)
+    """Compiles :data:`COLOUR_SOURCE` and :data:`AFFINE_SOURCE` (the training transform's kernels, no MXNet
+    headers) into ``library`` and returns its path; linked under a temporary name and renamed, as
+    :func:`build`. Raises ``RuntimeError`` (with the compiler's message)."""
     # -ffp-contract=off: no fused multiply-add, so each float32 product is rounded as in MXNet and PIL.
     # -fno-trapping-math changes no result (it ignores floating-point exception flags) but lets GCC turn the
     # clipping into branch-free vector min/max: 5x faster.
     flags = ["-O3", "-std=c++17", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math"]
-    cmd = [compiler, *flags, COLOUR_SOURCE]
+    return _build_plain(library, [COLOUR_SOURCE, AFFINE_SOURCE], flags, compiler)
+
+
+def build_jpeg(library: str = JPEG_LIBRARY, compiler: Optional[str] = None) -> str:
+    """Compiles :data:`JPEG_SOURCE` with libjpeg-turbo's headers (``libjpeg-turbo8-dev`` or
+    ``libjpeg62-turbo-dev``) into ``library``, as :func:`build_colour`. The library opens libjpeg itself
+    when first used (RTLD_DEEPBIND: see the source)."""
+    return _build_plain(library, [JPEG_SOURCE], ["-O3", "-std=c++17", "-fPIC", "-shared"], compiler, ["-ldl"])
+
+
+def _build_plain(library: str, sources, flags, compiler: Optional[str], libs=()) -> str:
+    compiler = _find_compiler(compiler)
+    cmd = [compiler, *flags, *sources]
     out_dir = os.path.dirname(os.path.abspath(library))
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".libresnest_colour-") as tmp:
+    name = os.path.splitext(os.path.basename(library))[0]
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{name}-") as tmp:
         out = os.path.join(tmp, "lib.so")
-        result = subprocess.run(cmd + ["-o", out], capture_output=True, text=True)
+        result = subprocess.run(cmd + ["-o", out, *libs], capture_output=True, text=True)
         if result.returncode:
             raise RuntimeError(f"building {library} failed:\n$ {' '.join(cmd)}\n{result.stderr.strip()}")
         os.replace(out, library)
@@ -182,7 +202,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m resnest_gluon.ops",
-        description="Build our C++ MXNet operators (split_attention_sum) and the colour kernel.",
+        description="Build our C++ MXNet operators (split_attention_sum) and the data pipeline's kernels.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("build", help=f"compile {os.path.basename(LIBRARY)} next to its source")
@@ -190,6 +210,10 @@ def main(argv=None) -> int:
     cmd.add_argument(
         "--colour-output",
         help=f"the colour kernel's library (default: {os.path.basename(COLOUR_LIBRARY)} next to --output)",
+    )
+    cmd.add_argument(
+        "--jpeg-output",
+        help=f"the region JPEG decoder (default: {os.path.basename(JPEG_LIBRARY)} next to --output)",
     )
     cuda = cmd.add_mutually_exclusive_group()
     cuda.add_argument(
@@ -206,11 +230,16 @@ def main(argv=None) -> int:
         ok = available()
         print("split_attention_sum: " + ("in use" if ok else f"not in use: {load_error()}"))
         return 0 if ok else 1
-    colour_output = args.colour_output or os.path.join(
-        os.path.dirname(os.path.abspath(args.output)), os.path.basename(COLOUR_LIBRARY)
-    )
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    colour_output = args.colour_output or os.path.join(out_dir, os.path.basename(COLOUR_LIBRARY))
+    jpeg_output = args.jpeg_output or os.path.join(out_dir, os.path.basename(JPEG_LIBRARY))
     failed = False
-    for make in (lambda: build(args.output, cuda=args.cuda), lambda: build_colour(colour_output)):
+    makes = (
+        lambda: build(args.output, cuda=args.cuda),
+        lambda: build_colour(colour_output),
+        lambda: build_jpeg(jpeg_output),
+    )
+    for make in makes:
         try:
             make()
         except RuntimeError as exc:
