@@ -20,8 +20,9 @@ HOROVOD_ENV = HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_
 
 env: $(VENV)/.installed
 
-# Our C++ operator and colour kernel (resnest_gluon/ops): without a compiler this warns, and MXNet's standard
-# operators and OpenCV's colour steps are used. One command builds both libraries.
+# Our C++ operator and the data pipeline's kernels (resnest_gluon/ops): without a compiler (or libjpeg-turbo's
+# headers, for the region JPEG decoder) this warns, and MXNet's standard operators, OpenCV and PIL are used.
+# One command builds the three libraries.
 OPS_LIB = resnest_gluon/ops/libresnest_ops.so
 ops: $(OPS_LIB)
 

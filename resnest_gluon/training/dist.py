@@ -99,11 +99,43 @@ def is_primary() -> bool:
 def broadcast_parameters(params, root_rank: int = 0) -> None:
     """Copies every parameter of ``params`` (a Gluon ``ParameterDict`` or dict) from ``root_rank``.
 
-    The parameters must be initialised. Nothing happens with one worker.
+    Parameters still waiting for their shape (deferred initialisation) are copied right after they are
+    initialised, at the first forward pass. Nothing happens with one worker.
+
+    Not with Horovod's ``broadcast``: in Horovod 0.28.1 its enqueueing function logs the tensor's name
+    after handing the tensor to the background thread, and for MXNet that name lives in the operation's
+    parameters, which the completion callback frees; when the broadcast completes first (a worker
+    descheduled at that moment, as under load), the log reads freed memory and the worker dies of
+    SIGSEGV at start-up or at the first step. A sum over workers in which every worker but ``root_rank``
+    contributes zeros gives the same values (``x + 0`` is exact) through the allreduce path, which logs
+    before enqueueing.
     """
     if not is_distributed():
         return
-    _hvd.broadcast_parameters(params, root_rank=root_rank)
+    for name, param in sorted(params.items()):
+        try:
+            data = param.data() if isinstance(param, gluon.Parameter) else param
+        except gluon.parameter.DeferredInitializationError:
+            _broadcast_after_init(param, root_rank, name)
+        else:
+            _broadcast_(data, root_rank, name)
+
+
+def _broadcast_(array: mx.nd.NDArray, root_rank: int, name: str) -> None:
+    """``array`` := ``root_rank``'s ``array``, in place, by a sum-allreduce (:func:`broadcast_parameters`)."""
+    if rank() != root_rank:
+        array[:] = 0
+    _hvd.allreduce_(array, name=f"broadcast.{name}", op=_hvd.Sum)
+
+
+def _broadcast_after_init(param: gluon.Parameter, root_rank: int, name: str) -> None:
+    init_impl = param._init_impl
+
+    def init_then_broadcast(*args, **kwargs):
+        init_impl(*args, **kwargs)
+        _broadcast_(param.data(), root_rank, name)
+
+    param._init_impl = init_then_broadcast
 
 
 def allreduce_sum(array: mx.nd.NDArray, name: Optional[str] = None) -> mx.nd.NDArray:
