@@ -133,14 +133,7 @@ def test_transform_gives_the_fallbacks_batch(size, auto_aug, monkeypatch):
     payloads = [np.frombuffer(jpeg_bytes(p), np.uint8) for p in photographs()]
     transform = transforms.TrainTransform(size, 0.4, 0.1, auto_aug, transforms.interp_name("auto", size))
     draws = transform.draw(np.random.default_rng(3), len(payloads))
-    outs = {}
-    for switch in ("1", "0"):
-        monkeypatch.setenv(colour_kernel.ENV, switch)
-        out = np.empty((len(payloads), 3, size, size), np.float32)
-        scratch = np.empty((size, size, 3), np.float32)
-        for j, (payload, draw) in enumerate(zip(payloads, draws)):
-            transform.write(payload, draw, np.random.default_rng(j), out[j], scratch)
-        outs[switch] = out
+    outs = batches_on_and_off(colour_kernel.ENV, transform, payloads, draws, monkeypatch)
     diff = np.abs(outs["1"] - outs["0"]) * 58.4  # about grey levels
     assert diff.max() <= 3.01 and diff.mean() < 0.01, (diff.max(), diff.mean())
     # And the same as the transform's uint8 crop through write_chw (the path the ctx= iterator takes).
@@ -149,6 +142,20 @@ def test_transform_gives_the_fallbacks_batch(size, auto_aug, monkeypatch):
     want = np.empty((3, size, size), np.float32)
     transforms.write_chw(img, affine, want, np.empty((size, size, 3), np.float32))
     np.testing.assert_array_equal(outs["0"][0], want)
+
+
+def batches_on_and_off(env, transform, payloads, draws, monkeypatch) -> dict:
+    """The transform's float32 batch with ``env`` set to "1" and to "0" (a kernel in use, then not)."""
+    size = transform.size
+    outs = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv(env, switch)
+        out = np.empty((len(payloads), 3, size, size), np.float32)
+        scratch = np.empty((size, size, 3), np.float32)
+        for j, (payload, draw) in enumerate(zip(payloads, draws)):
+            transform.write(payload, draw, np.random.default_rng(j), out[j], scratch)
+        outs[switch] = out
+    return outs
 
 
 def test_build_into_a_new_path_and_a_failed_build_leaves_the_old(tmp_path):

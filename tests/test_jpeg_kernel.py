@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from test_colour_kernel import batches_on_and_off
 from test_reference import photographs
 
 from resnest_gluon.data import autoaugment as aa
@@ -126,14 +127,7 @@ def test_training_transform_gives_the_same_batches_with_and_without_it(auto_aug,
     payloads = [encode(img) for img in photographs()] * 8
     transform = transforms.TrainTransform(size, 0.4, 0.1, auto_aug, transforms.interp_name("auto", size))
     draws = transform.draw(np.random.default_rng(size), len(payloads))
-    outs = {}
-    for switch in ("1", "0"):
-        monkeypatch.setenv(jpeg_kernel.ENV, switch)
-        out = np.empty((len(payloads), 3, size, size), np.float32)
-        scratch = np.empty((size, size, 3), np.float32)
-        for j, (payload, draw) in enumerate(zip(payloads, draws)):
-            transform.write(payload, draw, np.random.default_rng(j), out[j], scratch)
-        outs[switch] = out
+    outs = batches_on_and_off(jpeg_kernel.ENV, transform, payloads, draws, monkeypatch)
     np.testing.assert_array_equal(outs["1"], outs["0"])
 
 
