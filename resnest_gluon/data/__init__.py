@@ -10,6 +10,7 @@ Two back ends give the same :class:`mxnet.io.DataIter` interface (:func:`train_i
 
 The modules: ``index`` (the ``.idx``, sharding), ``recordio`` (memory-mapped record reader), ``iterator``
 (what both back ends share), ``transforms`` (crops, colour, normalisation), ``jpeg`` (header parsing),
+``jpeg_kernel`` and ``colour_kernel`` (the compiled region decoder and colour step, optional),
 ``targets`` (label smoothing, mixup), ``autoaugment``.
 """
 

@@ -15,6 +15,8 @@ resizes it to ``crop`` with PIL's bicubic filter (which antialiases when shrinki
 
 Per image the training transform does little besides the decode: one ``cv2.resize`` of the crop, the colour
 operations on the uint8 crop, and one normalisation pass; a batch's random numbers are drawn in a few calls.
+Where the compiled region decoder is built (:mod:`resnest_gluon.data.jpeg_kernel`) only the part of a JPEG
+that the crop and AutoAugment read is decoded, with OpenCV's pixels.
 Options trade faithfulness for speed: ``reduced_decode`` (decode in libjpeg's DCT at 1/2-1/8 size when the
 crop allows) and ``clip_colour=False`` (jitter, lighting and normalisation as one unclipped affine map).
 """
