@@ -21,17 +21,18 @@ __all__ = ["ENV", "FLAVOURS", "available", "load_error", "colour_normalise"]
 ENV = "RESNEST_GLUON_COLOUR_KERNEL"
 FLAVOURS = ("mxnet", "torchvision")
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+_LIBRARY, _SOURCES = "libresnest_colour.so", ("colour.cc", "affine.cc")
 _KERNEL = Kernel(
-    "libresnest_colour.so",
-    ("colour.cc", "affine.cc"),
+    _LIBRARY,
+    _SOURCES,
     "resnest_colour_normalise",
     [_P, ctypes.c_int64, ctypes.c_int64, _I, _I, _I, _F, _F, _F, _F, _F, _F, _P, _P],
     ENV,
     "colour kernel",
 )
 _AFFINE = Kernel(
-    "libresnest_colour.so",
-    ("colour.cc", "affine.cc"),
+    _LIBRARY,
+    _SOURCES,
     "resnest_affine_nearest",
     [_P, ctypes.c_int64, _I, _I, _P, ctypes.c_int64, _I, _I] + [ctypes.c_int32] * 6,
     ENV,
