@@ -27,7 +27,7 @@ OPS_LIB = resnest_gluon/ops/libresnest_ops.so
 ops: $(OPS_LIB)
 
 $(OPS_LIB): resnest_gluon/ops/split_attention.cc resnest_gluon/ops/split_attention_cuda.cu resnest_gluon/ops/colour.cc \
-		resnest_gluon/ops/affine.cc resnest_gluon/ops/jpeg_region.cc \
+		resnest_gluon/ops/affine.cc resnest_gluon/ops/tables.cc resnest_gluon/ops/jpeg_region.cc \
 		$(VENV)/.installed
 	$(PY) -m resnest_gluon.ops build --optional
 

@@ -101,7 +101,14 @@ SIGNED = frozenset(("Rotate", "ShearX", "ShearY"))
 
 
 def _lut(img: np.ndarray, table) -> np.ndarray:
-    return cv2.LUT(img, np.asarray(table, np.uint8))
+    """``img`` through ``table``: ``(256,)`` for every channel, or ``(3, 256)`` one per channel (the
+    compiled lookup where it is built, ten times OpenCV's speed; else ``cv2.LUT``)."""
+    table = np.asarray(table)
+    if colour_kernel.available():
+        return colour_kernel.lut(img, np.broadcast_to(table, (3, 256)))
+    if table.ndim == 1:  # one table for every channel: OpenCV's LUT is 1.6x faster
+        return cv2.LUT(img, table.astype(np.uint8).reshape(256, 1))
+    return cv2.LUT(img, np.ascontiguousarray(table.T, np.uint8).reshape(256, 1, 3))
 
 
 def _posterize_table(level) -> np.ndarray:
@@ -145,8 +152,7 @@ def _histograms(img: np.ndarray) -> np.ndarray:
 
 def _per_channel_lut(img: np.ndarray, make) -> np.ndarray:
     """Each channel through its row of the tables ``make(histograms)`` of its own 256-bin histogram."""
-    tables = np.ascontiguousarray(make(_histograms(img)).T, np.uint8)  # (256, 3)
-    return cv2.LUT(img, tables.reshape(256, 1, 3))
+    return _lut(img, make(_histograms(img)))
 
 
 def _autocontrast_table(hist: np.ndarray) -> np.ndarray:
@@ -186,8 +192,7 @@ def _equalize_table(hist: np.ndarray) -> np.ndarray:
 
 
 def _autocontrast(img, level, sign, bgr):
-    tables = np.ascontiguousarray(_range_table(*_channel_range(img)).T, np.uint8)
-    return cv2.LUT(img, tables.reshape(256, 1, 3))
+    return _lut(img, _range_table(*_channel_range(img)))
 
 
 def _equalize(img, level, sign, bgr):
@@ -266,7 +271,13 @@ def _run_table(img: np.ndarray, steps, hist0: Optional[np.ndarray] = None) -> np
     """The table of a run of :data:`TABLE_OPS` steps on ``img``: ``(256,)`` int64 when every channel gets
     the same one (no histogram step), else ``(3, 256)``. Plain indexing throughout: this runs once per
     image, and numpy's generic helpers (``take_along_axis``, ``tile``) cost more than the tables.
-    ``hist0``: ``img``'s ``(3, 256)`` histograms when the caller has them (counted while decoding)."""
+    ``hist0``: ``img``'s ``(3, 256)`` histograms when the caller has them (counted while decoding).
+    A run that needs the histograms is composed by the compiled kernel where it is built (uint8 tables)."""
+    if any(n in _HIST_TABLES and (i > 0 or n != "AutoContrast") for i, (n, _, _) in enumerate(steps)):
+        if colour_kernel.available():
+            kinds, fixed = _run_arrays(steps)
+            return colour_kernel.table_run(_histograms(img) if hist0 is None else hist0, kinds, fixed)
+    hist0 = None if hist0 is None else hist0.astype(np.int64)
     total = None  # the identity
     for name, level, _ in steps:
         if name == "AutoContrast" and total is None:  # first: the channels' ranges are enough
@@ -288,6 +299,23 @@ def _run_table(img: np.ndarray, steps, hist0: Optional[np.ndarray] = None) -> np
 
 
 _STATIC: Dict[tuple, np.ndarray] = {}
+_RUNS: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}
+_KINDS = {"Equalize": 1, "AutoContrast": 2}  # the table kernel's codes; 0 is a fixed table
+
+
+def _run_arrays(steps) -> Tuple[np.ndarray, np.ndarray]:
+    """The table kernel's ``(kinds, fixed tables)`` of a run of steps, built once per run."""
+    key = tuple((name, level) for name, level, _ in steps)
+    arrays = _RUNS.get(key)
+    if arrays is None:
+        kinds = np.array([_KINDS.get(name, 0) for name, _ in key], np.int32)
+        fixed = np.zeros((len(key), 256), np.uint8)
+        for row, (name, level) in zip(fixed, key):
+            if name in _TABLES:
+                row[:] = _static_table(name, level)
+        kinds.flags.writeable = fixed.flags.writeable = False  # shared between threads
+        arrays = _RUNS[key] = (kinds, fixed)
+    return arrays
 
 
 def _static_table(name: str, level) -> np.ndarray:
@@ -368,11 +396,7 @@ def _finisher(img: np.ndarray, tail, bgr: bool, box=None, hist=None) -> Callable
     def flush(run):
         if run:
             table = _run_table(img, run, hist)  # histogram tables only in a first run: img is its input
-            if table.ndim == 1:  # one table for every channel: OpenCV's LUT is 1.6x faster
-                table = table.astype(np.uint8).reshape(256, 1)
-            else:
-                table = np.ascontiguousarray(table.T, np.uint8).reshape(256, 1, 3)
-            stages.append(lambda x, table=table: cv2.LUT(x, table))
+            stages.append(lambda x, table=table: _lut(x, table))
         return []
 
     for name, level, sign in tail:

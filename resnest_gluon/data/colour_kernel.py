@@ -10,6 +10,7 @@ forces that fallback.
 """
 
 import ctypes
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -21,7 +22,7 @@ __all__ = ["ENV", "FLAVOURS", "available", "load_error", "colour_normalise"]
 ENV = "RESNEST_GLUON_COLOUR_KERNEL"
 FLAVOURS = ("mxnet", "torchvision")
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-_LIBRARY, _SOURCES = "libresnest_colour.so", ("colour.cc", "affine.cc")
+_LIBRARY, _SOURCES = "libresnest_colour.so", ("colour.cc", "affine.cc", "tables.cc")
 _KERNEL = Kernel(
     _LIBRARY,
     _SOURCES,
@@ -38,6 +39,18 @@ _AFFINE = Kernel(
     ENV,
     "nearest-neighbour affine kernel",
 )
+_TABLE_RUN = Kernel(
+    _LIBRARY, _SOURCES, "resnest_table_run", [_P, _I, _P, _P, _P], ENV, "AutoAugment table kernel"
+)
+_LUT = Kernel(
+    _LIBRARY,
+    _SOURCES,
+    "resnest_lut",
+    [_P, ctypes.c_int64, _I, _I, _P, _P, ctypes.c_int64],
+    ENV,
+    "table lookup kernel",
+)
+_KERNELS = (_KERNEL, _AFFINE, _TABLE_RUN, _LUT)
 LIBRARY = _KERNEL.library
 
 
@@ -45,7 +58,7 @@ def available() -> bool:
     """True when the library is built and loads (once, thread-safe; one warning saying why not), and
     ``RESNEST_GLUON_COLOUR_KERNEL`` is not ``0`` (read at each call: tests and benchmarks switch to OpenCV
     and PIL with it)."""
-    return _KERNEL.available() and _AFFINE.available()
+    return os.environ.get(ENV) != "0" and all(kernel.loaded() for kernel in _KERNELS)
 
 
 load_error = _KERNEL.load_error
@@ -130,4 +143,44 @@ def affine_nearest(src: np.ndarray, size, x0: int, y0: int, a0: int, a1: int, a3
         *args,
     ):
         raise ValueError("the affine kernel refused its arguments")
+    return out
+
+
+def table_run(hist: Optional[np.ndarray], kinds: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """The ``(3, 256)`` uint8 tables (one per channel) of a run of AutoAugment's table steps: ``kinds``
+    int32 per step, 0 for a fixed table (its row of ``fixed``, ``(steps, 256)`` uint8), 1 Equalize, 2
+    AutoContrast, built from ``hist`` (``(3, 256)`` uint32 counts of the image the run starts from; None
+    if every step is fixed). As ``autoaugment._run_table``. Needs :func:`available`."""
+    kinds = np.ascontiguousarray(kinds, np.int32)
+    fixed = np.ascontiguousarray(fixed, np.uint8)
+    if fixed.shape != (len(kinds), 256):
+        raise ValueError(f"fixed must be ({len(kinds)}, 256), got {fixed.shape}")
+    if hist is not None:
+        hist = np.ascontiguousarray(hist, np.uint32)
+        if hist.shape != (3, 256):
+            raise ValueError(f"hist must be (3, 256), got {hist.shape}")
+    table = np.empty((3, 256), np.uint8)
+    hist_ptr = None if hist is None else hist.ctypes.data
+    if _TABLE_RUN(hist_ptr, len(kinds), kinds.ctypes.data, fixed.ctypes.data, table.ctypes.data):
+        raise ValueError("the table kernel refused its arguments (a histogram step without hist?)")
+    return table
+
+
+def lut(img: np.ndarray, table: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Each channel of a uint8 ``(H, W, 3)`` image (rows may be strided) looked up in its row of ``table``
+    (``(3, 256)`` uint8), into ``out`` (a new C-contiguous image when None; may be ``img``): ``cv2.LUT(img,
+    table.T.reshape(256, 1, 3))``. Needs :func:`available`."""
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError("img must be a uint8 (H, W, 3) array")
+    if img.strides[1:] != (3, 1):
+        img = np.ascontiguousarray(img)
+    table = np.ascontiguousarray(table, np.uint8)
+    if table.shape != (3, 256):
+        raise ValueError(f"table must be (3, 256), got {table.shape}")
+    if out is None:
+        out = np.empty(img.shape, np.uint8)
+    elif out.shape != img.shape or out.dtype != np.uint8 or out.strides[1:] != (3, 1):
+        raise ValueError("out must be a uint8 array of img's shape with packed rows")
+    h, w = img.shape[:2]
+    _LUT(img.ctypes.data, img.strides[0], h, w, table.ctypes.data, out.ctypes.data, out.strides[0])
     return out

@@ -67,8 +67,10 @@ class Kernel:
         """Loads the library once (thread-safe); True when the function can run. False, with one warning
         saying why, when it is missing, stale, does not load or fails its check, and while ``env`` is ``0``
         (read at each call: tests and benchmarks switch to OpenCV with it)."""
-        if os.environ.get(self.env) == "0":
-            return False
+        return os.environ.get(self.env) != "0" and self.loaded()
+
+    def loaded(self) -> bool:
+        """:meth:`available`, but for ``env``."""
         if not self._tried:
             with self._lock:
                 if not self._tried:

@@ -489,7 +489,7 @@ class TrainTransform:
                     if part is None and self.auto_aug.uses_histograms(steps):
                         hist = np.zeros((3, 256), np.uint32)
                 img = jpeg_kernel.decode(payload, *hw, part, hist)
-                hist = None if img is None or hist is None else hist.astype(np.int64)
+                hist = None if img is None else hist
         if img is None:
             img = decode(payload, cv2.IMREAD_COLOR, *where)
             if img.shape[:2] != hw:

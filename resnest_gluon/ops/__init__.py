@@ -50,6 +50,7 @@ LIBRARY = os.path.join(_HERE, "libresnest_ops.so")
 # The data pipeline's kernels: plain C++, no MXNet, loaded with ctypes by resnest_gluon.data.
 COLOUR_SOURCE = os.path.join(_HERE, "colour.cc")
 AFFINE_SOURCE = os.path.join(_HERE, "affine.cc")
+TABLES_SOURCE = os.path.join(_HERE, "tables.cc")
 COLOUR_LIBRARY = os.path.join(_HERE, "libresnest_colour.so")
 JPEG_SOURCE = os.path.join(_HERE, "jpeg_region.cc")
 JPEG_LIBRARY = os.path.join(_HERE, "libresnest_jpeg.so")
@@ -130,7 +131,7 @@ def build_colour(library: str = COLOUR_LIBRARY, compiler: Optional[str] = None) 
     # -fno-trapping-math changes no result (it ignores floating-point exception flags) but lets GCC turn the
     # clipping into branch-free vector min/max: 5x faster.
     flags = ["-O3", "-std=c++17", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math"]
-    return _build_plain(library, [COLOUR_SOURCE, AFFINE_SOURCE], flags, compiler)
+    return _build_plain(library, [COLOUR_SOURCE, AFFINE_SOURCE, TABLES_SOURCE], flags, compiler)
 
 
 def build_jpeg(library: str = JPEG_LIBRARY, compiler: Optional[str] = None) -> str:

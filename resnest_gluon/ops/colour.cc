@@ -18,6 +18,10 @@
 #include <algorithm>
 #include <cstdint>
 
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 constexpr int kChunk = 256;
@@ -65,6 +69,18 @@ INLINE void scale_add(float* RESTRICT x, int n, float a, float b) {
 }
 INLINE void blend(float* RESTRICT x, int n, float f, float d) {
   for (int i = 0; i < n; ++i) x[i] = store(d + f * (x[i] - d));
+}
+
+// dst[0 .. n) = src[0 .. n), with stores that bypass the cache where the CPU has them: the output is a slot
+// of a batch of many megabytes, not read again before it leaves the cache, and plain stores would first
+// read each of its lines in (0.04 ms of 0.13 per 224 px crop measured in the iterator).
+INLINE void stream(float* RESTRICT dst, const float* RESTRICT src, int n) {
+  int i = 0;
+#if defined(__SSE__)
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
+  for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
 }
 
 // One colour step on n pixels; ``level`` is contrast's mean term (MXNet: (1 - a) m; PIL: the integer m).
@@ -164,12 +180,16 @@ INLINE int run(const uint8_t* RESTRICT img, int64_t total, int steps, const int3
         x2[i] = store(x2[i] + s2);
       }
     }
+    alignas(64) float y[kChunk];
     for (int c = 0; c < 3; ++c) {
-      float* RESTRICT o = out + c * total + start;
       const float w0 = m[4 * c], w1 = m[4 * c + 1], w2 = m[4 * c + 2], w3 = m[4 * c + 3];
-      for (int i = 0; i < n; ++i) o[i] = w0 * x0[i] + w1 * x1[i] + w2 * x2[i] + w3;
+      for (int i = 0; i < n; ++i) y[i] = w0 * x0[i] + w1 * x1[i] + w2 * x2[i] + w3;
+      stream(out + c * total + start, y, n);
     }
   }
+#if defined(__SSE__)
+  _mm_sfence();  // the streamed stores are visible before the caller hands the batch on
+#endif
   return 0;
 }
 
