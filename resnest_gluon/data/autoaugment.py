@@ -214,12 +214,25 @@ def _factor(level: float) -> float:
 
 
 def _enhance(kind):
+    name = kind.__name__
+
     def op(img, level, sign, bgr):
+        if colour_kernel.available():  # PIL's arithmetic compiled: the same pixels
+            if name == "Sharpness":
+                return colour_kernel.pil_sharpness(img, _factor(level))
+            grey = _pil_grey_level(img, [], bgr) if name == "Contrast" else 0
+            return colour_kernel.pil_enhance(img, [(name, _factor(level), grey)], bgr)
         # Brightness and Sharpness treat the channels alike: no reordering needed.
-        keep_order = bgr and kind in (ImageEnhance.Color, ImageEnhance.Contrast)
+        keep_order = bgr and name in ("Color", "Contrast")
         return _from_pil(kind(_to_pil(img, keep_order)).enhance(_factor(level)), keep_order)
 
     return op
+
+
+def _pil_grey_level(img: np.ndarray, steps, bgr: bool) -> int:
+    """PIL's Contrast level of ``img`` after the ``(name, factor, grey)`` enhance ``steps``: its mean grey
+    level, rounded (``int(mean + 0.5)``), computed by the kernel without writing the image."""
+    return int(colour_kernel.pil_enhance(img, steps, bgr, out=False) / max(1, img.shape[0] * img.shape[1]) + 0.5)
 
 
 def _rotate_coeffs(h: int, w: int, degrees: float) -> Tuple[float, ...]:
@@ -351,18 +364,24 @@ def _grey(img: np.ndarray, bgr: bool) -> np.ndarray:
 
 
 def _mean_grey(img: np.ndarray, bgr: bool) -> float:
-    """The mean PIL grey level of ``img`` (Contrast's degenerate image before PIL rounds it)."""
+    """The mean PIL grey level of ``img`` (Contrast's degenerate image before PIL rounds it): PIL's grey
+    levels with the compiled kernel, OpenCV's otherwise."""
+    if colour_kernel.available():
+        return colour_kernel.pil_enhance(img, [], bgr, out=False) / max(1, img.shape[0] * img.shape[1])
     return cv2.mean(_grey(img, bgr))[0]
 
 
 def pixel_step(img: np.ndarray, name: str, level: float, bgr: bool, mean_grey: float = 0.0) -> np.ndarray:
-    """Color, Brightness or Contrast (``mean_grey``: the mean PIL grey level of the whole image) with
-    OpenCV: PIL's ``degenerate + factor * (image - degenerate)``, truncated and clipped to uint8.
+    """Color, Brightness or Contrast (``mean_grey``: the mean PIL grey level of the whole image): PIL's
+    ``degenerate + factor * (image - degenerate)``, truncated and clipped to uint8.
 
-    The same as :func:`apply_op` but where a blend lands within a thousandth of a level below an integer
-    or float rounding differs, or OpenCV's grey level is one off PIL's (a grey level, on a few pixels in a
-    hundred; mean difference < 0.05; Color at most 0.001 on 202 photographs at levels 0, 4, 5, 8, 10)."""
+    With the compiled kernel PIL's pixels exactly; with OpenCV the same but where a blend lands within a
+    thousandth of a level below an integer or float rounding differs, or OpenCV's grey level is one off PIL's
+    (a grey level, on a few pixels in a hundred; mean difference < 0.05; Color at most 0.001 on 202
+    photographs at levels 0, 4, 5, 8, 10)."""
     f = _factor(level)
+    if colour_kernel.available():
+        return colour_kernel.pil_enhance(img, [(name, f, int(mean_grey + 0.5))], bgr)
     if name == "Brightness":
         return cv2.addWeighted(img, f, img, 0.0, _TRUNCATE)
     if name == "Contrast":
@@ -399,13 +418,28 @@ def _finisher(img: np.ndarray, tail, bgr: bool, box=None, hist=None) -> Callable
             stages.append(lambda x, table=table: _lut(x, table))
         return []
 
+    # With the compiled kernel a run of enhance steps is one call, and Contrast's level after earlier such
+    # steps is counted without writing the whole image.
+    fast = colour_kernel.available()
+    pending: list = []  # the kernel's run of (name, factor, grey) enhance steps not yet staged
+
+    def stage_pending():
+        if pending:
+            steps = list(pending)
+            stages.append(lambda x: colour_kernel.pil_enhance(x, steps, bgr))
+            pending.clear()
+
     for name, level, sign in tail:
         if name in TABLE_OPS:
+            stage_pending()
             run.append((name, level, sign))
             continue
         run = flush(run)
         mean_grey = 0.0
-        if name == "Contrast":  # PIL's mean grey level of the whole image as it is at this step
+        if name == "Contrast" and fast and not stages and len(pending) < 3:
+            mean_grey = _pil_grey_level(img, pending, bgr)
+        elif name == "Contrast":  # PIL's mean grey level of the whole image as it is at this step
+            stage_pending()
             now = img
             for stage in stages:
                 now = stage(now)
@@ -413,7 +447,13 @@ def _finisher(img: np.ndarray, tail, bgr: bool, box=None, hist=None) -> Callable
             if box is not None:
                 y, x, ch, cw = box
                 start, cut = len(stages), now[y : y + ch, x : x + cw]
-        stages.append(lambda x, n=name, lv=level, m=mean_grey: pixel_step(x, n, lv, bgr, m))
+        if fast:
+            pending.append((name, _factor(level), int(mean_grey + 0.5)))
+            if len(pending) == 3:
+                stage_pending()
+        else:
+            stages.append(lambda x, n=name, lv=level, m=mean_grey: pixel_step(x, n, lv, bgr, m))
+    stage_pending()
     flush(run)
 
     def finish(region: np.ndarray) -> np.ndarray:

