@@ -467,6 +467,8 @@ def run(
                     if paired is not None:
                         row.update(_ratios(row, paired))
                     rows.append(row)
+                    if hasattr(it, "close"):  # its batches in flight would share the cores with the next
+                        it.close()
                     del it
                 bar.update()
     return _median_rows(rows)

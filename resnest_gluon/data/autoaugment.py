@@ -232,7 +232,9 @@ def _enhance(kind):
 def _pil_grey_level(img: np.ndarray, steps, bgr: bool) -> int:
     """PIL's Contrast level of ``img`` after the ``(name, factor, grey)`` enhance ``steps``: its mean grey
     level, rounded (``int(mean + 0.5)``), computed by the kernel without writing the image."""
-    return int(colour_kernel.pil_enhance(img, steps, bgr, out=False) / max(1, img.shape[0] * img.shape[1]) + 0.5)
+    return int(
+        colour_kernel.pil_enhance(img, steps, bgr, out=False) / max(1, img.shape[0] * img.shape[1]) + 0.5
+    )
 
 
 def _rotate_coeffs(h: int, w: int, degrees: float) -> Tuple[float, ...]:

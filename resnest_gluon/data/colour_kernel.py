@@ -54,7 +54,24 @@ _ENHANCE = Kernel(
     _LIBRARY,
     _SOURCES,
     "resnest_pil_enhance",
-    [_P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _I, _I, _I, _F, _F, _F, _F, _F, _F, _P, ctypes.c_int64, _P],
+    [
+        _P,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        _I,
+        _I,
+        _I,
+        _F,
+        _F,
+        _F,
+        _F,
+        _F,
+        _F,
+        _P,
+        ctypes.c_int64,
+        _P,
+    ],
     ENV,
     "PIL enhance kernel",
 )
@@ -212,10 +229,10 @@ def _rows(img: np.ndarray) -> np.ndarray:
 
 
 def pil_enhance(img: np.ndarray, steps, bgr: bool, out: bool = True):
-    """PIL's ``ImageEnhance`` ``Brightness``, ``Contrast`` and ``Color`` in turn on a uint8 ``(H, W, 3)`` image
-    (BGR when ``bgr``): ``steps`` are ``(name, factor, grey)``, ``grey`` the level Contrast blends towards
-    (PIL's ``int(mean + 0.5)``; ignored by the others). Returns the new image, or with ``out=False`` the sum of
-    PIL's grey levels (``L``) of the result, without writing it. Needs :func:`available`."""
+    """PIL's ``ImageEnhance`` ``Brightness``, ``Contrast`` and ``Color`` in turn on a uint8 ``(H, W, 3)``
+    image (BGR when ``bgr``): ``steps`` are ``(name, factor, grey)``, ``grey`` the level Contrast blends
+    towards (PIL's ``int(mean + 0.5)``; ignored by the others). Returns the new image, or with ``out=False``
+    the sum of PIL's grey levels (``L``) of the result, without writing it. Needs :func:`available`."""
     img = _rows(img)
     if len(steps) > 3:
         raise ValueError("at most three steps")

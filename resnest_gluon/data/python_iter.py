@@ -73,15 +73,19 @@ class ThreadIter(ShardIter):
         else:  # uint8 NHWC crops; the colour step runs on ``ctx``
             self._buffers = BufferPool((batch_size,) + self._shape[1:] + self._shape[:1], np.uint8, keep)
             self._out_buffers = None
-        self._epoch = -1
+        self._epoch, self._closed = -1, False
         self._pending: deque = deque()
         self._plan: deque = deque()
         self._reset()
 
-    def _reset(self):
+    def _reset_pending(self):
+        """Drops the batches in flight (a batch being assembled finishes in its thread, unused)."""
         for future in self._pending:
             future.cancel()
         self._pending.clear()
+
+    def _reset(self):
+        self._reset_pending()
         self._epoch += 1
         order = np.arange(self.num_samples)
         if self._shuffle:
@@ -121,6 +125,8 @@ class ThreadIter(ShardIter):
         return data, label
 
     def _next(self):
+        if self._closed:
+            raise RuntimeError("this iterator was closed; make a new one")
         if self._pool is None:
             positions, batch = self._plan.popleft()
             data, label = self._load(positions, self._epoch, batch)
@@ -135,13 +141,21 @@ class ThreadIter(ShardIter):
         # The batch buffer is handed over to MXNet, not copied (the copy alone costs ~0.1 ms per image).
         return mx.nd.from_numpy(data, zero_copy=True), mx.nd.array(label, dtype="float32")
 
-    def __del__(self):
-        pool = getattr(self, "_pool", None)
+    def close(self, wait: bool = True) -> None:
+        """Stops the worker threads: batches not started are dropped, and with ``wait`` the ones being
+        assembled are finished first, so that no work of this iterator is left running (a benchmark, or
+        a next iterator, then has the cores to itself). The iterator cannot be used afterwards."""
+        self._closed = True
+        pool, self._pool = getattr(self, "_pool", None), None
         if pool is not None:
+            self._reset_pending()
             try:
-                pool.shutdown(wait=False, cancel_futures=True)
+                pool.shutdown(wait=wait, cancel_futures=True)
             except TypeError:  # Python < 3.9
-                pool.shutdown(wait=False)
+                pool.shutdown(wait=wait)
+
+    def __del__(self):
+        self.close(wait=False)
 
 
 def colour_on_device(crops: np.ndarray, affines: np.ndarray, ctx: mx.Context, dtype: str) -> mx.nd.NDArray:
