@@ -105,7 +105,7 @@ def _lut(img: np.ndarray, table) -> np.ndarray:
     compiled lookup where it is built, ten times OpenCV's speed; else ``cv2.LUT``)."""
     table = np.asarray(table)
     if colour_kernel.available():
-        return colour_kernel.lut(img, np.broadcast_to(table, (3, 256)))
+        return colour_kernel.lut(img, table if table.ndim == 2 else np.broadcast_to(table, (3, 256)))
     if table.ndim == 1:  # one table for every channel: OpenCV's LUT is 1.6x faster
         return cv2.LUT(img, table.astype(np.uint8).reshape(256, 1))
     return cv2.LUT(img, np.ascontiguousarray(table.T, np.uint8).reshape(256, 1, 3))
@@ -288,6 +288,8 @@ def _run_table(img: np.ndarray, steps, hist0: Optional[np.ndarray] = None) -> np
     image, and numpy's generic helpers (``take_along_axis``, ``tile``) cost more than the tables.
     ``hist0``: ``img``'s ``(3, 256)`` histograms when the caller has them (counted while decoding).
     A run that needs the histograms is composed by the compiled kernel where it is built (uint8 tables)."""
+    if not any(n in _HIST_TABLES for n, _, _ in steps):
+        return _fixed_run(tuple((name, level) for name, level, _ in steps))
     if any(n in _HIST_TABLES and (i > 0 or n != "AutoContrast") for i, (n, _, _) in enumerate(steps)):
         if colour_kernel.available():
             kinds, fixed = _run_arrays(steps)
@@ -331,6 +333,23 @@ def _run_arrays(steps) -> Tuple[np.ndarray, np.ndarray]:
         kinds.flags.writeable = fixed.flags.writeable = False  # shared between threads
         arrays = _RUNS[key] = (kinds, fixed)
     return arrays
+
+
+def _fixed_run(key) -> np.ndarray:
+    """The ``(3, 256)`` uint8 table of a run of Posterize, Solarize and Invert ``(name, level)`` steps,
+    composed once."""
+    table = _RUN_TABLES.get(key)
+    if table is None:
+        total = _LEVELS
+        for name, level in key:
+            total = _static_table(name, level)[total]
+        table = np.ascontiguousarray(np.broadcast_to(total, (3, 256)), np.uint8)
+        table.flags.writeable = False  # shared between images and threads
+        _RUN_TABLES[key] = table
+    return table
+
+
+_RUN_TABLES: Dict[tuple, np.ndarray] = {}
 
 
 def _static_table(name: str, level) -> np.ndarray:
@@ -395,15 +414,22 @@ def pixel_step(img: np.ndarray, name: str, level: float, bgr: bool, mean_grey: f
 def _deferred_from(steps) -> int:
     """Index of the first step of the longest tail that can run on a crop region: table and pixel
     operations only, and no histogram-based table (Equalize, AutoContrast) after a pixel operation (its
-    histogram would need the whole image)."""
-    for k in range(len(steps) + 1):
-        tail = [name for name, _, _ in steps[k:]]
-        if not all(n in TABLE_OPS or n in PIXEL_OPS for n in tail):
-            continue
-        first_pixel = next((i for i, n in enumerate(tail) if n in PIXEL_OPS), len(tail))
-        if all(n not in _HIST_TABLES for n in tail[first_pixel:]):
-            return k
-    return len(steps)
+    histogram would need the whole image). Worked out once per sequence of names."""
+    names = tuple(name for name, _, _ in steps)
+    k = _DEFERRED.get(names)
+    if k is None:
+        k = _DEFERRED[names] = next(k for k in range(len(names) + 1) if _deferrable(names[k:]))
+    return k
+
+
+def _deferrable(tail) -> bool:
+    if not all(n in TABLE_OPS or n in PIXEL_OPS for n in tail):
+        return False
+    first_pixel = next((i for i, n in enumerate(tail) if n in PIXEL_OPS), len(tail))
+    return all(n not in _HIST_TABLES for n in tail[first_pixel:])
+
+
+_DEFERRED: Dict[tuple, int] = {}
 
 
 def _finisher(img: np.ndarray, tail, bgr: bool, box=None, hist=None) -> Callable[[np.ndarray], np.ndarray]:

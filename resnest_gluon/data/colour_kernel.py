@@ -91,7 +91,14 @@ def available() -> bool:
     """True when the library is built and loads (once, thread-safe; one warning saying why not), and
     ``RESNEST_GLUON_COLOUR_KERNEL`` is not ``0`` (read at each call: tests and benchmarks switch to OpenCV
     and PIL with it)."""
-    return os.environ.get(ENV) != "0" and all(kernel.loaded() for kernel in _KERNELS)
+    if os.environ.get(ENV) == "0":
+        return False
+    if not _LOADED:
+        _LOADED.append(all(kernel.loaded() for kernel in _KERNELS))
+    return _LOADED[0]
+
+
+_LOADED: list = []  # whether every function loaded, once tried
 
 
 load_error = _KERNEL.load_error
@@ -125,6 +132,12 @@ def colour_normalise(
         raise ValueError("order (0, 1 or 2 each) and factors must have the same length, at most 3")
     if affine.shape != (3, 4) or affine.dtype != np.float32 or not affine.flags.c_contiguous:
         affine = np.ascontiguousarray(affine, np.float32).reshape(3, 4)
+    normalise_packed(img, pack(flavour, order, factors, shift, bgr), affine, out)
+
+
+def pack(flavour: str, order: Sequence[int], factors: Sequence[float], shift, bgr: bool) -> tuple:
+    """The kernel's scalar arguments for :func:`colour_normalise`'s ``flavour, order, factors, shift, bgr``
+    (checked there), for :func:`normalise_packed`."""
     f = list(factors) + [1.0] * (3 - len(factors))
     flags = int(bgr) | (2 if flavour == "torchvision" else 0)
     s = (0.0, 0.0, 0.0)
@@ -132,23 +145,15 @@ def colour_normalise(
         flags |= 4
         s = (shift[2], shift[1], shift[0]) if bgr else (shift[0], shift[1], shift[2])
     code = sum(int(op) << (2 * i) for i, op in enumerate(order))
-    status = _KERNEL(
-        img.ctypes.data,
-        h,
-        w,
-        flags,
-        len(order),
-        code,
-        f[0],
-        f[1],
-        f[2],
-        s[0],
-        s[1],
-        s[2],
-        affine.ctypes.data,
-        out.ctypes.data,
-    )
-    if status:
+    return (flags, len(order), code, f[0], f[1], f[2], s[0], s[1], s[2])
+
+
+def normalise_packed(img: np.ndarray, packed: tuple, affine: np.ndarray, out: np.ndarray) -> None:
+    """:func:`colour_normalise` with its arguments from :func:`pack` and without its checks: ``img`` a
+    C-contiguous uint8 ``(H, W, 3)``, ``affine`` float32 ``(3, 4)`` and ``out`` float32 ``(3, H, W)``, both
+    C-contiguous (the training transform's per-image call)."""
+    h, w = img.shape[:2]
+    if _KERNEL(img.ctypes.data, h, w, *packed, affine.ctypes.data, out.ctypes.data):
         raise ValueError("the colour kernel refused its arguments")
 
 

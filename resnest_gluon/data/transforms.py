@@ -441,6 +441,8 @@ class TrainTransform:
                 (o.tolist() if jit else [], a.tolist() if jit else [], sh)
                 for o, a, sh in zip(order, alphas, shifts)
             ]
+            if self.colour in colour_kernel.FLAVOURS:  # the compiled kernel's arguments, made once here
+                colour = [c + (colour_kernel.pack(self.colour, *c, self.bgr),) for c in colour]
         else:
             base, k = _affine_parts(self.jitter, self.lighting, order, alphas, noise, bgr=self.bgr)
             colour = [None] * n
@@ -511,8 +513,7 @@ class TrainTransform:
     def __call__(self, payload: np.ndarray, draw: tuple, rng: np.random.Generator, where=("", 0)):
         img, base, k, colour = self._augment(payload, draw, rng, where)
         if colour is not None:
-            order, alphas, shift = colour
-            img = self._jitter(img, order, alphas, shift, self.bgr)
+            img = self._jitter(img, *colour[:3], self.bgr)
             return img, base
         mean = _mean_pixel(img)
         affine = base.copy()
@@ -533,14 +534,15 @@ class TrainTransform:
         compiled kernel when it is built (:mod:`resnest_gluon.data.colour_kernel`; the same pixels as
         MXNet's operators and PIL), OpenCV otherwise."""
         img, base, k, colour = self._augment(payload, draw, rng, where)
-        if colour is not None and self.colour in colour_kernel.FLAVOURS and colour_kernel.available():
-            order, alphas, shift = colour
+        if colour is not None and len(colour) == 4 and colour_kernel.available():
             img = np.ascontiguousarray(img)
-            colour_kernel.colour_normalise(img, self.colour, order, alphas, shift, base, out, self.bgr)
+            if out.flags.c_contiguous and out.dtype == np.float32 and out.shape == (3,) + img.shape[:2]:
+                colour_kernel.normalise_packed(img, colour[3], base, out)
+            else:
+                colour_kernel.colour_normalise(img, self.colour, *colour[:3], base, out, self.bgr)
             return
         if colour is not None:
-            order, alphas, shift = colour
-            write_chw(self._jitter(img, order, alphas, shift, self.bgr), base, out, scratch)
+            write_chw(self._jitter(img, *colour[:3], self.bgr), base, out, scratch)
             return
         mean = _mean_pixel(img)
         affine = base.copy()
