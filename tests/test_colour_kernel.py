@@ -106,6 +106,22 @@ def test_kernel_against_the_fallback_with_the_affine(shape, flavour):
     assert np.mean(means) < (0.05 if img.size > 300 else 0.5)  # one pixel a level off is a big share of 35
 
 
+def test_output_at_any_alignment():
+    """The output is streamed past the cache in 16-byte stores: a slot starting 4, 8 or 12 bytes off a
+    16-byte boundary gets the same numbers (head and tail written one by one), and nothing beside it."""
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (13, 11, 3), dtype=np.uint8)
+    steps = ([1, 0, 2], [1.2, 0.9, 0.7], (3.0, -2.0, 1.0))
+    want = kernel(img, "mxnet", *steps, True)
+    for skip in range(4):
+        flat = np.full(want.size + 8, np.nan, np.float32)
+        start = skip + (-flat.ctypes.data // 4) % 4  # 4 * skip bytes past a 16-byte boundary
+        out = flat[start : start + want.size].reshape(want.shape)
+        colour_kernel.colour_normalise(img, "mxnet", *steps, IDENTITY, out, True)
+        np.testing.assert_array_equal(out, want)
+        assert np.isnan(flat[:start]).all() and np.isnan(flat[start + want.size :]).all()
+
+
 def test_kernel_checks_its_arguments():
     img = np.zeros((4, 6, 3), np.uint8)
     with pytest.raises(ValueError, match="img must be"):

@@ -511,6 +511,20 @@ def test_default_backends(rec):
     assert isinstance(data.val_iter(rec, 8, 320, backend="cpp", resize=366), cpp_iter.RecordIter)
 
 
+def test_close_leaves_no_work_running(rec):
+    """close() drops the batches not started, waits for those being assembled, and ends the threads; the
+    iterator then refuses to go on instead of skipping the dropped batches."""
+    it = data.train_iter(rec, 8, 32, threads=2)
+    next(it)  # three more batches are now in flight
+    workers = list(it._pool._threads)
+    assert workers
+    it.close()
+    assert not any(t.is_alive() for t in workers)
+    with pytest.raises(RuntimeError, match="closed"):
+        next(it)
+    it.close()  # twice is harmless
+
+
 def test_python_path_sets_opencv_threads(rec):
     previous = cv2.getNumThreads()
     try:

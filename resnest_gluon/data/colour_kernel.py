@@ -46,7 +46,7 @@ _LUT = Kernel(
     _LIBRARY,
     _SOURCES,
     "resnest_lut",
-    [_P, ctypes.c_int64, _I, _I, _P, _P, ctypes.c_int64],
+    [_P, ctypes.c_int64, _I, _I, _P, _P, ctypes.c_int64, _I],
     ENV,
     "table lookup kernel",
 )
@@ -204,10 +204,13 @@ def table_run(hist: Optional[np.ndarray], kinds: np.ndarray, fixed: np.ndarray) 
     return table
 
 
-def lut(img: np.ndarray, table: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+def lut(
+    img: np.ndarray, table: np.ndarray, out: Optional[np.ndarray] = None, portable: bool = False
+) -> np.ndarray:
     """Each channel of a uint8 ``(H, W, 3)`` image (rows may be strided) looked up in its row of ``table``
     (``(3, 256)`` uint8), into ``out`` (a new C-contiguous image when None; may be ``img``): ``cv2.LUT(img,
-    table.T.reshape(256, 1, 3))``. Needs :func:`available`."""
+    table.T.reshape(256, 1, 3))``. ``portable``: the plain loop even where AVX-512 VBMI would serve (tests).
+    Needs :func:`available`."""
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError("img must be a uint8 (H, W, 3) array")
     if img.strides[1:] != (3, 1):
@@ -220,7 +223,7 @@ def lut(img: np.ndarray, table: np.ndarray, out: Optional[np.ndarray] = None) ->
     elif out.shape != img.shape or out.dtype != np.uint8 or out.strides[1:] != (3, 1):
         raise ValueError("out must be a uint8 array of img's shape with packed rows")
     h, w = img.shape[:2]
-    _LUT(img.ctypes.data, img.strides[0], h, w, table.ctypes.data, out.ctypes.data, out.strides[0])
+    _LUT(img.ctypes.data, img.strides[0], h, w, table.ctypes.data, out.ctypes.data, out.strides[0], portable)
     return out
 
 

@@ -151,13 +151,14 @@ int resnest_table_run(const uint32_t* hist, int steps, const int32_t* kinds, con
 }
 
 // dst = each byte of the height x width x 3 image src looked up in its channel's row of table (3 x 256).
-// Rows are src_stride and dst_stride bytes apart (dst may be src). Returns 0, or -1 on bad input.
+// Rows are src_stride and dst_stride bytes apart (dst may be src). portable: the byte-by-byte loop even where
+// the CPU has AVX-512 VBMI (for tests). Returns 0, or -1 on bad input.
 int resnest_lut(const uint8_t* src, int64_t src_stride, int height, int width, const uint8_t* table, uint8_t* dst,
-                int64_t dst_stride) {
+                int64_t dst_stride, int portable) {
   if (height < 0 || width < 0) return -1;
 #if defined(__x86_64__)
   static const bool vbmi = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
-  if (vbmi) {
+  if (vbmi && !portable) {
     lut_vbmi(src, src_stride, height, width, table, dst, dst_stride);
     return 0;
   }
