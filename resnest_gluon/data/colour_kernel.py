@@ -35,7 +35,7 @@ _AFFINE = Kernel(
     _LIBRARY,
     _SOURCES,
     "resnest_affine_nearest",
-    [_P, ctypes.c_int64, _I, _I, _P, ctypes.c_int64, _I, _I] + [ctypes.c_int32] * 6,
+    [_P, ctypes.c_int64, _I, _I, _P, ctypes.c_int64, _I, _I] + [ctypes.c_int32] * 6 + [_I],
     ENV,
     "nearest-neighbour affine kernel",
 )
@@ -157,11 +157,14 @@ def normalise_packed(img: np.ndarray, packed: tuple, affine: np.ndarray, out: np
         raise ValueError("the colour kernel refused its arguments")
 
 
-def affine_nearest(src: np.ndarray, size, x0: int, y0: int, a0: int, a1: int, a3: int, a4: int) -> np.ndarray:
+def affine_nearest(
+    src: np.ndarray, size, x0: int, y0: int, a0: int, a1: int, a3: int, a4: int, portable: bool = False
+) -> np.ndarray:
     """PIL's nearest-neighbour affine transform in 16.16 fixed point (its ``affine_fixed``) of a uint8
     ``(H, W, 3)`` image into a ``size = (height, width)`` image: pixel ``(i, j)`` reads ``src`` at
     ``((y0 + i a4 + j a3) >> 16, (x0 + i a1 + j a0) >> 16)``, black outside. Needs :func:`available`; the
-    caller checks that every position fits 16.16 (PIL's ``check_fixed``)."""
+    caller checks that every position fits 16.16 (PIL's ``check_fixed``). ``portable``: the plain loop even
+    where the AVX-512 VBMI gathers would serve (tests)."""
     if not available():
         raise RuntimeError(f"the colour kernel is not available: {load_error()}")
     if src.ndim != 3 or src.shape[2] != 3 or src.dtype != np.uint8:
@@ -179,6 +182,7 @@ def affine_nearest(src: np.ndarray, size, x0: int, y0: int, a0: int, a1: int, a3
         out.strides[0],
         *size,
         *args,
+        portable,
     ):
         raise ValueError("the affine kernel refused its arguments")
     return out
