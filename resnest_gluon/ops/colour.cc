@@ -31,11 +31,14 @@ enum Step { kBrightness = 0, kContrast = 1, kSaturation = 2 };
 #define INLINE inline __attribute__((always_inline))
 #define RESTRICT __restrict__
 
-// uint8(min(max(v, 0), 255)): the value clipped to range, then truncated towards zero.
+// uint8(min(max(v, 0), 255)): the value clipped to range, then truncated towards zero; computed as truncate,
+// then clip the integer (the same for every value pixel arithmetic can produce, and two vector instructions
+// fewer than float comparisons that must keep NaN's behaviour).
 INLINE float store(float v) {
-  v = v > 0.f ? v : 0.f;
-  v = v < 255.f ? v : 255.f;
-  return static_cast<float>(static_cast<int32_t>(v));
+  int32_t t = static_cast<int32_t>(v);
+  t = t > 0 ? t : 0;
+  t = t < 255 ? t : 255;
+  return static_cast<float>(t);
 }
 
 // PIL's grey level of one pixel.
@@ -51,6 +54,8 @@ struct Chunk {
   alignas(64) float x2[kChunk];
 };
 
+// The steps then run on whole chunks (loops of a fixed length vectorise without a test per vector): a short
+// last chunk is padded with zeros, and only its n pixels are summed or written.
 INLINE void load(const uint8_t* RESTRICT px, int n, Chunk& k) {
   float* RESTRICT x0 = k.x0;
   float* RESTRICT x1 = k.x1;
@@ -60,6 +65,7 @@ INLINE void load(const uint8_t* RESTRICT px, int n, Chunk& k) {
     x1[i] = px[3 * i + 1];
     x2[i] = px[3 * i + 2];
   }
+  for (int i = n; i < kChunk; ++i) x0[i] = x1[i] = x2[i] = 0.f;
 }
 
 INLINE void scale(float* RESTRICT x, int n, float a) {
@@ -133,7 +139,7 @@ INLINE int run(const uint8_t* RESTRICT img, int64_t total, int steps, const int3
     for (int64_t start = 0; start < total; start += kChunk) {
       const int n = static_cast<int>(std::min<int64_t>(kChunk, total - start));
       load(img + 3 * start, n, k);
-      for (int s = 0; s < contrast; ++s) apply<kBgr, kPil>(order[s], factors[s], 0.f, n, k);
+      for (int s = 0; s < contrast; ++s) apply<kBgr, kPil>(order[s], factors[s], 0.f, kChunk, k);
       const float* RESTRICT x0 = k.x0;
       const float* RESTRICT x1 = k.x1;
       const float* RESTRICT x2 = k.x2;
@@ -170,12 +176,12 @@ INLINE int run(const uint8_t* RESTRICT img, int64_t total, int steps, const int3
   for (int64_t start = 0; start < total; start += kChunk) {
     const int n = static_cast<int>(std::min<int64_t>(kChunk, total - start));
     load(img + 3 * start, n, k);
-    for (int s = 0; s < steps; ++s) apply<kBgr, kPil>(order[s], factors[s], s == contrast ? level : 0.f, n, k);
+    for (int s = 0; s < steps; ++s) apply<kBgr, kPil>(order[s], factors[s], s == contrast ? level : 0.f, kChunk, k);
     float* RESTRICT x0 = k.x0;
     float* RESTRICT x1 = k.x1;
     float* RESTRICT x2 = k.x2;
     if (shift) {
-      for (int i = 0; i < n; ++i) {
+      for (int i = 0; i < kChunk; ++i) {
         x0[i] = store(x0[i] + s0);
         x1[i] = store(x1[i] + s1);
         x2[i] = store(x2[i] + s2);
@@ -184,7 +190,7 @@ INLINE int run(const uint8_t* RESTRICT img, int64_t total, int steps, const int3
     alignas(64) float y[kChunk];
     for (int c = 0; c < 3; ++c) {
       const float w0 = m[4 * c], w1 = m[4 * c + 1], w2 = m[4 * c + 2], w3 = m[4 * c + 3];
-      for (int i = 0; i < n; ++i) y[i] = w0 * x0[i] + w1 * x1[i] + w2 * x2[i] + w3;
+      for (int i = 0; i < kChunk; ++i) y[i] = w0 * x0[i] + w1 * x1[i] + w2 * x2[i] + w3;
       stream(out + c * total + start, y, n);
     }
   }
@@ -205,7 +211,7 @@ INLINE void enhance(const uint8_t* img, int64_t stride, int64_t height, int64_t 
     for (int64_t start = 0; start < width; start += kChunk) {
       const int n = static_cast<int>(std::min<int64_t>(kChunk, width - start));
       load(img + r * stride + 3 * start, n, k);
-      for (int s = 0; s < steps; ++s) apply<kBgr, true>(ops[s], factors[s], levels[s], n, k);
+      for (int s = 0; s < steps; ++s) apply<kBgr, true>(ops[s], factors[s], levels[s], kChunk, k);
       const float* RESTRICT x0 = k.x0;
       const float* RESTRICT x1 = k.x1;
       const float* RESTRICT x2 = k.x2;
@@ -240,9 +246,7 @@ INLINE void filter_row(const uint8_t* RESTRICT below, const uint8_t* RESTRICT ro
           static_cast<float>(row[i + 3]) * k[5];
     ss += static_cast<float>(above[i - 3]) * k[6] + static_cast<float>(above[i]) * k[7] +
           static_cast<float>(above[i + 3]) * k[8];
-    ss = ss < 0.f ? 0.f : ss;
-    ss = ss > 255.f ? 255.f : ss;
-    out[i] = static_cast<uint8_t>(ss);
+    out[i] = static_cast<uint8_t>(store(ss));  // PIL's clip8: clipped, truncated
   }
 }
 
