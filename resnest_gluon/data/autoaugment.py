@@ -842,7 +842,7 @@ def apply_torchvision_op(img: np.ndarray, name: str, magnitude: int, rng: np.ran
 
 def _before_crop(img: np.ndarray, steps, bgr: bool, box=None, hist=None):
     """``(image, finish)`` of :meth:`AutoAugment.before_crop` for drawn ``steps``. Color, Brightness and
-    Contrast on the whole image (before a histogram) go through OpenCV (:func:`pixel_step`)."""
+    Contrast on the whole image (before a histogram) go through :func:`pixel_step`."""
     k = _deferred_from(steps)
     for name, level, sign in steps[:k]:
         if name in PIXEL_OPS:
@@ -903,8 +903,9 @@ class AutoAugment:
         ``finish(image[box])`` gives ``self(img)[box]`` for the same draws, but the trailing operations that
         work pixel by pixel (the per-channel tables, Color, Brightness, Contrast: most sub-policies are
         nothing else) touch only the crop region, with the whole image's histograms and mean grey. The
-        tables give the same pixels; Color, Brightness and Contrast are OpenCV's rounding of PIL's
-        truncated blend (a grey level apart on the odd pixel, see :func:`pixel_step`).
+        tables give the same pixels, and so do Color, Brightness and Contrast with the compiled kernels;
+        without them OpenCV rounds PIL's truncated blend (a grey level apart on the odd pixel, see
+        :func:`pixel_step`).
         """
         return _before_crop(img, self.draw(rng), bgr)
 

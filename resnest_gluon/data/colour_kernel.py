@@ -1,12 +1,19 @@
-"""The training transform's clipped colour step and normalisation in one compiled kernel (ctypes, no MXNet).
+"""The training transform's compiled pixel kernels (ctypes, no MXNet): the clipped colour step with the
+normalisation, and AutoAugment's steps.
 
-``resnest_gluon/ops/colour.cc``, built by ``make ops`` (``python -m resnest_gluon.ops build``) into
-``libresnest_colour.so``: for one uint8 HWC crop, MXNet's or PIL's colour steps (the ``mxnet`` and
-``torchvision`` flavours of :mod:`resnest_gluon.data.transforms`, each step truncated and clipped), the
-lighting shift and the normalising affine map, written as float32 CHW in two passes over the crop instead
-of OpenCV's five or six plus the float pass. Where the library is missing, older than its source or does
-not load, :func:`available` is False and the transform uses OpenCV; ``RESNEST_GLUON_COLOUR_KERNEL=0``
-forces that fallback.
+``resnest_gluon/ops/colour.cc``, ``affine.cc`` and ``tables.cc``, built by ``make ops`` (``python -m
+resnest_gluon.ops build``) into ``libresnest_colour.so``:
+
+* :func:`colour_normalise`: for one uint8 HWC crop, MXNet's or PIL's colour steps (the ``mxnet`` and
+  ``torchvision`` flavours of :mod:`resnest_gluon.data.transforms`, each step truncated and clipped), the
+  lighting shift and the normalising affine map, written as float32 CHW in two passes over the crop instead
+  of OpenCV's five or six plus the float pass;
+* AutoAugment's steps with PIL's pixels: :func:`table_run` and :func:`lut` (the per-channel tables),
+  :func:`pil_enhance` (Color, Brightness, Contrast), :func:`pil_sharpness`, :func:`affine_nearest`
+  (Rotate).
+
+Where the library is missing, older than its sources or does not load, :func:`available` is False and the
+transform uses OpenCV, numpy and PIL; ``RESNEST_GLUON_COLOUR_KERNEL=0`` forces that fallback.
 """
 
 import ctypes
@@ -17,7 +24,20 @@ import numpy as np
 
 from .ctypes_kernel import Kernel
 
-__all__ = ["ENV", "FLAVOURS", "available", "load_error", "colour_normalise"]
+__all__ = [
+    "ENV",
+    "FLAVOURS",
+    "affine_nearest",
+    "available",
+    "colour_normalise",
+    "load_error",
+    "lut",
+    "normalise_packed",
+    "pack",
+    "pil_enhance",
+    "pil_sharpness",
+    "table_run",
+]
 
 ENV = "RESNEST_GLUON_COLOUR_KERNEL"
 FLAVOURS = ("mxnet", "torchvision")

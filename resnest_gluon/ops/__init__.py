@@ -12,8 +12,9 @@ GPUs (unless switched on with :func:`resnest_gluon.set_fused_sum`) and every exp
 OpenVINO) use the standard operators, so exported files load anywhere.
 
 ``build`` (the command) also compiles the data pipeline's kernels, no MXNet involved, loaded with ctypes:
-``colour.cc`` and ``affine.cc`` into ``libresnest_colour.so`` (:func:`build_colour`: the training transform's
-clipped colour step and normalisation, :mod:`resnest_gluon.data.colour_kernel`; AutoAugment's Rotate), and
+``colour.cc``, ``affine.cc`` and ``tables.cc`` into ``libresnest_colour.so`` (:func:`build_colour`: the
+training transform's clipped colour step and normalisation, and AutoAugment's steps with PIL's pixels,
+:mod:`resnest_gluon.data.colour_kernel`), and
 ``jpeg_region.cc`` into ``libresnest_jpeg.so`` where libjpeg-turbo's headers exist (:func:`build_jpeg`:
 decoding only the part of a JPEG that a training crop reads, :mod:`resnest_gluon.data.jpeg_kernel`).
 """
@@ -124,9 +125,9 @@ def _find_compiler(compiler: Optional[str]) -> str:
 
 
 def build_colour(library: str = COLOUR_LIBRARY, compiler: Optional[str] = None) -> str:
-    """Compiles :data:`COLOUR_SOURCE` and :data:`AFFINE_SOURCE` (the training transform's kernels, no MXNet
-    headers) into ``library`` and returns its path; linked under a temporary name and renamed, as
-    :func:`build`. Raises ``RuntimeError`` (with the compiler's message)."""
+    """Compiles :data:`COLOUR_SOURCE`, :data:`AFFINE_SOURCE` and :data:`TABLES_SOURCE` (the training
+    transform's kernels, no MXNet headers) into ``library`` and returns its path; linked under a temporary
+    name and renamed, as :func:`build`. Raises ``RuntimeError`` (with the compiler's message)."""
     # -ffp-contract=off: no fused multiply-add, so each float32 product is rounded as in MXNet and PIL.
     # -fno-trapping-math changes no result (it ignores floating-point exception flags) but lets GCC turn the
     # clipping into branch-free vector min/max: 5x faster.
