@@ -70,7 +70,8 @@ class Kernel:
         return os.environ.get(self.env) != "0" and self.loaded()
 
     def loaded(self) -> bool:
-        """:meth:`available`, but for ``env``."""
+        """Whether the function loaded and passed its check (tried once, thread-safe), whatever ``env``
+        says."""
         if not self._tried:
             with self._lock:
                 if not self._tried:

@@ -420,7 +420,8 @@ class TrainTransform:
     def draw(self, rng: np.random.Generator, n: int) -> List[tuple]:
         """Every random number of ``n`` images in a few vectorised calls, and their colour maps but for
         the image mean (:func:`_affine_parts`); per image ``(areas, log_ratios, (y, x, flip), base, k,
-        colour)``, where ``colour`` holds the clipped path's ``(order, alphas, lighting shift)``."""
+        colour)``, where ``colour`` holds the clipped path's ``(order, alphas, lighting shift)`` and, for
+        the compiled colour kernel's flavours, its arguments (:func:`colour_kernel.pack`)."""
         areas = rng.uniform(self.min_area, 1.0, (n, _CROP_TRIES))
         if self.tf_crop:  # aspect ratios drawn uniformly, heights as fractions of their allowed range
             log_ratios = rng.uniform(3.0 / 4.0, 4.0 / 3.0, (n, _CROP_TRIES))
