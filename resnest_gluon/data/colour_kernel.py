@@ -177,6 +177,14 @@ def normalise_packed(img: np.ndarray, packed: tuple, affine: np.ndarray, out: np
         raise ValueError("the colour kernel refused its arguments")
 
 
+def _rows(img: np.ndarray) -> np.ndarray:
+    """``img`` checked to be a uint8 ``(H, W, 3)`` image with packed pixels (rows may be strided), copied if
+    its pixels are not."""
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError("img must be a uint8 (H, W, 3) array")
+    return img if img.strides[1:] == (3, 1) else np.ascontiguousarray(img)
+
+
 def affine_nearest(
     src: np.ndarray, size, x0: int, y0: int, a0: int, a1: int, a3: int, a4: int, portable: bool = False
 ) -> np.ndarray:
@@ -187,10 +195,7 @@ def affine_nearest(
     where the AVX-512 VBMI gathers would serve (tests)."""
     if not available():
         raise RuntimeError(f"the colour kernel is not available: {load_error()}")
-    if src.ndim != 3 or src.shape[2] != 3 or src.dtype != np.uint8:
-        raise ValueError("src must be a uint8 (H, W, 3) array")
-    if src.strides[1:] != (3, 1):
-        src = np.ascontiguousarray(src)
+    src = _rows(src)
     out = np.empty((size[0], size[1], 3), np.uint8)
     args = (x0, y0, a0, a1, a3, a4)
     if _AFFINE(
@@ -235,10 +240,7 @@ def lut(
     (``(3, 256)`` uint8), into ``out`` (a new C-contiguous image when None; may be ``img``): ``cv2.LUT(img,
     table.T.reshape(256, 1, 3))``. ``portable``: the plain loop even where AVX-512 VBMI would serve (tests).
     Needs :func:`available`."""
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError("img must be a uint8 (H, W, 3) array")
-    if img.strides[1:] != (3, 1):
-        img = np.ascontiguousarray(img)
+    img = _rows(img)
     table = np.ascontiguousarray(table, np.uint8)
     if table.shape != (3, 256):
         raise ValueError(f"table must be (3, 256), got {table.shape}")
@@ -252,12 +254,6 @@ def lut(
 
 
 ENHANCE_OPS = {"Brightness": 0, "Contrast": 1, "Color": 2}
-
-
-def _rows(img: np.ndarray) -> np.ndarray:
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError("img must be a uint8 (H, W, 3) array")
-    return img if img.strides[1:] == (3, 1) else np.ascontiguousarray(img)
 
 
 def pil_enhance(img: np.ndarray, steps, bgr: bool, out: bool = True):
